@@ -1,0 +1,1 @@
+"""The backend: model registry, checkpoint loading, generation, job queue and outputs. Never imports gradio."""

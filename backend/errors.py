@@ -1,0 +1,34 @@
+"""Typed errors raised by the backend. The edges (UI, REST API) turn them into messages."""
+
+
+class BackendError(Exception):
+    """Base class: every error the user may see. `str(err)` is the user-facing message."""
+
+
+class InvalidRequest(BackendError):
+    """A request field has a bad value. `field` names it so the edge can point at it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ModelNotFound(BackendError):
+    """A model, VAE or other file name that the registry does not know."""
+
+
+class CheckpointError(BackendError):
+    """A checkpoint file that cannot be read or understood."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A pickle checkpoint that would run code when loaded. It is refused, nothing in it runs."""
+
+
+class OutOfMemory(BackendError):
+    """Every memory-saving measure was tried and the device still ran out of memory."""
+
+
+class Interrupted(BackendError):
+    """The user stopped the job."""

@@ -1,0 +1,82 @@
+"""Prompt text -> the embeddings the UNet is conditioned on, for each model family.
+
+We encode prompts ourselves rather than through the diffusers pipelines so that clip skip and prompts longer
+than 75 tokens behave as in A1111 (the prompt is cut into 75-token chunks, each encoded and concatenated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from backend.loading.detect import Family
+
+CHUNK = 75  # tokens per chunk, plus start and end tokens = 77 positions
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor  # (batch, 77 * chunks, dim)
+    pooled: torch.Tensor | None = None  # SDXL only: (batch, projection_dim)
+
+
+class PromptEncoder:
+    def __init__(self, family: Family, tokenizers: list, text_encoders: list):
+        self.family = family
+        self.tokenizers = tokenizers
+        self.text_encoders = text_encoders
+
+    def token_chunks(self, prompt: str) -> list[list[int]]:
+        """Token ids of `prompt` without start/end tokens, cut into chunks of at most 75."""
+        ids = self.tokenizers[0](prompt, add_special_tokens=False, truncation=False).input_ids
+        return [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], clip_skip: int, chunks: int) -> Conditioning:
+        """Encode each prompt padded to `chunks` chunks (positive and negative must have the same count)."""
+        per_prompt = [self._encode_one(p, clip_skip, chunks) for p in prompts]
+        embeds = torch.cat([c.embeds for c in per_prompt])
+        pooled = torch.cat([c.pooled for c in per_prompt]) if per_prompt[0].pooled is not None else None
+        return Conditioning(embeds, pooled)
+
+    def _encode_one(self, prompt: str, clip_skip: int, chunks: int) -> Conditioning:
+        token_chunks = self.token_chunks(prompt)
+        token_chunks += [[]] * (chunks - len(token_chunks))
+        parts, pooled = [], None
+        for i, tokens in enumerate(token_chunks):
+            per_encoder = []
+            for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+                ids = _chunk_ids(tokens, tokenizer).to(encoder.device)
+                hidden, chunk_pooled = self._run_encoder(encoder, ids, clip_skip)
+                per_encoder.append(hidden)
+                if i == 0 and chunk_pooled is not None:
+                    pooled = chunk_pooled  # SDXL pools the first chunk, as A1111 does
+            parts.append(torch.cat(per_encoder, dim=-1))
+        return Conditioning(torch.cat(parts, dim=1), pooled)
+
+    def _run_encoder(self, encoder, ids: torch.Tensor, clip_skip: int):
+        out = encoder(ids, output_hidden_states=True)
+        if self.family is Family.SDXL:
+            # SDXL: penultimate layer (clip skip counts further back), no final layer norm.
+            hidden = out.hidden_states[-(clip_skip + 1)]
+            pooled = getattr(out, "text_embeds", None)
+            return hidden, pooled
+        if clip_skip <= 1:
+            return out.last_hidden_state, None
+        return _final_layer_norm(encoder)(out.hidden_states[-clip_skip]), None
+
+
+def _chunk_ids(tokens: list[int], tokenizer) -> torch.Tensor:
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ids = [bos, *tokens, eos]
+    ids += [tokenizer.pad_token_id] * (CHUNK + 2 - len(ids))
+    return torch.tensor([ids])
+
+
+def _final_layer_norm(encoder) -> torch.nn.Module:
+    text_model = getattr(encoder, "text_model", encoder)
+    return text_model.final_layer_norm
+
+
+def chunk_count(encoder: PromptEncoder, prompts: list[str]) -> int:
+    return max(len(encoder.token_chunks(p)) for p in prompts)

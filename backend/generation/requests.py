@@ -1,0 +1,113 @@
+"""What a user asks for, checked early: a bad value raises InvalidRequest naming the field."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from PIL import Image
+
+from backend.errors import InvalidRequest
+from backend.settings import Limits
+
+MAX_SEED = 2**32 - 1
+
+
+class ResizeMode(IntEnum):
+    JUST_RESIZE = 0
+    CROP_AND_RESIZE = 1
+    RESIZE_AND_FILL = 2
+    LATENT_UPSCALE = 3
+
+
+class MaskedContent(IntEnum):
+    FILL = 0
+    ORIGINAL = 1
+    LATENT_NOISE = 2
+    LATENT_NOTHING = 3
+
+
+MASKED_CONTENT_LABELS = {MaskedContent.FILL: "fill", MaskedContent.ORIGINAL: "original",
+                         MaskedContent.LATENT_NOISE: "latent noise", MaskedContent.LATENT_NOTHING: "latent nothing"}
+
+
+@dataclass
+class GenerationRequest:
+    """txt2img when `init_image` is None; img2img with it; inpainting with `mask` too."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_size: int = 1
+    n_iter: int = 1
+    checkpoint: str | None = None  # title or name; None = the current model
+    vae: str | None = None  # None/"Automatic" = sidecar or built-in; "None" = built-in; else a VAE name
+    clip_skip: int = 1
+    save_images: bool = True
+    # img2img / inpainting
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
+    mask: Image.Image | None = None
+    mask_blur: int = 4
+    inpainting_fill: MaskedContent = MaskedContent.ORIGINAL
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    extra: dict = field(default_factory=dict)  # nothing yet; keeps room for extension fields
+
+    @property
+    def kind(self) -> str:
+        return "txt2img" if self.init_image is None else "img2img"
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.mask is not None
+
+
+def validate(req: GenerationRequest, limits: Limits) -> None:
+    _check_int(req.steps, "steps", 1, limits.max_steps)
+    _check_number(req.cfg_scale, "cfg_scale", 0.0, 30.0)
+    for name, value, maximum in (("width", req.width, limits.max_width), ("height", req.height, limits.max_height)):
+        _check_int(value, name, 64, maximum)
+        if value % 8:
+            raise InvalidRequest(name, f"must be a multiple of 8, got {value}")
+    _check_int(req.batch_size, "batch_size", 1, limits.max_batch_size)
+    _check_int(req.n_iter, "n_iter", 1, limits.max_batch_count)
+    _check_int(req.seed, "seed", -1, MAX_SEED)
+    _check_int(req.clip_skip, "clip_skip", 1, 12)
+    if req.init_image is not None:
+        _check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
+        _check_int(int(req.resize_mode), "resize_mode", 0, 3)
+    if req.mask is not None:
+        _check_int(req.mask_blur, "mask_blur", 0, 64)
+        _check_int(req.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
+        _check_int(int(req.inpainting_fill), "inpainting_fill", 0, 3)
+
+
+def _check_int(value, name: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(name, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequest(name, f"must be between {low} and {high}, got {value}")
+
+
+def _check_number(value, name: str, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(name, f"must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequest(name, f"must be between {low} and {high}, got {value}")
+
+
+def resolve_seed(seed: int, rng: random.Random | None = None) -> int:
+    """-1 means random, as in A1111."""
+    if seed == -1:
+        return (rng or random.SystemRandom()).randrange(0, MAX_SEED)
+    return seed

@@ -1,0 +1,79 @@
+"""Seeds, initial noise, running a diffusers pipeline with progress, and decoding latents to images."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backend.generation.conditioning import Conditioning, chunk_count
+from backend.loading.detect import Family
+from backend.loading.loader import LoadedModel
+from backend.samplers import ResolvedSampler
+
+log = logging.getLogger(__name__)
+
+# on_step(step, total_steps, latents) -> None; it may raise to stop sampling.
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def initial_noise(generators: list[torch.Generator], height: int, width: int, channels: int = 4) -> torch.Tensor:
+    """A1111's "RNG source: CPU": each image's noise from its own CPU generator, identical on every device."""
+    return torch.stack([torch.randn((channels, height // 8, width // 8), generator=g) for g in generators])
+
+
+def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch: int, clip_skip: int):
+    encoder = model.prompt_encoder
+    chunks = chunk_count(encoder, [prompt, negative])
+    return (encoder.encode([prompt] * batch, clip_skip, chunks), encoder.encode([negative] * batch, clip_skip, chunks))
+
+
+def conditioning_kwargs(model: LoadedModel, cond: Conditioning, uncond: Conditioning) -> dict:
+    kwargs = dict(prompt_embeds=cond.embeds, negative_prompt_embeds=uncond.embeds)
+    if model.family is Family.SDXL:
+        kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=uncond.pooled)
+    return kwargs
+
+
+def step_callback(on_step: StepCallback):
+    def callback(pipe, index, timestep, tensors):
+        on_step(index + 1, pipe.num_timesteps, tensors["latents"])
+        return tensors
+
+    return callback
+
+
+def prepare_pipeline(model: LoadedModel, kind: str, sampler: ResolvedSampler):
+    pipe = model.pipeline(kind)
+    pipe.scheduler = sampler.make_scheduler(model.scheduler_config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    vae = model.vae
+    scaled = latents / vae.config.scaling_factor
+    pixels = vae.decode(scaled.to(vae.dtype)).sample
+    if vae.dtype == torch.float16 and not torch.isfinite(pixels).all():
+        # SD 1.x and SDXL VAEs overflow in fp16 and give black/NaN images: decode this one in fp32.
+        log.warning("VAE produced NaN in fp16; decoding again in fp32")
+        vae.to(torch.float32)
+        try:
+            pixels = vae.decode(scaled.float()).sample
+        finally:
+            vae.to(torch.float16)
+    return to_pil(pixels)
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """(-1..1) NCHW -> PIL images, rounded like diffusers' image processor."""
+    array = (pixels.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]

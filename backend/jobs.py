@@ -1,0 +1,201 @@
+"""One worker thread owns the device. UI and API jobs share its queue; each job reports progress and can be
+cancelled on its own; a failing job never stops the worker."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+import torch
+
+from backend.errors import BackendError, Interrupted
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class SkipBatch(Exception):
+    """Raised inside sampling when the user skips the current image batch: the job goes on with the next."""
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    steps: int = 0
+    batch_no: int = 0  # 0-based index of the batch being sampled
+    batch_count: int = 1
+    started_at: float | None = None
+    latents: torch.Tensor | None = None  # latest latents, for a live preview
+    textinfo: str = ""
+
+    @property
+    def fraction(self) -> float:
+        if not self.steps:
+            return 0.0
+        return min(1.0, (self.batch_no + self.step / self.steps) / max(1, self.batch_count))
+
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        if self.started_at is None or self.fraction <= 0:
+            return None
+        elapsed = (now or time.monotonic()) - self.started_at
+        return elapsed / self.fraction - elapsed
+
+
+class Job:
+    _ids = itertools.count(1)
+
+    def __init__(self, kind: str, payload: Any):
+        self.id = f"job-{next(self._ids)}"
+        self.kind = kind
+        self.payload = payload
+        self.state = JobState.QUEUED
+        self.progress = Progress()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.created_at = time.time()
+        self._done = threading.Event()
+        self._cancel = threading.Event()
+        self._skip = threading.Event()
+
+    # -- called from the worker while the job runs
+    def report_step(self, step: int, steps: int, latents: torch.Tensor | None = None) -> None:
+        self.progress.step, self.progress.steps = step, steps
+        if latents is not None:
+            self.progress.latents = latents
+        if self._cancel.is_set():
+            raise Interrupted("interrupted by the user")
+        if self._skip.is_set():
+            self._skip.clear()
+            raise SkipBatch()
+
+    def start_batch(self, batch_no: int, batch_count: int) -> None:
+        self.progress.batch_no, self.progress.batch_count = batch_no, batch_count
+        self.progress.step = 0
+        if self._cancel.is_set():
+            raise Interrupted("interrupted by the user")
+
+    @property
+    def interrupted(self) -> bool:
+        return self._cancel.is_set()
+
+    # -- called from anywhere
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The job's result; raises the job's error if it failed."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"{self.id} still running")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def _finish(self, state: JobState) -> None:
+        self.state = state
+        self.progress.latents = None
+        self._done.set()
+
+
+class JobQueue:
+    def __init__(self, run: Callable[[Job], Any]):
+        self._run = run
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending: list[Job] = []
+        self._current: Job | None = None
+        self._thread = threading.Thread(target=self._work, name="generation-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: str, payload: Any) -> Job:
+        job = Job(kind, payload)
+        with self._lock:
+            self._pending.append(job)
+        self._queue.put(job)
+        return job
+
+    @property
+    def current(self) -> Job | None:
+        return self._current
+
+    def pending(self) -> list[Job]:
+        with self._lock:
+            return list(self._pending)
+
+    def position(self, job: Job) -> int:
+        """0 while running, 1 if it is next, ...; -1 once finished."""
+        if job is self._current:
+            return 0
+        with self._lock:
+            return self._pending.index(job) + 1 if job in self._pending else -1
+
+    def find(self, job_id: str) -> Job | None:
+        with self._lock:
+            jobs = [*self._pending, *([self._current] if self._current else [])]
+        return next((j for j in jobs if j.id == job_id), None)
+
+    def cancel(self, job_id: str) -> bool:
+        job = self.find(job_id)
+        if job is None:
+            return False
+        job.cancel()
+        return True
+
+    def interrupt(self) -> None:
+        if self._current is not None:
+            self._current.cancel()
+
+    def skip(self) -> None:
+        if self._current is not None:
+            self._current.skip()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            with self._lock:
+                self._pending.remove(job)
+                self._current = job
+            try:
+                self._execute(job)
+            finally:
+                self._current = None
+
+    def _execute(self, job: Job) -> None:
+        if job.interrupted:
+            job.error = Interrupted("cancelled before it started")
+            job._finish(JobState.INTERRUPTED)
+            return
+        job.state = JobState.RUNNING
+        job.progress.started_at = time.monotonic()
+        try:
+            job.result = self._run(job)
+            job._finish(JobState.INTERRUPTED if job.interrupted else JobState.DONE)
+        except BackendError as err:
+            job.error = err
+            job._finish(JobState.INTERRUPTED if isinstance(err, Interrupted) else JobState.FAILED)
+        except Exception as err:  # noqa: BLE001 - the worker must survive any job
+            log.exception("job %s failed", job.id)
+            job.error = err
+            job._finish(JobState.FAILED)

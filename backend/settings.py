@@ -1,0 +1,46 @@
+"""Every tunable of the backend in one typed object, built once by app.py from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one request so that no single request can take the server down."""
+
+    max_width: int = 2048
+    max_height: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    max_upload_pixels: int = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path = PROJECT_ROOT / "models"
+    outputs_dir: Path = PROJECT_ROOT / "outputs"
+    ckpt_dir: Path | None = None  # defaults to models_dir / "Stable-diffusion"
+    vae_dir: Path | None = None  # defaults to models_dir / "VAE"
+    cache_dir: Path | None = None  # defaults to models_dir / ".cache"
+    device: str = "auto"  # auto | cuda | cpu | mps
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    no_half_vae: bool = False
+    default_checkpoint: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.ckpt_dir or self.models_dir / "Stable-diffusion"
+
+    @property
+    def vae_folder(self) -> Path:
+        return self.vae_dir or self.models_dir / "VAE"
+
+    @property
+    def hash_cache_file(self) -> Path:
+        return (self.cache_dir or self.models_dir / ".cache") / "hashes.json"
