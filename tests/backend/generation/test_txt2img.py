@@ -1,0 +1,93 @@
+"""Our txt2img from the single-file checkpoints equals diffusers' own pipeline on the same weights."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.generation.requests import GenerationRequest
+from tests.fixtures.reference import reference_pipeline
+
+FILES = {"sd1": "sd1.safetensors", "sd2": "sd2-v.safetensors", "sdxl": "sdxl.safetensors"}
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def _request(**kw) -> GenerationRequest:
+    base = dict(prompt="a photo of a cat", negative_prompt="blurry", steps=4, width=64, height=64, seed=1234,
+                save_images=False)
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras"])
+def test_equals_diffusers_pipeline(service, tiny, family, sampler):
+    ours = service.generate(_request(checkpoint=FILES[family], sampler_name=sampler)).images[0]
+    model = tiny[family]
+    expected = reference_pipeline(model, sampler, None)(
+        prompt="a photo of a cat", negative_prompt="blurry", num_inference_steps=4, width=64, height=64,
+        guidance_scale=7.0, generator=[torch.Generator("cpu").manual_seed(1234)]).images[0]
+    assert np.abs(_pixels(ours) - _pixels(expected)).max() <= 2
+
+
+def test_v_prediction_model_is_sampled_as_v(service, tiny):
+    """Sampling the SD2-v file as epsilon would give another picture: the sidecar must have been honoured."""
+    ours = _pixels(service.generate(_request(checkpoint=FILES["sd2"], sampler_name="Euler")).images[0])
+    tiny["sd2"].v_prediction = False
+    try:
+        as_epsilon = reference_pipeline(tiny["sd2"], "Euler", None)(
+            prompt="a photo of a cat", negative_prompt="blurry", num_inference_steps=4, width=64, height=64,
+            guidance_scale=7.0, generator=[torch.Generator("cpu").manual_seed(1234)]).images[0]
+    finally:
+        tiny["sd2"].v_prediction = True
+    assert np.abs(ours - _pixels(as_epsilon)).max() > 2
+
+
+def test_same_request_gives_same_pixels(service):
+    a = service.generate(_request(sampler_name="Euler a")).images[0]
+    b = service.generate(_request(sampler_name="Euler a")).images[0]
+    assert np.array_equal(_pixels(a), _pixels(b))
+
+
+def test_batch_image_i_uses_seed_plus_i(service):
+    batch = service.generate(_request(batch_size=2, n_iter=2, sampler_name="Euler"))
+    assert batch.seeds == [1234, 1235, 1236, 1237]
+    single = service.generate(_request(seed=1237, sampler_name="Euler")).images[0]
+    assert np.abs(_pixels(batch.images[3]) - _pixels(single)).max() <= 1
+    assert batch.grid is not None and batch.grid.size == (128, 128)
+
+
+def test_random_seed_is_recorded(service):
+    result = service.generate(_request(seed=-1))
+    assert 0 <= result.seeds[0] < 2**32
+    assert f"Seed: {result.seeds[0]}," in result.infotexts[0]
+
+
+def test_long_prompt_is_not_truncated(service):
+    """Past 75 tokens A1111 encodes further chunks instead of cutting the prompt: the tail must matter."""
+    head = ", ".join(["a red house"] * 30)
+    a = service.generate(_request(prompt=head + ", blue sky", sampler_name="Euler")).images[0]
+    b = service.generate(_request(prompt=head + ", green grass", sampler_name="Euler")).images[0]
+    assert not np.array_equal(_pixels(a), _pixels(b))
+
+
+def test_clip_skip_changes_the_conditioning(service):
+    a = service.generate(_request(sampler_name="Euler", clip_skip=1))
+    b = service.generate(_request(sampler_name="Euler", clip_skip=2))
+    assert not np.array_equal(_pixels(a.images[0]), _pixels(b.images[0]))
+    assert "Clip skip: 2" in b.infotexts[0] and "Clip skip" not in a.infotexts[0]
+
+
+def test_diffusers_folder_generates_like_the_single_file(service):
+    folder = service.generate(_request(checkpoint="diffusers-sd1", sampler_name="Euler")).images[0]
+    single = service.generate(_request(checkpoint=FILES["sd1"], sampler_name="Euler")).images[0]
+    assert np.abs(_pixels(folder) - _pixels(single)).max() <= 2
+
+
+def test_pickle_checkpoint_generates_like_the_safetensors(service):
+    ckpt = service.generate(_request(checkpoint="sd1-pickle.ckpt", sampler_name="Euler")).images[0]
+    single = service.generate(_request(checkpoint=FILES["sd1"], sampler_name="Euler")).images[0]
+    assert np.array_equal(_pixels(ckpt), _pixels(single))

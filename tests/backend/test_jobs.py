@@ -1,0 +1,112 @@
+import threading
+import time
+
+import pytest
+
+from backend.errors import Interrupted, ModelNotFound
+from backend.generation.requests import GenerationRequest
+from backend.jobs import JobQueue, JobState
+from tests.conftest import build_backend
+
+
+def _request(**kw):
+    base = dict(prompt="p", steps=3, width=64, height=64, seed=1, checkpoint="sd1.safetensors", save_images=False)
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+def test_jobs_run_in_order_and_a_failure_does_not_stop_the_worker():
+    order = []
+
+    def run(job):
+        order.append(job.payload)
+        if job.payload == "bad":
+            raise RuntimeError("boom")
+        return job.payload * 2
+
+    q = JobQueue(run)
+    jobs = [q.submit("t", p) for p in ("a", "bad", "c")]
+    assert jobs[2].wait(10) == "cc"
+    assert order == ["a", "bad", "c"]
+    assert jobs[1].state is JobState.FAILED
+    with pytest.raises(RuntimeError):
+        jobs[1].wait(1)
+    q.stop()
+
+
+def test_queue_position_and_cancelling_a_queued_job():
+    gate = threading.Event()
+
+    def run(job):
+        gate.wait(10)
+        return job.payload
+
+    q = JobQueue(run)
+    first, second, third = (q.submit("t", i) for i in range(3))
+    time.sleep(0.1)
+    assert (q.position(first), q.position(second), q.position(third)) == (0, 1, 2)
+    assert q.cancel(second.id)
+    gate.set()
+    assert third.wait(10) == 2
+    assert second.state is JobState.INTERRUPTED
+    q.stop()
+
+
+def test_progress_is_reported_and_interrupt_keeps_finished_batches(service):
+    seen = []
+    job = service.submit(_request(steps=40, n_iter=3))
+    deadline = time.time() + 60
+    while time.time() < deadline and not job.finished:
+        p = job.progress
+        seen.append((p.batch_no, p.step, p.steps))
+        if p.batch_no == 1 and p.step >= 2:
+            service.queue.interrupt()
+            break
+        time.sleep(0.005)
+    result = job.wait(60)
+    assert job.state is JobState.INTERRUPTED
+    assert result.interrupted and len(result.images) == 1
+    assert any(steps == 40 and step > 0 for _, step, steps in seen)
+    # The worker goes on with the next job.
+    assert len(service.generate(_request()).images) == 1
+
+
+def test_skip_moves_on_to_the_next_batch(service):
+    job = service.submit(_request(steps=40, n_iter=2))
+    while not job.finished and not (job.progress.batch_no == 0 and job.progress.step >= 1):
+        time.sleep(0.005)
+    service.queue.skip()
+    result = job.wait(60)
+    assert job.state is JobState.DONE
+    assert result.seeds == [2]  # the first batch (seed 1) was skipped
+
+
+def test_preview_latents_are_available_while_running(service):
+    from backend.generation.preview import latent_preview
+    from backend.loading.detect import Family
+
+    job = service.submit(_request(steps=30))
+    latents = None
+    while not job.finished and latents is None:
+        latents = job.progress.latents
+        time.sleep(0.005)
+    job.wait(60)
+    assert latents is not None
+    assert latent_preview(latents[0], Family.SD1).size == (32, 32)
+
+
+def test_empty_models_folder_says_where_to_put_checkpoints(tmp_path):
+    (tmp_path / "models").mkdir()
+    svc = build_backend(tmp_path / "models", tmp_path / "outputs")
+    try:
+        with pytest.raises(ModelNotFound, match="Stable-diffusion"):
+            svc.submit(GenerationRequest(prompt="p"))
+    finally:
+        svc.shutdown()
+
+
+def test_interrupted_before_start_is_reported(service):
+    job = service.queue.submit("generate", _request())
+    job.cancel()
+    with pytest.raises(Interrupted):
+        job.wait(60)

@@ -1,0 +1,47 @@
+import pytest
+
+from backend.errors import InvalidRequest
+from backend.generation.requests import GenerationRequest
+from backend.samplers import SAMPLERS, SCHEDULES, resolve, scheduler_base_config
+
+
+@pytest.mark.parametrize("name", [s.name for s in SAMPLERS])
+def test_every_sampler_resolves_builds_and_runs(service, name):
+    resolved = resolve(name)
+    scheduler = resolved.make_scheduler(scheduler_base_config("epsilon"))
+    assert isinstance(scheduler, resolved.sampler.scheduler_class)
+    result = service.generate(GenerationRequest(prompt="x", sampler_name=name, steps=3, width=64, height=64,
+                                                seed=5, checkpoint="sd1.safetensors", save_images=False))
+    assert result.images[0].size == (64, 64)
+    assert f"Sampler: {name}," in result.infotexts[0]
+
+
+def test_automatic_schedule_resolves_to_the_samplers_default():
+    assert resolve("DPM++ 2M").schedule == "Karras"
+    assert resolve("DPM++ 2M SDE", "Automatic").schedule == "Exponential"
+    assert resolve("Euler").schedule == "Uniform"
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_every_schedule_type_resolves(schedule):
+    resolved = resolve("Euler", schedule)
+    scheduler = resolved.make_scheduler(scheduler_base_config("epsilon"))
+    if resolved.schedule == "Karras":
+        assert scheduler.config.use_karras_sigmas
+    if resolved.schedule == "SGM Uniform":
+        assert scheduler.config.timestep_spacing == "trailing"
+
+
+def test_legacy_combined_names_split():
+    resolved = resolve("DPM++ 2M Karras")
+    assert (resolved.sampler.name, resolved.schedule) == ("DPM++ 2M", "Karras")
+    resolved = resolve("Euler a")
+    assert (resolved.sampler.name, resolved.schedule) == ("Euler a", "Uniform")
+    assert resolve("k_euler_a").sampler.name == "Euler a"
+
+
+def test_unknown_names_are_invalid_requests():
+    with pytest.raises(InvalidRequest, match="sampler_name"):
+        resolve("Nope")
+    with pytest.raises(InvalidRequest, match="scheduler"):
+        resolve("Euler", "Weird")

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny real-layout checkpoints on disk and a backend built on them, as app.py builds it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # any attempt to reach a model hub fails loudly
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from backend.model_manager import ModelManager  # noqa: E402
+from backend.outputs import OutputWriter  # noqa: E402
+from backend.registry import HashCache, ModelRegistry  # noqa: E402
+from backend.service import GenerationService  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+from tests.fixtures import tiny_models  # noqa: E402
+
+logging.getLogger("diffusers").setLevel(logging.ERROR)
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+CHECKPOINTS = {
+    "sd1.safetensors": "sd1",
+    "sd2-v.safetensors": "sd2",
+    "sdxl.safetensors": "sdxl",
+    "sd1-inpainting.safetensors": "sd1_inpaint",
+    "sd1-pickle.ckpt": "sd1",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny models in diffusers form, keyed by kind: the source of every checkpoint file below."""
+    return {
+        "sd1": tiny_models.make_sd1(seed=1),
+        "sd2": tiny_models.make_sd2(seed=2, v_prediction=True),
+        "sdxl": tiny_models.make_sdxl(seed=3),
+        "sd1_inpaint": tiny_models.make_sd1(seed=4, in_channels=9),
+    }
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, tiny) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    for name, kind in CHECKPOINTS.items():
+        tiny_models.write_checkpoint(tiny[kind], root / "Stable-diffusion" / name)
+    tiny_models.write_diffusers_folder(tiny["sd1"], root / "Stable-diffusion" / "diffusers-sd1")
+    (root / "VAE").mkdir()
+    return root
+
+
+def build_backend(models_dir: Path, outputs_dir: Path, **settings) -> GenerationService:
+    """The backend exactly as app.py wires it, on the CPU in fp32."""
+    s = Settings(models_dir=models_dir, outputs_dir=outputs_dir, device="cpu", precision="fp32", **settings)
+    registry = ModelRegistry(s.checkpoint_dir, s.vae_folder, HashCache(s.hash_cache_file))
+    models = ModelManager(registry, torch.device("cpu"), torch.float32, torch.float32)
+    return GenerationService(s, models, OutputWriter(s.outputs_dir))
+
+
+@pytest.fixture(scope="session")
+def service(models_dir, tmp_path_factory) -> GenerationService:
+    svc = build_backend(models_dir, tmp_path_factory.mktemp("outputs"))
+    yield svc
+    svc.shutdown()
