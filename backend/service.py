@@ -134,14 +134,14 @@ class GenerationService:
     def _collect(self, result: GenerationResult, model: LoadedModel, req: GenerationRequest,
                  images: list[Image.Image], seeds: list[int]) -> None:
         for image, seed in zip(images, seeds):
-            text = self.infotext(req, result, seed, image.size)
+            text = self.infotext(req, result, seed)
             result.images.append(image)
             result.seeds.append(seed)
             result.infotexts.append(text)
             if req.save_images:
                 result.paths.append(self.outputs.save_image(image, req.kind, seed, text))
 
-    def infotext(self, req: GenerationRequest, result: GenerationResult, seed: int, size: tuple[int, int]) -> str:
+    def infotext(self, req: GenerationRequest, result: GenerationResult, seed: int) -> str:
         checkpoint, vae = result.checkpoint, self.models.current_vae
         params: dict[str, object] = {
             "Steps": req.steps,
@@ -149,7 +149,7 @@ class GenerationService:
             "Schedule type": result.sampler.schedule,
             "CFG scale": req.cfg_scale,
             "Seed": seed,
-            "Size": f"{size[0]}x{size[1]}",
+            "Size": f"{req.width}x{req.height}",
             "Model hash": checkpoint.short_hash,
             "Model": checkpoint.model_name,
             "VAE hash": vae.short_hash if vae else None,

@@ -83,6 +83,12 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     _check_int(req.n_iter, "n_iter", 1, limits.max_batch_count)
     _check_int(req.seed, "seed", -1, MAX_SEED)
     _check_int(req.clip_skip, "clip_skip", 1, 12)
+    for name, image in (("init_image", req.init_image), ("mask", req.mask)):
+        if image is not None and image.width * image.height > limits.max_upload_pixels:
+            raise InvalidRequest(name, f"image is {image.width}x{image.height}, larger than the configured maximum "
+                                       f"of {limits.max_upload_pixels} pixels")
+    if req.mask is not None and req.init_image is None:
+        raise InvalidRequest("init_image", "inpainting needs an image to paint on")
     if req.init_image is not None:
         _check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
         _check_int(int(req.resize_mode), "resize_mode", 0, 3)

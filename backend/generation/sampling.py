@@ -77,3 +77,12 @@ def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     """(-1..1) NCHW -> PIL images, rounded like diffusers' image processor."""
     array = (pixels.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
+
+
+@torch.no_grad()
+def encode_image(model: LoadedModel, image: Image.Image) -> torch.Tensor:
+    """RGB image -> scaled latents (1, 4, h/8, w/8). The distribution's mean keeps img2img deterministic."""
+    vae = model.vae
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    pixels = torch.from_numpy(array).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
+    return vae.encode(pixels).latent_dist.mode().float() * vae.config.scaling_factor

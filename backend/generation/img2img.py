@@ -1,0 +1,194 @@
+"""img2img and inpainting with A1111's semantics (resize modes, mask blur, masked content, only-masked area,
+and an exact paste-back of the original outside the mask)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from backend.errors import InvalidRequest
+from backend.generation import image_ops, sampling
+from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from backend.loading.loader import LoadedModel
+from backend.samplers import ResolvedSampler
+
+GRAY = (127, 127, 127)
+
+
+@dataclass
+class InpaintWork:
+    """The picture and mask at generation size, and how to put the results back into the original."""
+
+    image: Image.Image  # what is generated from (masked-content "fill" already applied)
+    mask: Image.Image  # blurred mask at generation size
+    overlay_base: Image.Image  # pixels kept outside the mask
+    overlay_mask: Image.Image  # blurred mask at the overlay's size
+    region: tuple[int, int, int, int] | None  # only-masked crop box in the original, else None
+
+    def paste_back(self, generated: Image.Image) -> Image.Image:
+        if self.region is None:
+            return image_ops.composite(self.overlay_base, generated, self.overlay_mask)
+        x1, y1, x2, y2 = self.region
+        canvas = self.overlay_base.copy()
+        canvas.paste(generated.resize((x2 - x1, y2 - y1), image_ops.LANCZOS), (x1, y1))
+        return image_ops.composite(self.overlay_base, canvas, self.overlay_mask)
+
+
+def generate_img2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+                     on_step: sampling.StepCallback) -> list[Image.Image]:
+    if req.mask is not None:
+        return inpaint(model, req, sampler, seeds, on_step)
+    if model.is_inpainting:
+        image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
+        white = Image.new("L", image.size, 255)
+        return _sample_inpainting_model(model, req, sampler, seeds, image, white, on_step)
+    latents = _init_latents(model, req)
+    return _sample_regular(model, req, sampler, seeds, latents, None, on_step)
+
+
+def txt2img_with_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
+                                  seeds: list[int], on_step: sampling.StepCallback) -> list[Image.Image]:
+    """A 9-channel model makes a txt2img image as an inpainting of a blank picture with everything masked."""
+    blank = Image.new("RGB", (req.width, req.height), GRAY)
+    white = Image.new("L", blank.size, 255)
+    return _sample_inpainting_model(model, req, sampler, seeds, blank, white, on_step, strength=1.0)
+
+
+def inpaint(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+            on_step: sampling.StepCallback) -> list[Image.Image]:
+    work = prepare_inpaint(req)
+    if model.is_inpainting:
+        image = _masked_content_pixels(work, req.inpainting_fill, seeds[0])
+        generated = _sample_inpainting_model(model, req, sampler, seeds, image, work.mask, on_step)
+    else:
+        latents = sampling.encode_image(model, work.image)
+        latent_mask = _latent_mask(work.mask, latents.shape[-2:]).to(latents.device)
+        latents = _masked_content_latents(latents, latent_mask, req.inpainting_fill, seeds)
+        generated = _sample_regular(model, req, sampler, seeds, latents, latent_mask, on_step)
+    return [work.paste_back(image) for image in generated]
+
+
+def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
+    original = req.init_image.convert("RGB")
+    mask = image_ops.prepare_mask(req.mask, original.size, req.inpainting_mask_invert)
+    if mask.getbbox() is None:
+        raise InvalidRequest("mask", "the mask is empty: paint (white) the area to repaint")
+    blurred = image_ops.blur_mask(mask, req.mask_blur)
+    size = (req.width, req.height)
+    if req.inpaint_full_res:
+        region = image_ops.crop_region(blurred, req.inpaint_full_res_padding, req.width, req.height)
+        image = original.crop(region).resize(size, image_ops.LANCZOS)
+        work_mask = blurred.crop(region).resize(size, image_ops.LANCZOS)
+        base, overlay_mask = original, blurred
+    else:
+        region = None
+        image = image_ops.resize_image(original, req.width, req.height, req.resize_mode)
+        work_mask = image_ops.resize_image(blurred.convert("RGB"), req.width, req.height, req.resize_mode).convert("L")
+        base, overlay_mask = image, work_mask
+    filled = image_ops.fill_masked(image, work_mask) if req.inpainting_fill == MaskedContent.FILL else image
+    return InpaintWork(filled, work_mask, base, overlay_mask, region)
+
+
+def _init_latents(model: LoadedModel, req: GenerationRequest) -> torch.Tensor:
+    if req.resize_mode == ResizeMode.LATENT_UPSCALE:
+        image = req.init_image.convert("RGB")
+        image = image.resize((max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)), image_ops.LANCZOS)
+        latents = sampling.encode_image(model, image)
+        return F.interpolate(latents, size=(req.height // 8, req.width // 8), mode="bilinear", align_corners=False)
+    image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
+    return sampling.encode_image(model, image)
+
+
+def _latent_mask(mask: Image.Image, size) -> torch.Tensor:
+    small = mask.resize((size[1], size[0]), image_ops.LANCZOS)
+    return torch.from_numpy(np.round(np.asarray(small, dtype=np.float32) / 255.0))[None, None]
+
+
+def _masked_content_latents(latents: torch.Tensor, mask: torch.Tensor, content: MaskedContent,
+                            seeds: list[int]) -> torch.Tensor:
+    latents = latents.repeat(len(seeds), 1, 1, 1)
+    if content == MaskedContent.LATENT_NOISE:
+        h, w = latents.shape[-2:]
+        noise = sampling.initial_noise(sampling.seeded_generators(seeds), h * 8, w * 8).to(latents.device)
+        return latents * (1 - mask) + noise * mask
+    if content == MaskedContent.LATENT_NOTHING:
+        return latents * (1 - mask)
+    return latents
+
+
+def _masked_content_pixels(work: InpaintWork, content: MaskedContent, seed: int) -> Image.Image:
+    """9-channel models take pixels: latent noise / latent nothing become pixel noise / neutral gray there."""
+    if content == MaskedContent.LATENT_NOISE:
+        rng = np.random.default_rng(seed)
+        noise = Image.fromarray(rng.integers(0, 256, (work.image.height, work.image.width, 3), dtype=np.uint8))
+        return Image.composite(noise, work.image, work.mask.point(lambda v: 255 if v >= 128 else 0))
+    if content == MaskedContent.LATENT_NOTHING:
+        gray = Image.new("RGB", work.image.size, GRAY)
+        return Image.composite(gray, work.image, work.mask.point(lambda v: 255 if v >= 128 else 0))
+    return work.image
+
+
+def _steps_to_run(req: GenerationRequest) -> int:
+    return int(req.steps * req.denoising_strength)
+
+
+def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+                    latents: torch.Tensor, latent_mask: torch.Tensor | None,
+                    on_step: sampling.StepCallback) -> list[Image.Image]:
+    """img2img on a 4-channel model; with `latent_mask`, everything outside it is held to the original."""
+    latents = latents.repeat(len(seeds) // latents.shape[0], 1, 1, 1)
+    if _steps_to_run(req) < 1:
+        return sampling.decode_latents(model, latents)  # strength 0: nothing to denoise
+    generators = sampling.seeded_generators(seeds)
+    cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip)
+    pipe = sampling.prepare_pipeline(model, "img2img", sampler)
+    callback = sampling.step_callback(on_step)
+    if latent_mask is not None:
+        callback = _holding_unmasked(callback, latents, latent_mask, seeds)
+    out = pipe(**sampling.conditioning_kwargs(model, cond, uncond),
+               image=latents.to(model.unet.device, model.unet.dtype), strength=req.denoising_strength,
+               num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
+               output_type="latent", callback_on_step_end=callback).images
+    return sampling.decode_latents(model, out.float())
+
+
+def _holding_unmasked(inner, original: torch.Tensor, mask: torch.Tensor, seeds: list[int]):
+    """After each step, put the original (noised to the next step's level) back outside the mask."""
+    h, w = original.shape[-2:]
+    noise = sampling.initial_noise(sampling.seeded_generators([s + 10_000 for s in seeds]), h * 8, w * 8)
+
+    def callback(pipe, index, timestep, tensors):
+        latents = tensors["latents"]
+        timesteps = pipe.scheduler.timesteps
+        target = original.to(latents.device, torch.float32)
+        if index + 1 < len(timesteps):
+            target = pipe.scheduler.add_noise(target, noise.to(target.device), timesteps[index + 1 : index + 2])
+        m = mask.to(latents.device)
+        tensors["latents"] = (target * (1 - m) + latents.float() * m).to(latents.dtype)
+        return inner(pipe, index, timestep, tensors)
+
+    return callback
+
+
+def _sample_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
+                             seeds: list[int], image: Image.Image, mask: Image.Image,
+                             on_step: sampling.StepCallback, strength: float | None = None) -> list[Image.Image]:
+    strength = req.denoising_strength if strength is None else strength
+    generators = sampling.seeded_generators(seeds)
+    extra = {}
+    if strength >= 1.0:
+        extra["latents"] = sampling.initial_noise(generators, req.height, req.width).to(model.unet.device,
+                                                                                         model.unet.dtype)
+    elif int(req.steps * strength) < 1:
+        return [image.copy() for _ in seeds]
+    cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip)
+    pipe = sampling.prepare_pipeline(model, "inpaint", sampler)
+    out = pipe(**sampling.conditioning_kwargs(model, cond, uncond), image=image, mask_image=mask,
+               height=req.height, width=req.width, strength=strength, num_inference_steps=req.steps,
+               guidance_scale=req.cfg_scale, generator=generators, output_type="latent",
+               callback_on_step_end=sampling.step_callback(on_step), **extra).images
+    return sampling.decode_latents(model, out.float())
