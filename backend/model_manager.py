@@ -34,6 +34,10 @@ class ModelManager:
         self._builtin_vae = None
         self.prediction_overrides: dict[str, str] = {}  # checkpoint name -> "epsilon" | "v_prediction"
 
+    @property
+    def loaded_family(self):
+        return self._model.family if self._model is not None else None
+
     def default_checkpoint(self, preferred: str | None = None) -> ModelFile:
         if preferred:
             return self.registry.find_checkpoint(preferred)

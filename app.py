@@ -1,0 +1,144 @@
+"""Entry point: parse flags -> Settings, build the backend, the UI and (with --api) the REST API, then serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub, whatever a library tries
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from backend.settings import PROJECT_ROOT, Settings  # noqa: E402
+
+log = logging.getLogger("app")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Self-hosted Stable Diffusion web UI (A1111-compatible flags).")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    p.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 so other machines can connect")
+    p.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    p.add_argument("--gradio-auth", default=None, help="user:pass[,user2:pass2] required to open the UI")
+    p.add_argument("--api", action="store_true", help="serve the A1111-compatible REST API under /sdapi/v1")
+    p.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2] HTTP Basic auth for the API")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow --listen/--share without --gradio-auth/--api-auth (anyone who reaches it can use it)")
+    p.add_argument("--data-dir", type=Path, default=PROJECT_ROOT, help="root holding models/ and outputs/")
+    p.add_argument("--models-dir", type=Path, default=None, help="models root (default DATA_DIR/models)")
+    p.add_argument("--ckpt-dir", type=Path, default=None, help="checkpoints (default MODELS_DIR/Stable-diffusion)")
+    p.add_argument("--vae-dir", type=Path, default=None, help="VAEs (default MODELS_DIR/VAE)")
+    p.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default DATA_DIR/outputs)")
+    p.add_argument("--ckpt", default=None, help="checkpoint to load first (name or title)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu", "mps"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    p.add_argument("--no-half", action="store_true", help="run the whole model in fp32")
+    p.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    models_dir = args.models_dir or args.data_dir / "models"
+    return Settings(
+        models_dir=models_dir,
+        outputs_dir=args.outputs_dir or args.data_dir / "outputs",
+        ckpt_dir=args.ckpt_dir,
+        vae_dir=args.vae_dir,
+        device=args.device,
+        precision="fp32" if args.no_half else args.precision,
+        no_half_vae=args.no_half_vae,
+        default_checkpoint=args.ckpt,
+    )
+
+
+def parse_credentials(text: str | None) -> list[tuple[str, str]]:
+    """'user:pass,user2:pass2' -> [(user, pass), ...]."""
+    if not text:
+        return []
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user:
+            raise SystemExit(f"credentials must look like user:password, got '{item.strip()}'")
+        pairs.append((user, password))
+    return pairs
+
+
+def check_exposure(args: argparse.Namespace) -> None:
+    """Exposing the server beyond this machine needs credentials, unless the user explicitly opts out."""
+    exposed = args.listen or args.share
+    if not exposed or args.insecure_no_auth:
+        return
+    if not args.gradio_auth:
+        raise SystemExit("--listen/--share exposes the UI to other machines: add --gradio-auth user:pass "
+                         "(or --insecure-no-auth to allow anyone)")
+    if args.api and args.listen and not args.api_auth:
+        raise SystemExit("--api with --listen exposes the API: add --api-auth user:pass "
+                         "(or --insecure-no-auth to allow anyone)")
+
+
+def build_service(settings: Settings):
+    import torch
+
+    from backend import memory
+    from backend.model_manager import ModelManager
+    from backend.outputs import OutputWriter
+    from backend.registry import HashCache, ModelRegistry
+    from backend.service import GenerationService
+
+    facts = memory.probe_device_facts()
+    device = memory.choose_device(settings.device, facts)
+    dtype = memory.choose_dtype(settings.precision, device, facts)
+    vae_dtype = torch.float32 if settings.no_half_vae else dtype
+    log.info("device %s, precision %s, VAE precision %s", device, dtype, vae_dtype)
+    registry = ModelRegistry(settings.checkpoint_dir, settings.vae_folder, HashCache(settings.hash_cache_file))
+    models = ModelManager(registry, device, dtype, vae_dtype)
+    return GenerationService(settings, models, OutputWriter(settings.outputs_dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    check_exposure(args)
+    settings = settings_from_args(args)
+    service = build_service(settings)
+    if not service.registry.checkpoints:
+        log.warning("No checkpoints found. Put .safetensors/.ckpt files or diffusers folders into %s",
+                    settings.checkpoint_dir)
+
+    from ui.context import UiContext
+    from ui.layout import CSS, build_ui
+
+    demo = build_ui(UiContext(service))
+    demo.queue(default_concurrency_limit=16)
+    auth = parse_credentials(args.gradio_auth) or None
+    launch = dict(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, auth=auth,
+                  prevent_thread_lock=True, show_error=True, css=CSS, footer_links=[])
+    try:
+        app, local_url, share_url = demo.launch(share=args.share, **launch)
+    except Exception as err:  # noqa: BLE001 - a share link needs the internet; keep serving locally without it
+        if not args.share:
+            raise
+        log.error("Could not create a share link (%s); serving locally only.", err)
+        app, local_url, share_url = demo.launch(share=False, **launch)
+    if args.api:
+        from backend.api.routes import mount_api
+
+        mount_api(app, service, parse_credentials(args.api_auth))
+    log.info("Running on %s%s", local_url, f" and {share_url}" if share_url else "")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.shutdown()
+        demo.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""API bodies -> backend requests, and results -> A1111 response shapes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from backend.api.images import decode_b64_image, encode_png
+from backend.api.models import Img2ImgBody, Txt2ImgBody
+from backend.errors import InvalidRequest
+from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from backend.service import VERSION, GenerationResult
+from backend.settings import Limits
+
+
+@dataclass
+class ApiOptions:
+    """The settings GET/POST /options exposes. Owned by the API object, never module state."""
+
+    values: dict = field(default_factory=lambda: {
+        "sd_model_checkpoint": None,
+        "sd_vae": "Automatic",
+        "CLIP_stop_at_last_layers": 1,
+        "samples_save": True,
+        "samples_format": "png",
+        "return_grid": True,
+        "outdir_samples": "",
+    })
+
+
+def to_request(body: Txt2ImgBody, options: ApiOptions, limits: Limits) -> GenerationRequest:
+    overrides = {**options.values, **(body.override_settings or {})}
+    sampler = body.sampler_name or body.sampler_index or "Euler"
+    fields = dict(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=sampler,
+        scheduler=body.scheduler or "Automatic", steps=body.steps, cfg_scale=body.cfg_scale, width=body.width,
+        height=body.height, seed=body.seed, batch_size=body.batch_size, n_iter=body.n_iter,
+        checkpoint=overrides.get("sd_model_checkpoint") or None, vae=overrides.get("sd_vae") or "Automatic",
+        clip_skip=_int_option(overrides.get("CLIP_stop_at_last_layers", 1), "override_settings"),
+        save_images=bool(body.save_images),
+    )
+    if isinstance(body, Img2ImgBody):
+        fields.update(_img2img_fields(body, limits))
+    return GenerationRequest(**fields)
+
+
+def _int_option(value, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as err:
+        raise InvalidRequest(name, f"expected an integer, got {value!r}") from err
+
+
+def _img2img_fields(body: Img2ImgBody, limits: Limits) -> dict:
+    if not body.init_images:
+        raise InvalidRequest("init_images", "at least one image is required")
+    init = decode_b64_image(body.init_images[0], "init_images", limits.max_upload_pixels)
+    if body.resize_mode not in range(4):
+        raise InvalidRequest("resize_mode", f"must be 0..3, got {body.resize_mode}")
+    if body.inpainting_fill not in range(4):
+        raise InvalidRequest("inpainting_fill", f"must be 0..3, got {body.inpainting_fill}")
+    fields = dict(init_image=init, denoising_strength=body.denoising_strength,
+                  resize_mode=ResizeMode(body.resize_mode))
+    if body.mask:
+        fields.update(
+            mask=decode_b64_image(body.mask, "mask", limits.max_upload_pixels),
+            mask_blur=body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y),
+            inpainting_fill=MaskedContent(body.inpainting_fill), inpaint_full_res=bool(body.inpaint_full_res),
+            inpaint_full_res_padding=body.inpaint_full_res_padding,
+            inpainting_mask_invert=bool(body.inpainting_mask_invert))
+    return fields
+
+
+def to_response(body: Txt2ImgBody, req: GenerationRequest, result: GenerationResult, return_grid: bool) -> dict:
+    images, infotexts = list(result.images), list(result.infotexts)
+    first = 0
+    if return_grid and result.grid is not None:
+        images.insert(0, result.grid)
+        infotexts.insert(0, result.infotexts[0])
+        first = 1
+    encoded = [encode_png(img, text) for img, text in zip(images, infotexts)] if body.send_images else []
+    if isinstance(body, Img2ImgBody) and body.include_init_images:
+        encoded += body.init_images
+    parameters = body.model_dump()
+    if isinstance(body, Img2ImgBody):
+        parameters.update(init_images=None, mask=None)
+    return {"images": encoded, "parameters": parameters, "info": json.dumps(_info(req, result, first, infotexts))}
+
+
+def _info(req: GenerationRequest, result: GenerationResult, first: int, infotexts: list[str]) -> dict:
+    checkpoint = result.checkpoint
+    count = len(result.seeds)
+    return {
+        "prompt": req.prompt, "all_prompts": [req.prompt] * count,
+        "negative_prompt": req.negative_prompt, "all_negative_prompts": [req.negative_prompt] * count,
+        "seed": result.seeds[0] if result.seeds else req.seed, "all_seeds": result.seeds,
+        "subseed": -1, "all_subseeds": [-1] * count, "subseed_strength": 0,
+        "width": req.width, "height": req.height,
+        "sampler_name": result.sampler.sampler.name if result.sampler else req.sampler_name,
+        "scheduler": result.sampler.schedule if result.sampler else req.scheduler,
+        "cfg_scale": req.cfg_scale, "steps": req.steps, "batch_size": req.batch_size,
+        "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": checkpoint.model_name if checkpoint else None,
+        "sd_model_hash": checkpoint.short_hash if checkpoint else None,
+        "denoising_strength": req.denoising_strength if req.kind == "img2img" else 0,
+        "clip_skip": req.clip_skip, "extra_generation_params": {},
+        "index_of_first_image": first, "infotexts": infotexts, "styles": [],
+        "job_timestamp": result.job_timestamp, "is_using_inpainting_conditioning": False,
+        "interrupted": result.interrupted, "version": VERSION,
+    }

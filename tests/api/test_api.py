@@ -1,0 +1,181 @@
+"""The A1111-compatible REST API, over real HTTP against `python app.py --api` on loopback."""
+
+import base64
+import io
+import json
+import threading
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.server import running_app
+
+
+@pytest.fixture(scope="module")
+def api(models_dir, tmp_path_factory):
+    with running_app(models_dir, tmp_path_factory.mktemp("api") / "outputs", "--api", "--ckpt", "sd1") as base:
+        yield base + "/sdapi/v1"
+
+
+def b64_png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"}
+
+
+def test_txt2img_response_shape_and_infotext(api):
+    r = requests.post(f"{api}/txt2img", json={**SMALL, "some_extension_key": {"x": 1}}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["images"]) == 1
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [11] and info["sd_model_hash"] and len(info["infotexts"]) == 1
+    image = decode(body["images"][0])
+    assert image.size == (64, 64)
+    assert image.info["parameters"] == info["infotexts"][0]
+    assert body["parameters"]["prompt"] == "a cat"
+
+
+def test_batches_return_grid_first(api):
+    body = requests.post(f"{api}/txt2img", json={**SMALL, "batch_size": 2}, timeout=120).json()
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1
+    assert decode(body["images"][0]).size == (128, 64)
+
+
+def test_override_settings_picks_the_checkpoint(api):
+    models = requests.get(f"{api}/sd-models", timeout=30).json()
+    sdxl = next(m for m in models if m["model_name"] == "sdxl")
+    body = requests.post(f"{api}/txt2img", json={**SMALL, "override_settings": {
+        "sd_model_checkpoint": sdxl["title"], "CLIP_stop_at_last_layers": 2}}, timeout=120).json()
+    info = json.loads(body["info"])
+    assert info["sd_model_hash"] == sdxl["hash"] and info["clip_skip"] == 2
+    assert "Clip skip: 2" in info["infotexts"][0]
+
+
+def test_img2img_with_data_url_and_mask(api):
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    r = requests.post(f"{api}/img2img", json={
+        **SMALL, "init_images": ["data:image/png;base64," + b64_png(image)], "mask": b64_png(mask),
+        "mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": False, "denoising_strength": 0.9}, timeout=120)
+    assert r.status_code == 200, r.text
+    out = decode(r.json()["images"][0]).convert("RGB")
+    assert out.getpixel((2, 2)) == (200, 30, 30)
+    assert "Mask blur: 0" in json.loads(r.json()["info"])["infotexts"][0]
+
+
+def test_listings(api):
+    assert {s["name"] for s in requests.get(f"{api}/samplers", timeout=30).json()} >= {"Euler a", "DPM++ 2M"}
+    assert {s["label"] for s in requests.get(f"{api}/schedulers", timeout=30).json()} >= {"Karras", "Uniform"}
+    assert requests.get(f"{api}/sd-vae", timeout=30).json() == []
+    assert requests.get(f"{api}/scripts", timeout=30).json() == {"txt2img": [], "img2img": []}
+    assert "ram" in requests.get(f"{api}/memory", timeout=30).json()
+    assert requests.post(f"{api}/refresh-checkpoints", timeout=30).status_code == 200
+    models = requests.get(f"{api}/sd-models", timeout=30).json()
+    assert {"title", "model_name", "hash", "sha256", "filename", "config"} <= set(models[0])
+
+
+def test_options_round_trip(api):
+    models = requests.get(f"{api}/sd-models", timeout=30).json()
+    target = next(m for m in models if m["model_name"] == "sd1")
+    assert requests.post(f"{api}/options", json={"sd_model_checkpoint": target["title"]}, timeout=120).status_code == 200
+    options = requests.get(f"{api}/options", timeout=30).json()
+    assert options["sd_model_checkpoint"] == target["title"]
+    assert {"sd_vae", "CLIP_stop_at_last_layers", "samples_save"} <= set(options)
+
+
+def test_png_info(api):
+    body = requests.post(f"{api}/txt2img", json=SMALL, timeout=120).json()
+    info = requests.post(f"{api}/png-info", json={"image": body["images"][0]}, timeout=30).json()
+    assert info["info"].startswith("a cat\nSteps: 3, Sampler: Euler")
+    assert info["parameters"]["Seed"] == "11"
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({**SMALL, "width": 65}, "width"),
+    ({**SMALL, "steps": 0}, "steps"),
+    ({**SMALL, "steps": "many"}, "steps"),
+    ({**SMALL, "cfg_scale": 99}, "cfg_scale"),
+    ({**SMALL, "batch_size": 1000}, "batch_size"),
+    ({**SMALL, "width": 100000}, "width"),
+    ({**SMALL, "sampler_name": "Nope"}, "sampler_name"),
+])
+def test_bad_txt2img_input_is_a_4xx_naming_the_field(api, payload, field):
+    r = requests.post(f"{api}/txt2img", json=payload, timeout=30)
+    assert 400 <= r.status_code < 500
+    body = r.json()
+    assert set(body) >= {"error", "detail"} and field in body["detail"]
+
+
+def test_invalid_json_bad_base64_and_unknown_model(api):
+    r = requests.post(f"{api}/txt2img", data="{not json", headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 422 and "invalid JSON" in r.json()["detail"]
+    r = requests.post(f"{api}/img2img", json={**SMALL, "init_images": ["!!notbase64!!"]}, timeout=30)
+    assert r.status_code == 422 and "init_images" in r.json()["detail"]
+    r = requests.post(f"{api}/img2img", json={**SMALL, "init_images": [base64.b64encode(b"text").decode()]},
+                      timeout=30)
+    assert r.status_code == 422 and "not a readable image" in r.json()["detail"]
+    for name in ("nope.safetensors", "../../etc/passwd", "/etc/passwd"):
+        r = requests.post(f"{api}/txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": name}},
+                          timeout=30)
+        assert r.status_code == 404, name
+        r = requests.post(f"{api}/options", json={"sd_model_checkpoint": name}, timeout=30)
+        assert r.status_code == 404
+    r = requests.post(f"{api}/options", json={"sd_vae": "../x.safetensors"}, timeout=30)
+    assert r.status_code == 404
+    assert requests.get(f"{api}/samplers", timeout=30).status_code == 200  # still serving
+
+
+def test_concurrent_requests_all_succeed(api):
+    results = []
+
+    def call(seed):
+        r = requests.post(f"{api}/txt2img", json={**SMALL, "seed": seed}, timeout=300)
+        results.append((r.status_code, json.loads(r.json()["info"])["all_seeds"]))
+
+    threads = [threading.Thread(target=call, args=(100 + i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [(200, [100 + i]) for i in range(6)]
+
+
+def test_progress_and_interrupt_mid_run(api):
+    idle = requests.get(f"{api}/progress", timeout=30).json()
+    assert idle["state"]["job_count"] == 0 and idle["progress"] == 0
+    responses = []
+    thread = threading.Thread(target=lambda: responses.append(
+        requests.post(f"{api}/txt2img", json={**SMALL, "steps": 150, "n_iter": 5}, timeout=300)))
+    thread.start()
+    progress = None
+    for _ in range(400):
+        progress = requests.get(f"{api}/progress", timeout=30).json()
+        if progress["state"]["sampling_step"] >= 2:
+            break
+        time.sleep(0.05)
+    assert progress["state"]["job_count"] >= 1 and progress["current_image"]
+    started = time.time()
+    assert requests.post(f"{api}/interrupt", timeout=30).status_code == 200
+    thread.join(120)
+    assert time.time() - started < 30
+    assert responses[0].status_code == 200 and json.loads(responses[0].json()["info"])["interrupted"]
+    assert requests.post(f"{api}/txt2img", json=SMALL, timeout=120).status_code == 200
+
+
+def test_openapi_docs(api):
+    root = api.rsplit("/sdapi", 1)[0]
+    assert requests.get(f"{root}/docs", timeout=30).status_code == 200
+    spec = requests.get(f"{root}/openapi.json", timeout=30).json()
+    assert "/txt2img" in spec["paths"]

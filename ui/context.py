@@ -1,0 +1,26 @@
+"""What the UI needs from the backend, passed in by app.py (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backend.service import GenerationService
+
+
+@dataclass
+class UiContext:
+    service: GenerationService
+
+    @property
+    def registry(self):
+        return self.service.registry
+
+    def checkpoint_titles(self) -> list[str]:
+        return [c.title for c in self.registry.checkpoints]
+
+    def vae_choices(self) -> list[str]:
+        return ["Automatic", "None", *[v.name for v in self.registry.vaes]]
+
+    def current_title(self) -> str | None:
+        current = self.service.current_checkpoint()
+        return current.title if current else None

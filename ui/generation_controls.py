@@ -1,0 +1,165 @@
+"""Widgets every generation tab shares, and the handler that runs a job while streaming progress."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from backend import infotext
+from backend.errors import BackendError
+from backend.generation.preview import latent_preview
+from backend.generation.requests import GenerationRequest
+from backend.jobs import Job
+from backend.samplers import SAMPLERS, SCHEDULES
+from ui.context import UiContext
+
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class Controls:
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    sampler: gr.Dropdown
+    schedule: gr.Dropdown
+    steps: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+
+    def all(self) -> set:
+        return {w for w in vars(self).values() if not isinstance(w, gr.Button)}
+
+
+@dataclass
+class Outputs:
+    gallery: gr.Gallery
+    info: gr.Textbox
+    preview: gr.Image
+    progress: gr.Markdown
+    error: gr.Markdown
+    job_id: gr.State
+    seeds: gr.State
+
+    def all(self) -> list:
+        return list(vars(self).values())
+
+
+def build_controls(tab: str) -> Controls:
+    prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tab}_prompt",
+                        placeholder="Prompt (press Ctrl+Enter to generate; paste infotext and press ↙ to fill)")
+    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_neg_prompt")
+    with gr.Row():
+        sampler = gr.Dropdown([s.name for s in SAMPLERS], value="DPM++ 2M", label="Sampling method",
+                              elem_id=f"{tab}_sampler")
+        schedule = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type", elem_id=f"{tab}_scheduler")
+        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+    with gr.Row():
+        width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tab}_width")
+        height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tab}_height")
+    with gr.Row():
+        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+        cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
+    with gr.Row():
+        seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{tab}_seed")
+        random_seed = gr.Button("🎲 Random", elem_id=f"{tab}_random_seed", size="sm")
+        reuse_seed = gr.Button("♻ Reuse last seed", elem_id=f"{tab}_reuse_seed", size="sm")
+    random_seed.click(lambda: -1, outputs=seed)
+    controls = Controls(prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count, batch_size)
+    controls.reuse_seed_button = reuse_seed  # wired by the tab, which owns the info box
+    return controls
+
+
+def build_outputs(tab: str) -> Outputs:
+    error = gr.Markdown(elem_id=f"{tab}_error", elem_classes=["error-box"])
+    progress = gr.Markdown(elem_id=f"{tab}_progress")
+    preview = gr.Image(label="Preview", interactive=False, height=160, elem_id=f"{tab}_preview", visible=True)
+    gallery = gr.Gallery(label="Output", columns=4, height=420, elem_id=f"{tab}_gallery", format="png")
+    info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{tab}_info")
+    return Outputs(gallery, info, preview, progress, error, gr.State(None), gr.State([]))
+
+
+def request_fields(values: dict, c: Controls) -> dict:
+    """Shared widget values -> GenerationRequest keyword arguments."""
+    return dict(
+        prompt=values[c.prompt] or "",
+        negative_prompt=values[c.negative_prompt] or "",
+        sampler_name=values[c.sampler],
+        scheduler=values[c.schedule],
+        steps=int(values[c.steps]),
+        width=int(values[c.width]),
+        height=int(values[c.height]),
+        cfg_scale=float(values[c.cfg_scale]),
+        seed=int(values[c.seed]) if values[c.seed] is not None else -1,
+        n_iter=int(values[c.batch_count]),
+        batch_size=int(values[c.batch_size]),
+    )
+
+
+def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs):
+    """Submit, then stream progress (queue position, step, ETA, live preview) until the job ends."""
+    try:
+        job = ctx.service.submit(request)
+    except BackendError as err:
+        yield {outputs.error: f"**Error:** {err}", outputs.progress: ""}
+        return
+    yield {outputs.error: "", outputs.progress: progress_text(ctx, job), outputs.job_id: job.id}
+    while not job.finished:
+        time.sleep(POLL_SECONDS)
+        update = {outputs.progress: progress_text(ctx, job)}
+        latents, family = job.progress.latents, ctx.service.models.loaded_family
+        if latents is not None and family is not None:
+            update[outputs.preview] = latent_preview(latents[0], family)
+        yield update
+    try:
+        result = job.wait()
+    except BackendError as err:
+        yield {outputs.error: f"**Error:** {err}", outputs.progress: ""}
+        return
+    except Exception as err:  # noqa: BLE001 - show it in the page, keep the page usable
+        yield {outputs.error: f"**Error:** {type(err).__name__}: {err}", outputs.progress: ""}
+        return
+    note = " (interrupted)" if result.interrupted else ""
+    yield {
+        outputs.gallery: result.gallery,
+        outputs.info: result.infotexts[0] if result.infotexts else "",
+        outputs.progress: f"Done{note}: {len(result.images)} image(s).",
+        outputs.preview: None,
+        outputs.seeds: result.seeds,
+        outputs.job_id: None,
+    }
+
+
+def progress_text(ctx: UiContext, job: Job) -> str:
+    position = ctx.service.queue.position(job)
+    if position > 0:
+        return f"In queue: position {position}"
+    p = job.progress
+    if not p.steps:
+        return p.textinfo or "Starting..."
+    eta = p.eta_seconds()
+    eta_text = f", ETA {eta:.0f}s" if eta is not None else ""
+    return f"Step {p.step}/{p.steps} (batch {p.batch_no + 1}/{p.batch_count}) {p.fraction:.0%}{eta_text}"
+
+
+def fields_from_infotext(text: str) -> dict[str, object]:
+    """Infotext -> values keyed by Controls attribute name (for paste and PNG Info's send-to buttons)."""
+    parsed = infotext.parse(text or "")
+    values: dict[str, object] = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
+    mapping = {"Steps": ("steps", int), "Sampler": ("sampler", str), "Schedule type": ("schedule", str),
+               "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Size-1": ("width", int),
+               "Size-2": ("height", int), "Denoising strength": ("denoising_strength", float),
+               "Mask blur": ("mask_blur", int)}
+    for key, (name, cast) in mapping.items():
+        if key in parsed:
+            try:
+                values[name] = cast(parsed[key])
+            except ValueError:
+                pass
+    return values

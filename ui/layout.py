@@ -1,0 +1,108 @@
+"""The whole page: top bar (model, VAE), the txt2img / img2img / Inpaint / PNG Info tabs, and the send-to links."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from backend.errors import BackendError
+from backend.model_manager import NO_CHECKPOINT_MESSAGE
+from ui.context import UiContext
+from ui.generation_controls import fields_from_infotext
+from ui.png_info import build_png_info_tab
+from ui.tabs import Tab, build_tab, fill_targets, fill_updates
+
+CSS = ".error-box { color: #c62828; font-weight: 600; }"
+
+
+def build_ui(ctx: UiContext) -> gr.Blocks:
+    with gr.Blocks(title="Stable Diffusion web UI") as demo:
+        top = _build_top_bar(ctx)
+        tabs: dict[str, Tab] = {}
+        with gr.Tabs() as tab_group:
+            for name, label in (("txt2img", "txt2img"), ("img2img", "img2img"), ("inpaint", "Inpaint")):
+                with gr.Tab(label, id=name, elem_id=f"tab_{name}"):
+                    tabs[name] = build_tab(ctx, name, top)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png_image, png_text, png_buttons = build_png_info_tab()
+        _wire_send_to(tabs, tab_group, png_image, png_text, png_buttons)
+    return demo
+
+
+def _build_top_bar(ctx: UiContext) -> dict:
+    with gr.Row():
+        checkpoint = gr.Dropdown(ctx.checkpoint_titles(), value=ctx.current_title(), label="Stable Diffusion checkpoint",
+                                 elem_id="setting_sd_model_checkpoint", scale=4)
+        refresh = gr.Button("🔄", elem_id="refresh_checkpoints", min_width=40, scale=0)
+        vae = gr.Dropdown(ctx.vae_choices(), value="Automatic", label="SD VAE", elem_id="setting_sd_vae", scale=2)
+    status = gr.Markdown(_models_message(ctx), elem_id="models_status")
+
+    def on_refresh(current):
+        ctx.registry.refresh()
+        titles = ctx.checkpoint_titles()
+        value = current if current in titles else (titles[0] if titles else None)
+        return gr.update(choices=titles, value=value), gr.update(choices=ctx.vae_choices()), _models_message(ctx)
+
+    def on_change_checkpoint(title, progress=gr.Progress()):
+        if not title:
+            return ""
+        try:
+            job = ctx.service.load_checkpoint(title)
+            progress(0.1, desc=f"Loading {title}")
+            job.wait()
+        except BackendError as err:
+            return f"**Error:** {err}"
+        except Exception as err:  # noqa: BLE001 - show it, keep the page usable
+            return f"**Error loading {title}:** {err}"
+        return f"Loaded {title}"
+
+    refresh.click(on_refresh, inputs=checkpoint, outputs=[checkpoint, vae, status])
+    checkpoint.input(on_change_checkpoint, inputs=checkpoint, outputs=status)
+    return {"checkpoint": checkpoint, "vae": vae}
+
+
+def _models_message(ctx: UiContext) -> str:
+    if ctx.checkpoint_titles():
+        return ""
+    return "⚠ " + NO_CHECKPOINT_MESSAGE.format(folder=ctx.registry.checkpoint_dir)
+
+
+def _wire_send_to(tabs: dict[str, Tab], tab_group, png_image, png_text, png_buttons) -> None:
+    for target_name, button in png_buttons.items():
+        target = tabs[target_name]
+        outputs = fill_targets(target) + [tab_group]
+        image_target = _image_target(target)
+        if image_target is not None:
+            outputs.append(image_target)
+
+        def send(text, image, target=target, image_target=image_target):
+            updates = fill_updates(target, fields_from_infotext(text)) + [gr.Tabs(selected=target.name)]
+            if image_target is not None:
+                updates.append(image)
+            return updates
+
+        button.click(send, inputs=[png_text, png_image], outputs=outputs)
+
+    for source in tabs.values():
+        for target_name, button in (("img2img", source.send_to_img2img), ("inpaint", source.send_to_inpaint)):
+            target = tabs[target_name]
+            button.click(lambda gallery, name=target_name: (_last_image(gallery), gr.Tabs(selected=name)),
+                         inputs=source.outputs.gallery, outputs=[_image_target(target), tab_group])
+
+
+def _image_target(tab: Tab):
+    return tab.extra.get("init_image") or tab.extra.get("editor")
+
+
+def _last_image(gallery):
+    """A gallery value is a list of (image, caption) items; the last one is a single image, never the grid."""
+    if not gallery:
+        return None
+    item = gallery[-1]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    if isinstance(image, dict):
+        image = image.get("path") or image.get("image", {}).get("path")
+    if isinstance(image, str):
+        from PIL import Image
+
+        image = Image.open(image)
+    return image

@@ -1,0 +1,172 @@
+"""The generation tabs: txt2img, img2img and Inpaint share controls, outputs and buttons; each adds its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from ui.context import UiContext
+from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
+                                    request_fields, run_job)
+
+RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
+MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
+INPAINT_AREAS = ["Whole picture", "Only masked"]
+
+
+@dataclass
+class Tab:
+    name: str
+    controls: Controls
+    outputs: Outputs
+    extra: dict = field(default_factory=dict)  # tab-specific widgets by name
+    generate: gr.Button | None = None
+    interrupt: gr.Button | None = None
+    skip: gr.Button | None = None
+    paste: gr.Button | None = None
+    send_to_img2img: gr.Button | None = None
+    send_to_inpaint: gr.Button | None = None
+
+
+def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
+    with gr.Row():
+        with gr.Column(scale=3):
+            controls = build_controls(name)
+            extra = _build_extra(name)
+        with gr.Column(scale=2):
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id=f"{name}_generate")
+                interrupt = gr.Button("Interrupt", variant="stop", visible=False, elem_id=f"{name}_interrupt")
+                skip = gr.Button("Skip", elem_id=f"{name}_skip")
+                paste = gr.Button("↙", elem_id=f"{name}_paste", min_width=40)
+            outputs = build_outputs(name)
+            with gr.Row():
+                to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{name}_send_to_img2img")
+                to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{name}_send_to_inpaint")
+    tab = Tab(name, controls, outputs, extra, generate, interrupt, skip, paste, to_img2img, to_inpaint)
+    _wire(ctx, tab, top_bar)
+    return tab
+
+
+def _build_extra(name: str) -> dict:
+    extra: dict = {}
+    if name == "img2img":
+        extra["init_image"] = gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", height=320)
+    if name == "inpaint":
+        extra["editor"] = gr.ImageEditor(label="Image (paint the area to repaint)", type="pil", elem_id="inpaint_editor",
+                                         brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), height=360,
+                                         layers=False)
+        extra["mask_upload"] = gr.Image(label="Or upload a mask (white = repaint)", type="pil",
+                                        elem_id="inpaint_mask_upload", height=160)
+        with gr.Row():
+            extra["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="inpaint_mask_blur")
+            extra["invert"] = gr.Checkbox(label="Invert mask", elem_id="inpaint_invert")
+        extra["masked_content"] = gr.Radio(MASKED_CONTENT, value="original", label="Masked content",
+                                           elem_id="inpaint_masked_content")
+        with gr.Row():
+            extra["area"] = gr.Radio(INPAINT_AREAS, value="Whole picture", label="Inpaint area",
+                                     elem_id="inpaint_area")
+            extra["padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
+                                         elem_id="inpaint_padding")
+    if name in ("img2img", "inpaint"):
+        extra["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
+                                                elem_id=f"{name}_denoising_strength")
+        extra["resize_mode"] = gr.Radio(RESIZE_MODES, value="Just resize", label="Resize mode",
+                                        elem_id=f"{name}_resize_mode")
+    return extra
+
+
+def make_request(tab: Tab, values: dict, top: dict) -> GenerationRequest:
+    """Widget values of `tab` (and the top bar) -> a backend request."""
+    fields = request_fields(values, tab.controls)
+    fields.update(checkpoint=values[top["checkpoint"]] or None, vae=values[top["vae"]])
+    extra = tab.extra
+    if tab.name == "img2img":
+        fields.update(init_image=values[extra["init_image"]])
+    if tab.name == "inpaint":
+        image, mask = editor_image_and_mask(values[extra["editor"]], values[extra["mask_upload"]])
+        fields.update(init_image=image, mask=mask, mask_blur=int(values[extra["mask_blur"]]),
+                      inpainting_mask_invert=bool(values[extra["invert"]]),
+                      inpainting_fill=MaskedContent(MASKED_CONTENT.index(values[extra["masked_content"]])),
+                      inpaint_full_res=values[extra["area"]] == "Only masked",
+                      inpaint_full_res_padding=int(values[extra["padding"]]))
+    if tab.name in ("img2img", "inpaint"):
+        if fields["init_image"] is None:
+            from backend.errors import InvalidRequest
+
+            raise InvalidRequest("image", "upload an image first")
+        fields.update(denoising_strength=float(values[extra["denoising_strength"]]),
+                      resize_mode=ResizeMode(RESIZE_MODES.index(values[extra["resize_mode"]])))
+    return GenerationRequest(**fields)
+
+
+def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None):
+    """ImageEditor value -> (picture, mask). Painted strokes (any opaque layer pixel) are the mask; an
+    uploaded mask takes precedence."""
+    if not editor or editor.get("background") is None:
+        return None, None
+    background = editor["background"].convert("RGB")
+    if uploaded_mask is not None:
+        return background, uploaded_mask
+    alpha = np.zeros((background.height, background.width), dtype=np.uint8)
+    for layer in editor.get("layers") or []:
+        if layer is None:
+            continue
+        layer_alpha = np.asarray(layer.convert("RGBA").resize(background.size))[..., 3]
+        alpha = np.maximum(alpha, layer_alpha)
+    return background, Image.fromarray(np.where(alpha > 0, 255, 0).astype(np.uint8))
+
+
+def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
+    from backend.errors import BackendError
+
+    inputs = tab.controls.all() | set(tab.extra.values()) | {top["checkpoint"], top["vae"]}
+
+    def on_generate(values: dict):
+        try:
+            request = make_request(tab, values, top)
+        except BackendError as err:
+            yield {tab.outputs.error: f"**Error:** {err}"}
+            return
+        yield from run_job(ctx, request, tab.outputs)
+
+    def show_running():
+        return gr.update(visible=False), gr.update(visible=True)
+
+    def show_idle():
+        return gr.update(visible=True), gr.update(visible=False)
+
+    tab.generate.click(show_running, outputs=[tab.generate, tab.interrupt]).then(
+        on_generate, inputs=inputs, outputs=tab.outputs.all(), api_name=f"{tab.name}_generate",
+        concurrency_limit=None).then(show_idle, outputs=[tab.generate, tab.interrupt])
+    tab.interrupt.click(lambda job_id: ctx.service.queue.cancel(job_id) if job_id else None,
+                        inputs=tab.outputs.job_id, outputs=None)
+    tab.skip.click(lambda: ctx.service.queue.skip(), outputs=None)
+    tab.controls.reuse_seed_button.click(lambda seeds: seeds[0] if seeds else -1, inputs=tab.outputs.seeds,
+                                         outputs=tab.controls.seed)
+    tab.paste.click(lambda text: fill_updates(tab, fields_from_infotext(text)), inputs=tab.controls.prompt,
+                    outputs=fill_targets(tab))
+
+
+def fill_targets(tab: Tab) -> list:
+    targets = list(vars(tab.controls).values())
+    targets = [t for t in targets if isinstance(t, gr.components.Component) and not isinstance(t, gr.Button)]
+    for name in ("denoising_strength", "mask_blur"):
+        if name in tab.extra:
+            targets.append(tab.extra[name])
+    return targets
+
+
+def fill_updates(tab: Tab, values: dict) -> list:
+    """An update per fill target: the parsed value where the infotext had one, unchanged otherwise."""
+    updates = []
+    for name, widget in list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in ("denoising_strength",
+                                                                                             "mask_blur")]:
+        if widget is None or not isinstance(widget, gr.components.Component) or isinstance(widget, gr.Button):
+            continue
+        updates.append(gr.update(value=values[name]) if name in values else gr.update())
+    return updates
