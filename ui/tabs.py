@@ -17,7 +17,6 @@ RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resiz
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
 
-
 @dataclass
 class Tab:
     name: str
@@ -30,7 +29,6 @@ class Tab:
     paste: gr.Button | None = None
     send_to_img2img: gr.Button | None = None
     send_to_inpaint: gr.Button | None = None
-
 
 def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     with gr.Row():
@@ -50,7 +48,6 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     tab = Tab(name, controls, outputs, extra, generate, interrupt, skip, paste, to_img2img, to_inpaint)
     _wire(ctx, tab, top_bar)
     return tab
-
 
 def _build_extra(name: str) -> dict:
     extra: dict = {}
@@ -79,7 +76,6 @@ def _build_extra(name: str) -> dict:
                                         elem_id=f"{name}_resize_mode")
     return extra
 
-
 def make_request(tab: Tab, values: dict, top: dict) -> GenerationRequest:
     """Widget values of `tab` (and the top bar) -> a backend request."""
     fields = request_fields(values, tab.controls)
@@ -103,23 +99,24 @@ def make_request(tab: Tab, values: dict, top: dict) -> GenerationRequest:
                       resize_mode=ResizeMode(RESIZE_MODES.index(values[extra["resize_mode"]])))
     return GenerationRequest(**fields)
 
-
 def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None):
-    """ImageEditor value -> (picture, mask). Painted strokes (any opaque layer pixel) are the mask; an
-    uploaded mask takes precedence."""
+    """ImageEditor value -> (picture, mask). Painted strokes are the mask: opaque pixels of the drawing layers,
+    or wherever the composite differs from the background. An uploaded mask takes precedence."""
     if not editor or editor.get("background") is None:
         return None, None
     background = editor["background"].convert("RGB")
+
     if uploaded_mask is not None:
         return background, uploaded_mask
-    alpha = np.zeros((background.height, background.width), dtype=np.uint8)
+    painted = np.zeros((background.height, background.width), dtype=bool)
     for layer in editor.get("layers") or []:
-        if layer is None:
-            continue
-        layer_alpha = np.asarray(layer.convert("RGBA").resize(background.size))[..., 3]
-        alpha = np.maximum(alpha, layer_alpha)
-    return background, Image.fromarray(np.where(alpha > 0, 255, 0).astype(np.uint8))
-
+        if layer is not None:
+            painted |= np.asarray(layer.convert("RGBA").resize(background.size))[..., 3] > 0
+    composite = editor.get("composite")
+    if composite is not None:
+        drawn = np.asarray(composite.convert("RGB").resize(background.size), dtype=np.int16)
+        painted |= np.abs(drawn - np.asarray(background, dtype=np.int16)).max(axis=-1) > 8
+    return background, Image.fromarray(np.where(painted, 255, 0).astype(np.uint8))
 
 def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     from backend.errors import BackendError
@@ -151,7 +148,6 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     tab.paste.click(lambda text: fill_updates(tab, fields_from_infotext(text)), inputs=tab.controls.prompt,
                     outputs=fill_targets(tab))
 
-
 def fill_targets(tab: Tab) -> list:
     targets = list(vars(tab.controls).values())
     targets = [t for t in targets if isinstance(t, gr.components.Component) and not isinstance(t, gr.Button)]
@@ -159,7 +155,6 @@ def fill_targets(tab: Tab) -> list:
         if name in tab.extra:
             targets.append(tab.extra[name])
     return targets
-
 
 def fill_updates(tab: Tab, values: dict) -> list:
     """An update per fill target: the parsed value where the infotext had one, unchanged otherwise."""

@@ -1,0 +1,122 @@
+"""The real app in headless Chromium: what a person does in each tab."""
+
+import shutil
+import time
+
+import pytest
+
+from tests.server import running_app
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+
+
+@pytest.fixture(scope="module")
+def app_url(models_dir, tmp_path_factory):
+    with running_app(models_dir, tmp_path_factory.mktemp("ui") / "outputs", "--ckpt", "sd1") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(app_url)
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    yield page
+    context.close()
+
+
+def paste_parameters(page, tab: str, text: str) -> None:
+    page.fill(f"#{tab}_prompt textarea", text)
+    page.click(f"#{tab}_paste")
+    page.wait_for_function(f"document.querySelector('#{tab}_prompt textarea').value.indexOf('Steps:') < 0")
+
+
+def test_txt2img_generates_into_the_gallery(page):
+    paste_parameters(page, "txt2img", "a lighthouse\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64")
+    assert page.input_value("#txt2img_prompt textarea") == "a lighthouse"
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img", timeout=60_000)
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 5')")
+    assert "Steps: 3, Sampler: Euler" in page.input_value("#txt2img_info textarea")
+
+
+def test_interrupt_a_long_run(page):
+    paste_parameters(page, "txt2img", "a forest\nSteps: 150, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512")
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_interrupt", state="visible", timeout=30_000)
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Step')",
+                           timeout=60_000)
+    page.click("#txt2img_interrupt")
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('interrupted')",
+                           timeout=60_000)
+    page.wait_for_selector("#txt2img_generate", state="visible", timeout=30_000)
+
+
+def test_invalid_request_shows_an_error_and_page_stays_usable(page):
+    page.click("#tab_img2img-button")
+    page.click("#img2img_generate")
+    page.wait_for_function("document.querySelector('#img2img_error').innerText.includes('upload an image first')",
+                           timeout=30_000)
+    page.click("#tab_txt2img-button")
+    assert page.is_visible("#txt2img_generate")
+
+
+def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
+    from PIL import Image
+
+    from backend.outputs import png_info
+
+    path = tmp_path / "made-elsewhere.png"
+    Image.new("RGB", (64, 64), "green").save(path, pnginfo=png_info(
+        "a green field\nNegative prompt: fog\nSteps: 7, Sampler: Euler a, Schedule type: Karras, CFG scale: 4.5, "
+        "Seed: 321, Size: 128x192"))
+    page.click("#tab_pnginfo-button")
+    page.set_input_files("#pnginfo_image input[type=file]", str(path))
+    page.wait_for_function("document.querySelector('#pnginfo_parameters textarea').value.includes('Seed: 321')",
+                           timeout=30_000)
+    page.click("#pnginfo_send_to_txt2img")
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a green field'",
+                           timeout=30_000)
+    assert page.input_value("#txt2img_neg_prompt textarea") == "fog"
+    assert page.input_value("#txt2img_seed input") == "321"
+    assert page.input_value("#txt2img_steps input[type=number]") == "7"
+    assert page.input_value("#txt2img_width input[type=number]") == "128"
+
+
+def test_paint_a_mask_and_inpaint(page, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(path)
+    page.click("#tab_inpaint-button")
+    paste_parameters(page, "inpaint", "a moon\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 2, Size: 64x64")
+    page.set_input_files("#inpaint_editor input[type=file]", str(path))
+    canvas = page.locator("#inpaint_editor canvas").first
+    canvas.wait_for(timeout=30_000)
+    canvas.scroll_into_view_if_needed()
+    time.sleep(1)
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 30, cy)  # the brush is the active tool once an image is loaded
+    page.mouse.down()
+    page.mouse.move(cx + 30, cy + 10, steps=20)
+    page.mouse.up()
+    time.sleep(1)
+    page.click("#inpaint_generate")
+    page.wait_for_selector("#inpaint_gallery img", timeout=90_000)
+    assert "Mask blur: 4" in page.input_value("#inpaint_info textarea")

@@ -1,0 +1,52 @@
+"""UI handlers tested directly as functions (the browser tests cover the wiring)."""
+
+import numpy as np
+from PIL import Image
+
+from backend.generation.requests import MaskedContent
+from ui.generation_controls import fields_from_infotext
+from ui.png_info import read_parameters
+from ui.tabs import editor_image_and_mask
+
+
+def test_painted_strokes_become_the_mask():
+    background = Image.new("RGB", (32, 32), "blue")
+    layer = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (4, 4, 10, 10))
+    image, mask = editor_image_and_mask({"background": background, "layers": [layer], "composite": None}, None)
+    assert image.size == (32, 32)
+    assert np.asarray(mask)[5, 5] == 255 and np.asarray(mask)[20, 20] == 0
+
+
+def test_uploaded_mask_takes_precedence_and_empty_editor_gives_nothing():
+    background = Image.new("RGB", (8, 8))
+    uploaded = Image.new("L", (8, 8), 255)
+    assert editor_image_and_mask({"background": background, "layers": []}, uploaded)[1] is uploaded
+    assert editor_image_and_mask(None, None) == (None, None)
+
+
+def test_infotext_fills_the_fields():
+    values = fields_from_infotext("a cat\nNegative prompt: dog\nSteps: 12, Sampler: Euler a, Schedule type: Karras, "
+                                  "CFG scale: 5.5, Seed: 42, Size: 640x384, Denoising strength: 0.4, Mask blur: 8")
+    assert values == {"prompt": "a cat", "negative_prompt": "dog", "steps": 12, "sampler": "Euler a",
+                      "schedule": "Karras", "cfg_scale": 5.5, "seed": 42, "width": 640, "height": 384,
+                      "denoising_strength": 0.4, "mask_blur": 8}
+
+
+def test_png_info_reads_parameters():
+    from backend.outputs import png_info
+
+    image = Image.new("RGB", (8, 8))
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=png_info("p\nSteps: 1, Sampler: Euler, Seed: 3"))
+    text, parsed = read_parameters(Image.open(buf))
+    assert text.startswith("p\n") and parsed["Seed"] == "3"
+    assert read_parameters(Image.new("RGB", (4, 4)))[0] == "This image has no generation parameters."
+
+
+def test_masked_content_labels_match_the_backend_order():
+    from ui.tabs import MASKED_CONTENT
+
+    assert [MaskedContent(i).name.lower().replace("_", " ") for i in range(4)] == MASKED_CONTENT
