@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub, whateve
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from backend.settings import PROJECT_ROOT, Settings  # noqa: E402
+from backend.settings import PROJECT_ROOT, Limits, Settings  # noqa: E402
 
 log = logging.getLogger("app")
 
@@ -38,7 +38,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     p.add_argument("--no-half", action="store_true", help="run the whole model in fp32")
     p.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32")
+    p.add_argument("--prediction-type", action="append", default=[], metavar="NAME=v|epsilon",
+                   help="override what a checkpoint predicts (SD 2.x 768-v vs 512 look alike); repeatable")
+    p.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
+    p.add_argument("--max-upload-pixels", type=int, default=4096 * 4096, help="largest uploaded image, in pixels")
     return p.parse_args(argv)
+
+
+def parse_prediction_overrides(items: list[str]) -> dict[str, str]:
+    """['model.safetensors=v'] -> {'model.safetensors': 'v_prediction'}."""
+    kinds = {"v": "v_prediction", "v_prediction": "v_prediction", "eps": "epsilon", "epsilon": "epsilon"}
+    overrides = {}
+    for item in items:
+        name, _, kind = item.rpartition("=")
+        if not name or kind not in kinds:
+            raise SystemExit(f"--prediction-type expects NAME=v or NAME=epsilon, got '{item}'")
+        overrides[name] = kinds[kind]
+    return overrides
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -52,6 +68,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         precision="fp32" if args.no_half else args.precision,
         no_half_vae=args.no_half_vae,
         default_checkpoint=args.ckpt,
+        prediction_overrides=parse_prediction_overrides(args.prediction_type),
+        limits=Limits(max_width=args.max_size, max_height=args.max_size, max_upload_pixels=args.max_upload_pixels),
     )
 
 
@@ -96,7 +114,7 @@ def build_service(settings: Settings):
     vae_dtype = torch.float32 if settings.no_half_vae else dtype
     log.info("device %s, precision %s, VAE precision %s", device, dtype, vae_dtype)
     registry = ModelRegistry(settings.checkpoint_dir, settings.vae_folder, HashCache(settings.hash_cache_file))
-    models = ModelManager(registry, device, dtype, vae_dtype)
+    models = ModelManager(registry, device, dtype, vae_dtype, settings.prediction_overrides)
     return GenerationService(settings, models, OutputWriter(settings.outputs_dir))
 
 

@@ -23,7 +23,8 @@ NO_VAE = "None"
 
 
 class ModelManager:
-    def __init__(self, registry: ModelRegistry, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype):
+    def __init__(self, registry: ModelRegistry, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype,
+                 prediction_overrides: dict[str, str] | None = None):
         self.registry = registry
         self.device = device
         self.dtype = dtype
@@ -32,7 +33,7 @@ class ModelManager:
         self.current_vae: ModelFile | None = None  # None = the checkpoint's own VAE
         self._model: LoadedModel | None = None
         self._builtin_vae = None
-        self.prediction_overrides: dict[str, str] = {}  # checkpoint name -> "epsilon" | "v_prediction"
+        self.prediction_overrides = dict(prediction_overrides or {})  # checkpoint name -> epsilon | v_prediction
 
     @property
     def loaded_family(self):
@@ -57,7 +58,7 @@ class ModelManager:
     def _load(self, checkpoint: ModelFile) -> None:
         self.unload()
         log.info("loading %s on %s as %s", checkpoint.title, self.device, self.dtype)
-        override = self.prediction_overrides.get(checkpoint.name)
+        override = self.prediction_overrides.get(checkpoint.name) or self.prediction_overrides.get(checkpoint.model_name)
         self._model = load_model(checkpoint.path, self.device, self.dtype, override)
         self._model.vae.to(self.vae_dtype)
         self._builtin_vae = self._model.vae

@@ -31,6 +31,7 @@ class Settings:
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     no_half_vae: bool = False
     default_checkpoint: str | None = None
+    prediction_overrides: dict[str, str] = field(default_factory=dict)  # checkpoint name -> epsilon | v_prediction
     limits: Limits = field(default_factory=Limits)
 
     @property

@@ -56,7 +56,7 @@ def build_backend(models_dir: Path, outputs_dir: Path, **settings) -> Generation
     """The backend exactly as app.py wires it, on the CPU in fp32."""
     s = Settings(models_dir=models_dir, outputs_dir=outputs_dir, device="cpu", precision="fp32", **settings)
     registry = ModelRegistry(s.checkpoint_dir, s.vae_folder, HashCache(s.hash_cache_file))
-    models = ModelManager(registry, torch.device("cpu"), torch.float32, torch.float32)
+    models = ModelManager(registry, torch.device("cpu"), torch.float32, torch.float32, s.prediction_overrides)
     return GenerationService(s, models, OutputWriter(s.outputs_dir))
 
 

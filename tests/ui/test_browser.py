@@ -120,3 +120,17 @@ def test_paint_a_mask_and_inpaint(page, tmp_path):
     page.click("#inpaint_generate")
     page.wait_for_selector("#inpaint_gallery img", timeout=90_000)
     assert "Mask blur: 4" in page.input_value("#inpaint_info textarea")
+
+
+def test_empty_models_folder_starts_and_says_where_to_put_checkpoints(browser, tmp_path):
+    (tmp_path / "models").mkdir()
+    with running_app(tmp_path / "models", tmp_path / "outputs") as base:
+        page = browser.new_page()
+        page.goto(base)
+        page.wait_for_function("document.querySelector('#models_status')?.innerText.includes('Stable-diffusion')",
+                               timeout=60_000)
+        assert "No checkpoint found" in page.inner_text("#models_status")
+        page.click("#txt2img_generate")
+        page.wait_for_function("document.querySelector('#txt2img_error')?.innerText.includes('No checkpoint found')",
+                               timeout=30_000)
+        page.close()

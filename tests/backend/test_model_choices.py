@@ -1,0 +1,98 @@
+"""VAE choice, prediction-type override, fp16 files and the fp16 VAE overflow guard."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from backend.generation import sampling
+from backend.generation.requests import GenerationRequest
+from tests.conftest import build_backend
+from tests.fixtures import tiny_models
+from tests.fixtures.reference import reference_pipeline
+
+
+def _req(**kw):
+    base = dict(prompt="a cat", steps=3, width=64, height=64, seed=4, sampler_name="Euler", save_images=False)
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+def _px(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def own_models(tmp_path_factory, models_dir):
+    """A models folder of our own: one checkpoint, a VAE file, a sidecar VAE, an fp16 copy."""
+    root = tmp_path_factory.mktemp("choices") / "models"
+    ckpts = root / "Stable-diffusion"
+    ckpts.mkdir(parents=True)
+    shutil.copy(models_dir / "Stable-diffusion" / "sd1.safetensors", ckpts / "plain.safetensors")
+    shutil.copy(models_dir / "Stable-diffusion" / "sd1.safetensors", ckpts / "with-sidecar.safetensors")
+    shutil.copy(models_dir / "Stable-diffusion" / "sd2-v.safetensors", ckpts / "sd2.safetensors")
+    other = tiny_models.make_sd1(seed=99)
+    vae = {k.removeprefix("first_stage_model."): v for k, v in tiny_models.ldm_state_dict(other).items()
+           if k.startswith("first_stage_model.")}
+    from safetensors.torch import save_file
+
+    (root / "VAE").mkdir()
+    save_file(vae, str(root / "VAE" / "other.safetensors"))
+    save_file(vae, str(ckpts / "with-sidecar.vae.safetensors"))
+    tiny_models.write_checkpoint(tiny_models.make_sd1(seed=1), ckpts / "half.safetensors", dtype=torch.float16)
+    return root
+
+
+@pytest.fixture(scope="module")
+def svc(own_models, tmp_path_factory):
+    service = build_backend(own_models, tmp_path_factory.mktemp("out"),
+                            prediction_overrides={"sd2.safetensors": "epsilon"})
+    yield service
+    service.shutdown()
+
+
+def test_vae_file_and_sidecar_change_the_decode(svc):
+    plain = svc.generate(_req(checkpoint="plain.safetensors"))
+    with_vae = svc.generate(_req(checkpoint="plain.safetensors", vae="other.safetensors"))
+    assert not np.array_equal(_px(plain.images[0]), _px(with_vae.images[0]))
+    assert "VAE: other.safetensors" in with_vae.infotexts[0] and "VAE hash: " in with_vae.infotexts[0]
+    sidecar = svc.generate(_req(checkpoint="with-sidecar.safetensors"))
+    assert np.array_equal(_px(sidecar.images[0]), _px(with_vae.images[0]))
+    none = svc.generate(_req(checkpoint="with-sidecar.safetensors", vae="None"))
+    assert np.array_equal(_px(none.images[0]), _px(plain.images[0]))
+
+
+def test_prediction_type_override_wins_over_the_sidecar(svc, tiny):
+    ours = svc.generate(_req(checkpoint="sd2.safetensors")).images[0]
+    tiny["sd2"].v_prediction = False
+    try:
+        expected = reference_pipeline(tiny["sd2"], "Euler", None)(
+            prompt="a cat", num_inference_steps=3, width=64, height=64, guidance_scale=7.0,
+            generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
+    finally:
+        tiny["sd2"].v_prediction = True
+    assert np.abs(_px(ours) - _px(expected)).max() <= 2
+
+
+def test_fp16_checkpoint_loads_and_generates(svc):
+    result = svc.generate(_req(checkpoint="half.safetensors"))
+    assert result.images[0].size == (64, 64)
+
+
+def test_fp16_vae_overflow_is_decoded_in_fp32(svc):
+    svc.generate(_req(checkpoint="plain.safetensors"))
+    model = svc.models.get(svc.registry.find_checkpoint("plain.safetensors"))
+    vae = model.vae
+    # Very large latents overflow fp16 activations (max 65504) inside the decoder, as real SD VAEs do.
+    latents = 5000 * torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    try:
+        vae.to(torch.float16)
+        with torch.no_grad():
+            raw = vae.decode(latents.half() / vae.config.scaling_factor).sample
+        assert not torch.isfinite(raw).all()  # the guard has something to catch
+        images = sampling.decode_latents(model, latents)
+        assert vae.dtype == torch.float16  # put back after the fp32 retry
+        assert np.asarray(images[0]).std() > 0  # not a black/NaN image
+    finally:
+        vae.to(torch.float32)
