@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +73,11 @@ class HashCache:
         return digest
 
     def _write(self) -> None:
+        # A unique temporary file, then an atomic rename: two processes sharing the cache never clash.
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._entries, indent=1))
+        fd, tmp = tempfile.mkstemp(dir=self.cache_file.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self._entries, indent=1))
         os.replace(tmp, self.cache_file)
 
 
