@@ -133,7 +133,7 @@ class GenerationService:
 
     def _collect(self, result: GenerationResult, model: LoadedModel, req: GenerationRequest,
                  images: list[Image.Image], seeds: list[int]) -> None:
-        for image, seed in zip(images, seeds):
+        for image, seed in zip(images, seeds, strict=True):
             text = self.infotext(req, result, seed)
             result.images.append(image)
             result.seeds.append(seed)

@@ -48,7 +48,8 @@ def _wait_ready(proc: subprocess.Popen, url: str, log_name: str, timeout: float 
         if proc.poll() is not None:
             raise RuntimeError(f"app exited with {proc.returncode}:\n{Path(log_name).read_text()[-3000:]}")
         try:
-            if requests.get(url, timeout=2).status_code < 500:
+            status = requests.get(url, timeout=2).status_code
+            if status < 500 and status != 404:  # 404: the server is up but not all routes are mounted yet
                 return
         except requests.RequestException:
             pass

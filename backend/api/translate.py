@@ -78,7 +78,7 @@ def to_response(body: Txt2ImgBody, req: GenerationRequest, result: GenerationRes
         images.insert(0, result.grid)
         infotexts.insert(0, result.infotexts[0])
         first = 1
-    encoded = [encode_png(img, text) for img, text in zip(images, infotexts)] if body.send_images else []
+    encoded = [encode_png(img, text) for img, text in zip(images, infotexts, strict=True)] if body.send_images else []
     if isinstance(body, Img2ImgBody) and body.include_init_images:
         encoded += body.init_images
     parameters = body.model_dump()

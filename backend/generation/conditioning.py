@@ -45,7 +45,7 @@ class PromptEncoder:
         parts, pooled = [], None
         for i, tokens in enumerate(token_chunks):
             per_encoder = []
-            for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+            for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
                 ids = _chunk_ids(tokens, tokenizer).to(encoder.device)
                 hidden, chunk_pooled = self._run_encoder(encoder, ids, clip_skip)
                 per_encoder.append(hidden)

@@ -12,7 +12,7 @@ from diffusers.loaders import single_file_utils as ldm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from backend.errors import CheckpointError
-from backend.loading.detect import VAE_PREFIX, ModelSpec, TextEncoderSpec, vae_config
+from backend.loading.detect import VAE_PREFIX, Family, ModelSpec, TextEncoderSpec, vae_config
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,7 @@ def build_standalone_vae(sd: StateDict, like: AutoencoderKL, dtype: torch.dtype)
     return _assign(vae, weights, dtype, "VAE")
 
 
-def _family_of(vae: AutoencoderKL):
-    from backend.loading.detect import Family
-
+def _family_of(vae: AutoencoderKL) -> Family:
     return Family.SDXL if abs(vae.config.scaling_factor - 0.13025) < 1e-6 else Family.SD1
 
 

@@ -15,7 +15,8 @@ from tests.server import running_app
 
 @pytest.fixture(scope="module")
 def api(models_dir, tmp_path_factory):
-    with running_app(models_dir, tmp_path_factory.mktemp("api") / "outputs", "--api", "--ckpt", "sd1") as base:
+    with running_app(models_dir, tmp_path_factory.mktemp("api") / "outputs", "--api", "--ckpt", "sd1",
+                     ready_path="/sdapi/v1/progress") as base:
         yield base + "/sdapi/v1"
 
 

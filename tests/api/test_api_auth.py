@@ -12,7 +12,7 @@ from tests.server import ROOT, running_app
 @pytest.fixture(scope="module")
 def secured(models_dir, tmp_path_factory):
     with running_app(models_dir, tmp_path_factory.mktemp("auth") / "outputs", "--api", "--api-auth", "alice:s3cret",
-                     "--ckpt", "sd1") as base:
+                     "--ckpt", "sd1", ready_path="/sdapi/v1/progress") as base:
         yield base + "/sdapi/v1"
 
 

@@ -12,7 +12,8 @@ webuiapi = pytest.importorskip("webuiapi")
 
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
-    with running_app(models_dir, tmp_path_factory.mktemp("clients") / "outputs", "--api", "--ckpt", "sd1") as base:
+    with running_app(models_dir, tmp_path_factory.mktemp("clients") / "outputs", "--api", "--ckpt", "sd1",
+                     ready_path="/sdapi/v1/progress") as base:
         yield base
 
 
