@@ -55,10 +55,8 @@ class Progress:
 
 
 class Job:
-    _ids = itertools.count(1)
-
-    def __init__(self, kind: str, payload: Any):
-        self.id = f"job-{next(self._ids)}"
+    def __init__(self, job_id: str, kind: str, payload: Any):
+        self.id = job_id
         self.kind = kind
         self.payload = payload
         self.state = JobState.QUEUED
@@ -119,6 +117,7 @@ class Job:
 class JobQueue:
     def __init__(self, run: Callable[[Job], Any]):
         self._run = run
+        self._ids = itertools.count(1)
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending: list[Job] = []
@@ -127,7 +126,7 @@ class JobQueue:
         self._thread.start()
 
     def submit(self, kind: str, payload: Any) -> Job:
-        job = Job(kind, payload)
+        job = Job(f"job-{next(self._ids)}", kind, payload)
         with self._lock:
             self._pending.append(job)
         self._queue.put(job)
