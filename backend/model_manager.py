@@ -77,12 +77,12 @@ class ModelManager:
         if wanted == current_path:
             return
         if wanted is None:
-            self._model.vae, self.current_vae = self._builtin_vae, None
+            self._model.use_vae(self._builtin_vae)
+            self.current_vae = None
         else:
             sd = read_state_dict(wanted)
-            self._model.vae = build_standalone_vae(sd, self._builtin_vae, self.vae_dtype).to(self.device)
+            self._model.use_vae(build_standalone_vae(sd, self._builtin_vae, self.vae_dtype).to(self.device))
             self.current_vae = ModelFile(wanted, wanted.name, self.registry.hashes.sha256(wanted))
-        self._model._pipelines.clear()
 
     def _wanted_vae(self, checkpoint: ModelFile, vae_choice: str | None):
         if vae_choice == NO_VAE:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from backend import infotext
 from backend.errors import Interrupted
+from backend.generation.img2img import generate_img2img
 from backend.generation.requests import MASKED_CONTENT_LABELS, GenerationRequest, resolve_seed, validate
 from backend.generation.txt2img import generate_txt2img
 from backend.grid import make_grid
@@ -61,10 +62,7 @@ class GenerationService:
         """Check the request now (bad input fails fast, before queueing), then queue it."""
         validate(request, self.settings.limits)
         resolve(request.sampler_name, request.scheduler)
-        if request.checkpoint:
-            self.registry.find_checkpoint(request.checkpoint)
-        else:
-            self.models.default_checkpoint(self.settings.default_checkpoint)
+        self._checkpoint_for(request)
         if request.vae not in (None, "Automatic", "None"):
             self.registry.find_vae(request.vae)
         return self.queue.submit("generate", request)
@@ -88,6 +86,12 @@ class GenerationService:
     def shutdown(self) -> None:
         self.queue.stop()
 
+    def _checkpoint_for(self, req: GenerationRequest) -> ModelFile:
+        """The request's checkpoint, else the loaded one, else the configured or first one."""
+        if req.checkpoint:
+            return self.registry.find_checkpoint(req.checkpoint)
+        return self.models.default_checkpoint(self.settings.default_checkpoint)
+
     # ---------------------------------------------------------------- the worker
 
     def _run_job(self, job: Job):
@@ -97,8 +101,7 @@ class GenerationService:
         return self._generate(job, job.payload)
 
     def _generate(self, job: Job, req: GenerationRequest) -> GenerationResult:
-        checkpoint = (self.registry.find_checkpoint(req.checkpoint) if req.checkpoint
-                      else self.models.default_checkpoint(self.settings.default_checkpoint))
+        checkpoint = self._checkpoint_for(req)
         job.progress.textinfo = f"loading {checkpoint.title}"
         model = self.models.get(checkpoint, req.vae)
         sampler = resolve(req.sampler_name, req.scheduler)
@@ -127,8 +130,6 @@ class GenerationService:
                 job: Job) -> list[Image.Image]:
         if req.kind == "txt2img":
             return generate_txt2img(model, req, sampler, seeds, job.report_step)
-        from backend.generation.img2img import generate_img2img
-
         return generate_img2img(model, req, sampler, seeds, job.report_step)
 
     def _collect(self, result: GenerationResult, model: LoadedModel, req: GenerationRequest,

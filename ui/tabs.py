@@ -8,6 +8,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from backend.errors import BackendError, InvalidRequest
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
 from ui.context import UiContext
 from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
@@ -16,6 +17,7 @@ from ui.generation_controls import (Controls, Outputs, build_controls, build_out
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
+
 
 @dataclass
 class Tab:
@@ -29,6 +31,7 @@ class Tab:
     paste: gr.Button | None = None
     send_to_img2img: gr.Button | None = None
     send_to_inpaint: gr.Button | None = None
+
 
 def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     with gr.Row():
@@ -48,6 +51,7 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     tab = Tab(name, controls, outputs, extra, generate, interrupt, skip, paste, to_img2img, to_inpaint)
     _wire(ctx, tab, top_bar)
     return tab
+
 
 def _build_extra(name: str) -> dict:
     extra: dict = {}
@@ -76,6 +80,7 @@ def _build_extra(name: str) -> dict:
                                         elem_id=f"{name}_resize_mode")
     return extra
 
+
 def make_request(tab: Tab, values: dict, top: dict) -> GenerationRequest:
     """Widget values of `tab` (and the top bar) -> a backend request."""
     fields = request_fields(values, tab.controls)
@@ -92,12 +97,11 @@ def make_request(tab: Tab, values: dict, top: dict) -> GenerationRequest:
                       inpaint_full_res_padding=int(values[extra["padding"]]))
     if tab.name in ("img2img", "inpaint"):
         if fields["init_image"] is None:
-            from backend.errors import InvalidRequest
-
             raise InvalidRequest("image", "upload an image first")
         fields.update(denoising_strength=float(values[extra["denoising_strength"]]),
                       resize_mode=ResizeMode(RESIZE_MODES.index(values[extra["resize_mode"]])))
     return GenerationRequest(**fields)
+
 
 def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None):
     """ImageEditor value -> (picture, mask). Painted strokes are the mask: opaque pixels of the drawing layers,
@@ -105,7 +109,6 @@ def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None
     if not editor or editor.get("background") is None:
         return None, None
     background = editor["background"].convert("RGB")
-
     if uploaded_mask is not None:
         return background, uploaded_mask
     painted = np.zeros((background.height, background.width), dtype=bool)
@@ -118,9 +121,8 @@ def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None
         painted |= np.abs(drawn - np.asarray(background, dtype=np.int16)).max(axis=-1) > 8
     return background, Image.fromarray(np.where(painted, 255, 0).astype(np.uint8))
 
-def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
-    from backend.errors import BackendError
 
+def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     inputs = tab.controls.all() | set(tab.extra.values()) | {top["checkpoint"], top["vae"]}
 
     def on_generate(values: dict):
@@ -148,20 +150,17 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     tab.paste.click(lambda text: fill_updates(tab, fields_from_infotext(text)), inputs=tab.controls.prompt,
                     outputs=fill_targets(tab))
 
+
+def _fillable(tab: Tab) -> list[tuple[str, gr.components.Component]]:
+    """(name, widget) of every field infotext can fill on `tab`, in a fixed order."""
+    named = list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in ("denoising_strength", "mask_blur")]
+    return [(name, w) for name, w in named if isinstance(w, gr.components.Component) and not isinstance(w, gr.Button)]
+
+
 def fill_targets(tab: Tab) -> list:
-    targets = list(vars(tab.controls).values())
-    targets = [t for t in targets if isinstance(t, gr.components.Component) and not isinstance(t, gr.Button)]
-    for name in ("denoising_strength", "mask_blur"):
-        if name in tab.extra:
-            targets.append(tab.extra[name])
-    return targets
+    return [widget for _, widget in _fillable(tab)]
+
 
 def fill_updates(tab: Tab, values: dict) -> list:
     """An update per fill target: the parsed value where the infotext had one, unchanged otherwise."""
-    updates = []
-    for name, widget in list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in ("denoising_strength",
-                                                                                             "mask_blur")]:
-        if widget is None or not isinstance(widget, gr.components.Component) or isinstance(widget, gr.Button):
-            continue
-        updates.append(gr.update(value=values[name]) if name in values else gr.update())
-    return updates
+    return [gr.update(value=values[name]) if name in values else gr.update() for name, _ in _fillable(tab)]

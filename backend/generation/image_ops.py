@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 from scipy.ndimage import gaussian_filter
 
+from backend.errors import InvalidRequest
 from backend.generation.requests import ResizeMode
 
 LANCZOS = Image.Resampling.LANCZOS
@@ -112,10 +115,6 @@ def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) 
 
 def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     """Uploaded bytes -> a loaded PIL image, or InvalidRequest naming the field (never a crash)."""
-    import io
-
-    from backend.errors import InvalidRequest
-
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > max_pixels:

@@ -124,12 +124,12 @@ def _masked_content_pixels(work: InpaintWork, content: MaskedContent, seed: int)
     """9-channel models take pixels: latent noise / latent nothing become pixel noise / neutral gray there."""
     if content == MaskedContent.LATENT_NOISE:
         rng = np.random.default_rng(seed)
-        noise = Image.fromarray(rng.integers(0, 256, (work.image.height, work.image.width, 3), dtype=np.uint8))
-        return Image.composite(noise, work.image, work.mask.point(lambda v: 255 if v >= 128 else 0))
-    if content == MaskedContent.LATENT_NOTHING:
-        gray = Image.new("RGB", work.image.size, GRAY)
-        return Image.composite(gray, work.image, work.mask.point(lambda v: 255 if v >= 128 else 0))
-    return work.image
+        filler = Image.fromarray(rng.integers(0, 256, (work.image.height, work.image.width, 3), dtype=np.uint8))
+    elif content == MaskedContent.LATENT_NOTHING:
+        filler = Image.new("RGB", work.image.size, GRAY)
+    else:
+        return work.image
+    return Image.composite(filler, work.image, work.mask.point(lambda v: 255 if v >= 128 else 0))
 
 
 def _steps_to_run(req: GenerationRequest) -> int:

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from backend.generation import sampling
+from backend.generation.img2img import txt2img_with_inpainting_model
 from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
 from backend.samplers import ResolvedSampler
@@ -14,8 +15,6 @@ from backend.samplers import ResolvedSampler
 def generate_txt2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                      on_step: sampling.StepCallback) -> list[Image.Image]:
     if model.is_inpainting:
-        from backend.generation.img2img import txt2img_with_inpainting_model
-
         return txt2img_with_inpainting_model(model, req, sampler, seeds, on_step)
     generators = sampling.seeded_generators(seeds)
     noise = sampling.initial_noise(generators, req.height, req.width)

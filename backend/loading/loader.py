@@ -64,6 +64,11 @@ class LoadedModel:
     def modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, *self.text_encoders]
 
+    def use_vae(self, vae: torch.nn.Module) -> None:
+        """Swap the VAE; pipelines built with the old one are dropped and rebuilt on demand."""
+        self.vae = vae
+        self._pipelines.clear()
+
     def pipeline(self, kind: str):
         """A diffusers pipeline of `kind` (txt2img, img2img, inpaint) sharing this model's modules."""
         if kind not in self._pipelines:
