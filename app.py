@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub, whateve
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from backend.settings import PROJECT_ROOT, Limits, Settings  # noqa: E402
+from backend.settings import PROJECT_ROOT, Limits, MemoryFlags, Settings  # noqa: E402
 
 log = logging.getLogger("app")
 
@@ -38,6 +38,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     p.add_argument("--no-half", action="store_true", help="run the whole model in fp32")
     p.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32")
+    p.add_argument("--xformers", action="store_true", help="use xformers attention where its CUDA kernels work")
+    p.add_argument("--attention-slicing", action="store_true",
+                   help="compute attention in slices (saves memory; slower on top of SDPA/xformers)")
+    p.add_argument("--medvram", action="store_true", help="model offload: one component on the GPU at a time")
+    p.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
+    p.add_argument("--lowvram", action="store_true", help="sequential offload: each layer on the GPU only while it runs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (channels_last); slow first image")
+    p.add_argument("--checkpoint-cache", type=int, default=1, metavar="N",
+                   help="inactive checkpoints kept in RAM for fast switching back (default 1; 0 = none)")
+    p.add_argument("--checkpoint-cache-gb", type=float, default=None, metavar="GB",
+                   help="RAM budget for those cached checkpoints (default: a third of the RAM)")
     p.add_argument("--prediction-type", action="append", default=[], metavar="NAME=v|epsilon",
                    help="override what a checkpoint predicts (SD 2.x 768-v vs 512 look alike); repeatable")
     p.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
@@ -67,6 +78,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=args.device,
         precision="fp32" if args.no_half else args.precision,
         no_half_vae=args.no_half_vae,
+        memory=MemoryFlags(xformers=args.xformers, attention_slicing=args.attention_slicing, medvram=args.medvram,
+                           medvram_sdxl=args.medvram_sdxl, lowvram=args.lowvram, compile=args.compile),
+        checkpoint_cache=args.checkpoint_cache,
+        checkpoint_cache_gb=args.checkpoint_cache_gb,
         default_checkpoint=args.ckpt,
         prediction_overrides=parse_prediction_overrides(args.prediction_type),
         limits=Limits(max_width=args.max_size, max_height=args.max_size, max_upload_pixels=args.max_upload_pixels),
@@ -102,19 +117,25 @@ def check_exposure(args: argparse.Namespace) -> None:
 def build_service(settings: Settings):
     import torch
 
-    from backend import memory
-    from backend.model_manager import ModelManager
+    from backend.memory import policy
+    from backend.memory.facts import probe_device_facts
+    from backend.model_manager import CacheLimits, ModelManager, Placement
     from backend.outputs import OutputWriter
     from backend.registry import HashCache, ModelRegistry
     from backend.service import GenerationService
 
-    facts = memory.probe_device_facts()
-    device = memory.choose_device(settings.device, facts)
-    dtype = memory.choose_dtype(settings.precision, device, facts)
+    def probe():
+        return probe_device_facts(check_xformers=settings.memory.xformers)
+
+    facts = probe()
+    device = policy.choose_device(settings.device, facts)
+    dtype = policy.choose_dtype(settings.precision, device, facts)
     vae_dtype = torch.float32 if settings.no_half_vae else dtype
     log.info("device %s, precision %s, VAE precision %s", device, dtype, vae_dtype)
+    placement = Placement(device, dtype, vae_dtype, settings.memory, probe)
+    cache = CacheLimits(settings.checkpoint_cache, policy.cache_budget_bytes(facts, settings.checkpoint_cache_gb))
     registry = ModelRegistry(settings.checkpoint_dir, settings.vae_folder, HashCache(settings.hash_cache_file))
-    models = ModelManager(registry, device, dtype, vae_dtype, settings.prediction_overrides)
+    models = ModelManager(registry, placement, cache, settings.prediction_overrides)
     return GenerationService(settings, models, OutputWriter(settings.outputs_dir))
 
 

@@ -1,17 +1,24 @@
-"""Keeps the loaded model (and its chosen VAE) and loads another on request. Used only by the worker thread."""
+"""Keeps the active model (and its chosen VAE) on the device, recent ones in a RAM cache, and loads others on
+request. Used only by the worker thread."""
 
 from __future__ import annotations
 
-import gc
 import logging
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 
 from backend.errors import ModelNotFound
 from backend.loading.build import build_standalone_vae
 from backend.loading.checkpoint_file import read_state_dict
+from backend.loading.detect import Family
 from backend.loading.loader import LoadedModel, load_model
+from backend.memory.apply import apply_measures, park, release_memory, replace_vae
+from backend.memory.facts import DeviceFacts
+from backend.memory.policy import GB, MemoryPlan, ModelSize, models_to_evict, plan_memory
 from backend.registry import ModelFile, ModelRegistry
+from backend.settings import MemoryFlags
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +29,75 @@ AUTOMATIC_VAE = "Automatic"
 NO_VAE = "None"
 
 
-class ModelManager:
-    def __init__(self, registry: ModelRegistry, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype,
-                 prediction_overrides: dict[str, str] | None = None):
-        self.registry = registry
-        self.device = device
-        self.dtype = dtype
-        self.vae_dtype = vae_dtype
-        self.current_file: ModelFile | None = None
-        self.current_vae: ModelFile | None = None  # None = the checkpoint's own VAE
-        self._model: LoadedModel | None = None
-        self._builtin_vae = None
-        self.prediction_overrides = dict(prediction_overrides or {})  # checkpoint name -> epsilon | v_prediction
+@dataclass(frozen=True)
+class Placement:
+    """Where and how models run: device, precisions, the memory flags and how to probe the machine's facts."""
+
+    device: torch.device
+    dtype: torch.dtype
+    vae_dtype: torch.dtype
+    flags: MemoryFlags = MemoryFlags()
+    probe: object = None  # () -> DeviceFacts; free memory changes, so it is probed again at every load
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    """Inactive models kept in RAM so that switching back is fast (A1111's "checkpoints to cache in RAM")."""
+
+    max_models: int = 1
+    max_bytes: int = 8 * GB
+
+
+@dataclass
+class CachedModel:
+    file: ModelFile
+    model: LoadedModel
+    builtin_vae: torch.nn.Module
+    plan: MemoryPlan
+    vae_file: ModelFile | None = None  # None = the checkpoint's own VAE
 
     @property
-    def loaded_family(self):
-        return self._model.family if self._model is not None else None
+    def bytes(self) -> int:
+        return sum(model_bytes(m) for m in self.model.modules())
+
+
+class ModelManager:
+    def __init__(self, registry: ModelRegistry, placement: Placement, cache: CacheLimits = CacheLimits(),
+                 prediction_overrides: dict[str, str] | None = None):
+        self.registry = registry
+        self.placement = placement
+        self.cache = cache
+        self.prediction_overrides = dict(prediction_overrides or {})  # checkpoint name -> epsilon | v_prediction
+        self._entries: OrderedDict[str, CachedModel] = OrderedDict()  # least recently used first; last = active
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    @property
+    def _active(self) -> CachedModel | None:
+        return next(reversed(self._entries.values())) if self._entries else None
+
+    @property
+    def current_file(self) -> ModelFile | None:
+        return self._active.file if self._active else None
+
+    @property
+    def current_vae(self) -> ModelFile | None:
+        return self._active.vae_file if self._active else None
+
+    @property
+    def loaded_family(self) -> Family | None:
+        return self._active.model.family if self._active else None
+
+    @property
+    def plan(self) -> MemoryPlan:
+        return self._active.plan
+
+    @property
+    def cached_files(self) -> list[ModelFile]:
+        """Every model held in RAM, least recently used first; the last one is active."""
+        return [entry.file for entry in self._entries.values()]
 
     def default_checkpoint(self, preferred: str | None = None) -> ModelFile:
         if preferred:
@@ -50,39 +110,71 @@ class ModelManager:
         return checkpoints[0]
 
     def get(self, checkpoint: ModelFile, vae_choice: str | None = None) -> LoadedModel:
-        if self._model is None or checkpoint != self.current_file:
-            self._load(checkpoint)
-        self._apply_vae(checkpoint, vae_choice)
-        return self._model
+        if self.current_file != checkpoint:
+            self._activate(checkpoint)
+        self._apply_vae(self._active, vae_choice)
+        return self._active.model
 
-    def _load(self, checkpoint: ModelFile) -> None:
-        self.unload()
-        log.info("loading %s on %s as %s", checkpoint.title, self.device, self.dtype)
-        override = self.prediction_overrides.get(checkpoint.name) or self.prediction_overrides.get(checkpoint.model_name)
-        self._model = load_model(checkpoint.path, self.device, self.dtype, override)
-        self._model.vae.to(self.vae_dtype)
-        self._builtin_vae = self._model.vae
-        self.current_file, self.current_vae = checkpoint, None
+    def apply(self, measures) -> None:
+        """Put the active model into the state the (per-request) measures describe."""
+        apply_measures(self._active.model, measures, self.device)
 
     def unload(self) -> None:
-        self._model = self._builtin_vae = None
-        self.current_file = self.current_vae = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self._entries.clear()
+        release_memory()
 
-    def _apply_vae(self, checkpoint: ModelFile, vae_choice: str | None) -> None:
-        wanted = self._wanted_vae(checkpoint, vae_choice)
-        current_path = self.current_vae.path if self.current_vae else None
+    # ---------------------------------------------------------------- switching and the RAM cache
+
+    def _activate(self, checkpoint: ModelFile) -> None:
+        if self._active is not None and self.device.type != "cpu":
+            park(self._active.model)  # frees the device for the next model; it stays in RAM
+        key = str(checkpoint.path)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            log.info("switching to %s from the RAM cache", checkpoint.title)
+        else:
+            self._evict(list(self._entries.values()))  # before loading, so old and new never add up in RAM
+            self._entries[key] = self._load(checkpoint)
+        self.apply(self._active.plan.measures)
+        self._evict(list(self._entries.values())[:-1])
+
+    def _evict(self, inactive: list[CachedModel]) -> None:
+        """Drop the least recently used of `inactive` beyond the cache limits, and really free their memory."""
+        count = models_to_evict([e.bytes for e in inactive], self.cache.max_models, self.cache.max_bytes)
+        keys = [str(e.file.path) for e in inactive[:count]]
+        inactive.clear()  # hold no reference to an evicted model, or it could not be freed
+        for key in keys:
+            log.info("evicting %s from the RAM cache", self._entries.pop(key).file.title)
+        if keys:
+            release_memory()
+
+    def _load(self, checkpoint: ModelFile) -> CachedModel:
+        p = self.placement
+        log.info("loading %s on %s as %s", checkpoint.title, p.device, p.dtype)
+        override = self.prediction_overrides.get(checkpoint.name) or self.prediction_overrides.get(checkpoint.model_name)
+        model = load_model(checkpoint.path, p.dtype, override)
+        model.vae.to(p.vae_dtype)
+        plan = plan_memory(self._facts(), p.device, model_size(model), p.flags)
+        log.info("memory plan for %s: %s", checkpoint.title, plan.describe())
+        return CachedModel(checkpoint, model, model.vae, plan)
+
+    def _facts(self) -> DeviceFacts:
+        return self.placement.probe() if self.placement.probe else DeviceFacts()
+
+    # ---------------------------------------------------------------- VAE choice
+
+    def _apply_vae(self, entry: CachedModel, vae_choice: str | None) -> None:
+        wanted = self._wanted_vae(entry.file, vae_choice)
+        current_path = entry.vae_file.path if entry.vae_file else None
         if wanted == current_path:
             return
         if wanted is None:
-            self._model.use_vae(self._builtin_vae)
-            self.current_vae = None
+            vae, entry.vae_file = entry.builtin_vae, None
         else:
             sd = read_state_dict(wanted)
-            self._model.use_vae(build_standalone_vae(sd, self._builtin_vae, self.vae_dtype).to(self.device))
-            self.current_vae = ModelFile(wanted, wanted.name, self.registry.hashes.sha256(wanted))
+            vae = build_standalone_vae(sd, entry.builtin_vae, self.placement.vae_dtype)
+            entry.vae_file = ModelFile(wanted, wanted.name, self.registry.hashes.sha256(wanted))
+        replace_vae(entry.model, vae, self.device)
 
     def _wanted_vae(self, checkpoint: ModelFile, vae_choice: str | None):
         if vae_choice == NO_VAE:
@@ -90,3 +182,13 @@ class ModelManager:
         if vae_choice and vae_choice != AUTOMATIC_VAE:
             return self.registry.find_vae(vae_choice).path
         return self.registry.sidecar_vae(checkpoint)
+
+
+def model_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def model_size(model: LoadedModel) -> ModelSize:
+    sizes = [model_bytes(m) for m in model.modules()]
+    return ModelSize(total_bytes=sum(sizes), largest_component_bytes=max(sizes), is_sdxl=model.family is Family.SDXL,
+                     dtype_bytes=torch.finfo(model.dtype).bits // 8)

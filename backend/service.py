@@ -17,6 +17,8 @@ from backend.generation.txt2img import generate_txt2img
 from backend.grid import make_grid
 from backend.jobs import Job, JobQueue, SkipBatch
 from backend.loading.loader import LoadedModel
+from backend.memory.fallback import run_with_fallbacks
+from backend.memory.policy import Measures
 from backend.model_manager import ModelManager
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
@@ -108,16 +110,21 @@ class GenerationService:
         first_seed = resolve_seed(req.seed)
         result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
+        measures = self.models.plan.for_request(req.width, req.height, req.batch_size)
         try:
             for batch_no in range(req.n_iter):
                 job.start_batch(batch_no, req.n_iter)
                 job.progress.textinfo = f"batch {batch_no + 1} of {req.n_iter}"
                 seeds = [first_seed + batch_no * req.batch_size + i for i in range(req.batch_size)]
+
+                def attempt(m: Measures, seeds=seeds) -> list[Image.Image]:
+                    return self._sample(model, req, sampler, seeds, job, m)
+
                 try:
-                    images = self._sample(model, req, sampler, seeds, job)
+                    images, measures = run_with_fallbacks(attempt, measures, len(seeds), self.models.device)
                 except SkipBatch:
                     continue
-                self._collect(result, model, req, images, seeds)
+                self._collect(result, req, images, seeds, measures)
         except Interrupted:
             result.interrupted = True
         if len(result.images) > 1:
@@ -127,22 +134,28 @@ class GenerationService:
         return result
 
     def _sample(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                job: Job) -> list[Image.Image]:
-        if req.kind == "txt2img":
-            return generate_txt2img(model, req, sampler, seeds, job.report_step)
-        return generate_img2img(model, req, sampler, seeds, job.report_step)
+                job: Job, measures: Measures) -> list[Image.Image]:
+        """One batch under `measures`; with a batch split, its parts run one after another (same seeds)."""
+        self.models.apply(measures)
+        generate = generate_txt2img if req.kind == "txt2img" else generate_img2img
+        part = -(-len(seeds) // measures.batch_split)
+        images = []
+        for start in range(0, len(seeds), part):
+            images += generate(model, req, sampler, seeds[start : start + part], job.report_step)
+        return images
 
-    def _collect(self, result: GenerationResult, model: LoadedModel, req: GenerationRequest,
-                 images: list[Image.Image], seeds: list[int]) -> None:
+    def _collect(self, result: GenerationResult, req: GenerationRequest, images: list[Image.Image],
+                 seeds: list[int], measures: Measures) -> None:
         for image, seed in zip(images, seeds, strict=True):
-            text = self.infotext(req, result, seed)
+            text = self.infotext(req, result, seed, measures)
             result.images.append(image)
             result.seeds.append(seed)
             result.infotexts.append(text)
             if req.save_images:
                 result.paths.append(self.outputs.save_image(image, req.kind, seed, text))
 
-    def infotext(self, req: GenerationRequest, result: GenerationResult, seed: int) -> str:
+    def infotext(self, req: GenerationRequest, result: GenerationResult, seed: int,
+                 measures: Measures | None = None) -> str:
         checkpoint, vae = result.checkpoint, self.models.current_vae
         params: dict[str, object] = {
             "Steps": req.steps,
@@ -166,5 +179,7 @@ class GenerationService:
             params["Masked content"] = MASKED_CONTENT_LABELS[req.inpainting_fill]
             if req.inpainting_mask_invert:
                 params["Mask mode"] = "Inpaint not masked"
+        if measures is not None and measures.fallbacks:
+            params["Memory fallback"] = " + ".join(measures.fallbacks)
         params["Version"] = VERSION
         return infotext.build(req.prompt, req.negative_prompt, params)

@@ -21,6 +21,18 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class MemoryFlags:
+    """The A1111-style command-line switches that steer the memory policy (backend/memory/policy.py)."""
+
+    xformers: bool = False
+    attention_slicing: bool = False
+    medvram: bool = False
+    medvram_sdxl: bool = False
+    lowvram: bool = False
+    compile: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     models_dir: Path = PROJECT_ROOT / "models"
     outputs_dir: Path = PROJECT_ROOT / "outputs"
@@ -30,6 +42,9 @@ class Settings:
     device: str = "auto"  # auto | cuda | cpu | mps
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     no_half_vae: bool = False
+    memory: MemoryFlags = field(default_factory=MemoryFlags)
+    checkpoint_cache: int = 1  # inactive checkpoints kept in RAM for fast switching back
+    checkpoint_cache_gb: float | None = None  # their RAM budget; None = a third of the machine's RAM
     default_checkpoint: str | None = None
     prediction_overrides: dict[str, str] = field(default_factory=dict)  # checkpoint name -> epsilon | v_prediction
     limits: Limits = field(default_factory=Limits)

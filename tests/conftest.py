@@ -12,9 +12,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from backend.model_manager import ModelManager  # noqa: E402
-from backend.outputs import OutputWriter  # noqa: E402
-from backend.registry import HashCache, ModelRegistry  # noqa: E402
+from app import build_service  # noqa: E402
 from backend.service import GenerationService  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from tests.fixtures import tiny_models  # noqa: E402
@@ -53,11 +51,9 @@ def models_dir(tmp_path_factory, tiny) -> Path:
 
 
 def build_backend(models_dir: Path, outputs_dir: Path, **settings) -> GenerationService:
-    """The backend exactly as app.py wires it, on the CPU in fp32."""
-    s = Settings(models_dir=models_dir, outputs_dir=outputs_dir, device="cpu", precision="fp32", **settings)
-    registry = ModelRegistry(s.checkpoint_dir, s.vae_folder, HashCache(s.hash_cache_file))
-    models = ModelManager(registry, torch.device("cpu"), torch.float32, torch.float32, s.prediction_overrides)
-    return GenerationService(s, models, OutputWriter(s.outputs_dir))
+    """The backend exactly as app.py wires it, on the CPU in fp32 unless `settings` say otherwise."""
+    settings = {"device": "cpu", "precision": "fp32", **settings}
+    return build_service(Settings(models_dir=models_dir, outputs_dir=outputs_dir, **settings))
 
 
 @pytest.fixture(scope="session")

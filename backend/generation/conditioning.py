@@ -21,8 +21,9 @@ class Conditioning:
 
 
 class PromptEncoder:
-    def __init__(self, family: Family, tokenizers: list, text_encoders: list):
+    def __init__(self, family: Family, tokenizers: list, text_encoders: list, device: torch.device):
         self.family = family
+        self.device = device  # where the encoders run (their weights may sit in RAM while offloaded)
         self.tokenizers = tokenizers
         self.text_encoders = text_encoders
 
@@ -46,7 +47,7 @@ class PromptEncoder:
         for i, tokens in enumerate(token_chunks):
             per_encoder = []
             for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
-                ids = _chunk_ids(tokens, tokenizer).to(encoder.device)
+                ids = _chunk_ids(tokens, tokenizer).to(self.device)
                 hidden, chunk_pooled = self._run_encoder(encoder, ids, clip_skip)
                 per_encoder.append(hidden)
                 if i == 0 and chunk_pooled is not None:

@@ -150,7 +150,7 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     if latent_mask is not None:
         callback = _holding_unmasked(callback, latents, latent_mask, seeds)
     out = pipe(**sampling.conditioning_kwargs(model, cond, uncond),
-               image=latents.to(model.unet.device, model.unet.dtype), strength=req.denoising_strength,
+               image=latents.to(model.execution_device, model.dtype), strength=req.denoising_strength,
                num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
                output_type="latent", callback_on_step_end=callback).images
     return sampling.decode_latents(model, out.float())
@@ -181,8 +181,8 @@ def _sample_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler
     generators = sampling.seeded_generators(seeds)
     extra = {}
     if strength >= 1.0:
-        extra["latents"] = sampling.initial_noise(generators, req.height, req.width).to(model.unet.device,
-                                                                                         model.unet.dtype)
+        extra["latents"] = sampling.initial_noise(generators, req.height, req.width).to(model.execution_device,
+                                                                                         model.dtype)
     elif int(req.steps * strength) < 1:
         return [image.copy() for _ in seeds]
     cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip)

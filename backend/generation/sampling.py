@@ -84,5 +84,5 @@ def encode_image(model: LoadedModel, image: Image.Image) -> torch.Tensor:
     """RGB image -> scaled latents (1, 4, h/8, w/8). The distribution's mean keeps img2img deterministic."""
     vae = model.vae
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    pixels = torch.from_numpy(array).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
+    pixels = torch.from_numpy(array).permute(2, 0, 1)[None].to(model.execution_device, vae.dtype)
     return vae.encode(pixels).latent_dist.mode().float() * vae.config.scaling_factor

@@ -27,7 +27,7 @@ def generate_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolv
         num_inference_steps=req.steps,
         guidance_scale=req.cfg_scale,
         generator=generators,
-        latents=noise.to(model.unet.device, model.unet.dtype),
+        latents=noise.to(model.execution_device, model.dtype),
         output_type="latent",
         callback_on_step_end=sampling.step_callback(on_step),
     ).images

@@ -24,6 +24,7 @@ from backend.generation.conditioning import PromptEncoder
 from backend.loading import build, prediction
 from backend.loading.checkpoint_file import read_state_dict
 from backend.loading.detect import Family, detect, normalize_prefixes
+from backend.memory.policy import Measures
 from backend.samplers import scheduler_base_config
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class LoadedModel:
     tokenizers: list
     prediction_type: str
     dtype: torch.dtype
+    execution_device: torch.device = torch.device("cpu")  # where it computes, wherever the weights are
+    applied_measures: Measures | None = None  # set by backend.memory.apply
     _pipelines: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -59,7 +62,7 @@ class LoadedModel:
 
     @property
     def prompt_encoder(self) -> PromptEncoder:
-        return PromptEncoder(self.family, self.tokenizers, self.text_encoders)
+        return PromptEncoder(self.family, self.tokenizers, self.text_encoders, self.execution_device)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, *self.text_encoders]
@@ -92,14 +95,11 @@ class LoadedModel:
         return parts
 
 
-def load_model(path: Path, device: torch.device, dtype: torch.dtype, prediction_override: str | None = None) -> LoadedModel:
+def load_model(path: Path, dtype: torch.dtype, prediction_override: str | None = None) -> LoadedModel:
+    """The model in RAM, in `dtype`; backend.memory puts it on the device as the memory policy says."""
     if path.is_dir():
-        model = _load_diffusers_folder(path, dtype)
-    else:
-        model = _load_single_file(path, dtype, prediction_override)
-    for module in model.modules():
-        module.to(device)
-    return model
+        return _load_diffusers_folder(path, dtype)
+    return _load_single_file(path, dtype, prediction_override)
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, prediction_override: str | None) -> LoadedModel:

@@ -1,0 +1,82 @@
+"""Each memory measure carried out for real on a tiny model (on the CPU, offload runs the GPU code path with the
+CPU as the execution device): the images stay the same and undoing a measure restores the model."""
+
+import numpy as np
+import pytest
+import torch
+
+from backend.generation.requests import GenerationRequest
+from backend.generation.txt2img import generate_txt2img
+from backend.memory.apply import BringOnUse, apply_measures
+from backend.memory.policy import Measures, Offload
+from backend.samplers import resolve
+from tests.conftest import build_backend
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model(models_dir, tmp_path_factory):
+    svc = build_backend(models_dir, tmp_path_factory.mktemp("out"))
+    yield svc.models.get(svc.registry.find_checkpoint("sd1.safetensors"))
+    svc.shutdown()
+
+
+def _generate(model, measures: Measures, batch: int = 1):
+    apply_measures(model, measures, CPU)
+    req = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, batch_size=batch, sampler_name="Euler")
+    images = generate_txt2img(model, req, resolve("Euler", None), list(range(7, 7 + batch)), lambda *a: None)
+    return [np.asarray(i, dtype=np.int16) for i in images]
+
+
+def _weights(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("measures", [
+    Measures(offload=Offload.MODEL),
+    Measures(offload=Offload.SEQUENTIAL),
+    Measures(attention_slicing=True, vae_tiling=True, vae_slicing=True),
+], ids=["model-offload", "sequential-offload", "slicing-and-tiling"])
+def test_measure_keeps_the_image(model, measures):
+    baseline = _generate(model, Measures(), batch=2)
+    assert np.abs(_generate(model, measures, batch=2)[1] - baseline[1]).max() <= 1
+    _generate(model, Measures())
+    assert not any(hasattr(m, "_hf_hook") for mod in model.modules() for m in mod.modules())
+
+
+def test_sequential_offload_keeps_weights_off_the_module_and_restores_them(model):
+    before = _weights(model.unet)
+    apply_measures(model, Measures(offload=Offload.SEQUENTIAL), CPU)
+    assert {p.device.type for p in model.unet.parameters()} == {"meta"}  # weights live in the offload map
+    _generate(model, Measures(offload=Offload.SEQUENTIAL))
+    apply_measures(model, Measures(), CPU)
+    after = _weights(model.unet)
+    assert {p.device.type for p in model.unet.parameters()} == {"cpu"}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_model_offload_brings_each_component_when_it_is_used(model):
+    apply_measures(model, Measures(offload=Offload.MODEL), CPU)
+    hook = model.unet._hf_hook
+    assert isinstance(hook, BringOnUse) and model.vae._hf_hook.group is hook.group
+    used = []
+    for part in model.modules():
+        part.register_forward_hook(lambda m, args, out: used.append((m, hook.group.resident)))
+    _generate(model, Measures(offload=Offload.MODEL))
+    # the text encoder was resident while it ran, then the UNet; vae.decode (not forward) brought the VAE
+    assert used and all(module is resident for module, resident in used)
+    order = [m for i, (m, _) in enumerate(used) if i == 0 or used[i - 1][0] is not m]
+    assert order == [model.text_encoders[0], model.unet]
+    assert hook.group.resident is model.vae
+    apply_measures(model, Measures(), CPU)
+    for part in model.modules():
+        part._forward_hooks.clear()
+
+
+def test_attention_slicing_is_set_and_removed(model):
+    apply_measures(model, Measures(attention_slicing=True), CPU)
+    kinds = {type(p).__name__ for p in model.unet.attn_processors.values()}
+    assert kinds == {"SlicedAttnProcessor"}
+    apply_measures(model, Measures(), CPU)
+    assert {type(p).__name__ for p in model.unet.attn_processors.values()} == {"AttnProcessor2_0"}
