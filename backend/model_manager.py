@@ -191,4 +191,4 @@ def model_bytes(module: torch.nn.Module) -> int:
 def model_size(model: LoadedModel) -> ModelSize:
     sizes = [model_bytes(m) for m in model.modules()]
     return ModelSize(total_bytes=sum(sizes), largest_component_bytes=max(sizes), is_sdxl=model.family is Family.SDXL,
-                     dtype_bytes=torch.finfo(model.dtype).bits // 8)
+                     dtype=model.dtype)

@@ -8,11 +8,13 @@ import gc
 import logging
 
 import torch
+import torch._inductor.config
 from accelerate import cpu_offload
 from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
 from accelerate.utils import send_to_device
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from backend.memory.cpu_prepack import prepack_convolutions, unpack_convolutions
 from backend.memory.policy import Measures, Offload
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,10 @@ def apply_measures(model, measures: Measures, device: torch.device) -> None:
             _set_attention(module, measures)
     if before is None or before.offload != measures.offload:
         _set_compile(model.unet, False)
+        _set_prepack(model, False)  # offload hooks wrap `forward`: they must see the plain one
         _place(model, measures.offload, device)
     _set_compile(model.unet, measures.compile)
+    _set_prepack(model, measures.prepacked_conv and measures.offload is Offload.NONE)
     _set_vae(model.vae, measures)
     model.applied_measures = measures
 
@@ -75,12 +79,14 @@ def replace_vae(model, vae: torch.nn.Module, device: torch.device) -> None:
     else:
         model.use_vae(vae.to(device))
         _set_attention(vae, measures)
+        _set_prepack(model, measures.prepacked_conv)
         _set_vae(vae, measures)
 
 
 def park(model) -> None:
     """Take the model off the device entirely (it stays in RAM, for the model cache)."""
     _set_compile(model.unet, False)
+    _set_prepack(model, False)
     _place(model, Offload.NONE, CPU)
     model.applied_measures = None
 
@@ -121,9 +127,16 @@ def _place(model, offload: Offload, device: torch.device) -> None:
     release_memory()
 
 
+def _set_prepack(model, on: bool) -> None:
+    for module in (model.unet, model.vae):
+        prepack_convolutions(module) if on else unpack_convolutions(module)
+
+
 def _set_compile(unet: torch.nn.Module, on: bool) -> None:
     compiled = getattr(unet, "_compiled_call_impl", None) is not None
     if on and not compiled:
+        # Freezing lets inductor treat weights as constants (packed once for oneDNN on the CPU); inference only.
+        torch._inductor.config.freezing = True
         unet.to(memory_format=torch.channels_last)
         unet.compile()
     elif compiled and not on:

@@ -19,6 +19,7 @@ class DeviceFacts:
     cpu_bf16: bool = False  # the CPU has native bf16 arithmetic (AMX or AVX512-BF16)
     cuda_bf16: bool = False
     sdpa: bool = True  # torch.nn.functional.scaled_dot_product_attention exists
+    mkldnn: bool = False  # PyTorch's oneDNN CPU kernels are there
     xformers: bool = False  # xformers' memory-efficient attention runs on this CUDA device
     xformers_problem: str = ""  # why it does not, for the log
     total_vram: int = 0
@@ -40,6 +41,7 @@ def probe_device_facts(check_xformers: bool = False) -> DeviceFacts:
         cpu_bf16=_cpu_has_native_bf16(),
         cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
         sdpa=hasattr(F, "scaled_dot_product_attention"),
+        mkldnn=torch.backends.mkldnn.is_available(),
         xformers=xformers_ok,
         xformers_problem=xformers_problem,
         total_vram=total_vram,

@@ -43,7 +43,11 @@ class ModelSize:
     total_bytes: int
     largest_component_bytes: int
     is_sdxl: bool = False
-    dtype_bytes: int = 2
+    dtype: torch.dtype = torch.float16
+
+    @property
+    def dtype_bytes(self) -> int:
+        return torch.finfo(self.dtype).bits // 8
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Measures:
     vae_tiling: bool = False
     offload: Offload = Offload.NONE
     compile: bool = False  # torch.compile + channels_last on the UNet
+    prepacked_conv: bool = False  # CPU: convolution weights packed once for oneDNN (see cpu_prepack.py)
     batch_split: int = 1  # the batch runs in this many parts
     fallbacks: tuple[str, ...] = ()  # out-of-memory fallbacks taken, in order (for the log and the infotext)
 
@@ -63,7 +68,8 @@ class Measures:
         parts = [f"attention {self.attention}" + (" sliced" if self.attention_slicing else ""),
                  f"offload {self.offload.value}"]
         parts += [name for name, on in (("VAE slicing", self.vae_slicing), ("VAE tiling", self.vae_tiling),
-                                        ("torch.compile", self.compile)) if on]
+                                        ("torch.compile", self.compile),
+                                        ("prepacked convolutions", self.prepacked_conv)) if on]
         if self.batch_split > 1:
             parts.append(f"batch in {self.batch_split} parts")
         return ", ".join(parts)
@@ -114,7 +120,10 @@ def plan_memory(facts: DeviceFacts, device: torch.device, model: ModelSize, flag
     compile_unet = flags.compile and offload is Offload.NONE
     if flags.compile and not compile_unet:
         reasons.append("--compile is off while the model is offloaded")
-    measures = Measures(attention=attention, attention_slicing=slicing, offload=offload, compile=compile_unet)
+    # On the CPU, bf16 convolutions spend as long reordering weights as computing: pack them once instead.
+    prepack = device.type == "cpu" and facts.mkldnn and model.dtype == torch.bfloat16 and not compile_unet
+    measures = Measures(attention=attention, attention_slicing=slicing, offload=offload, compile=compile_unet,
+                        prepacked_conv=prepack)
     return MemoryPlan(measures, _vae_tiling_pixels(facts, device, model, offload), tuple(reasons))
 
 

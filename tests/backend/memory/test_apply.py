@@ -80,3 +80,17 @@ def test_attention_slicing_is_set_and_removed(model):
     assert kinds == {"SlicedAttnProcessor"}
     apply_measures(model, Measures(), CPU)
     assert {type(p).__name__ for p in model.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+
+
+def test_prepacked_convolutions_on_bf16_cpu_match_and_come_off(models_dir, tmp_path):
+    svc = build_backend(models_dir, tmp_path / "out", precision="bf16")
+    model = svc.models.get(svc.registry.find_checkpoint("sd1.safetensors"))
+    assert model.applied_measures.prepacked_conv  # the policy's choice for bf16 on a CPU with oneDNN
+    packed = _generate(model, Measures(prepacked_conv=True))[0]
+    convs = [m for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m._packed is not None for m in convs)
+    plain = _generate(model, Measures())[0]
+    assert not any("forward" in vars(m) for m in convs)
+    diff = np.abs(packed - plain)  # the same convolutions through another kernel: only bf16 rounding differs
+    assert diff.mean() < 2 and diff.max() <= 16
+    svc.shutdown()
