@@ -57,7 +57,7 @@ def write_files(arch: str, workdir: Path) -> tuple[Path, Path]:
         return checkpoint, config_dir
     model = build(arch)
     for module in [model.unet, model.vae, *model.text_encoders]:
-        module.eval().requires_grad_(False)
+        module.eval().requires_grad_(False).half()  # fp16 before the layout conversion copies it: SDXL fits in RAM
     _write_config_folder(reference_pipeline(model, "Euler", None), config_dir)
     partial = checkpoint.with_name("writing.safetensors")  # renamed when complete, so a broken run is redone
     tiny_models.write_checkpoint(model, partial, dtype=torch.float16).rename(checkpoint)

@@ -3,7 +3,7 @@ the same run, each in its own process. Prints a markdown table per architecture.
 
     .venv/bin/python -m benchmarks.run                      # CPU: SD 1.5, 256x256, 4 steps
     .venv/bin/python -m benchmarks.run --device cuda        # GPU: SD 1.5 at 512 and SDXL at 1024, 20 steps
-    .venv/bin/python -m benchmarks.run --arch sdxl --size 512 --steps 2
+    .venv/bin/python -m benchmarks.run --arch sdxl --size 512 --steps 2 --mode=default --mode=--compile
 
 The first run writes full-size random-weight checkpoints (SD 1.5: 2 GB, SDXL: 7 GB) into --workdir."""
 
@@ -26,8 +26,8 @@ from benchmarks.architectures import write_files
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
 MODES = {
-    "cpu": ["", "--no-half", "--attention-slicing"],
-    "cuda": ["", "--medvram", "--lowvram", "--compile"],
+    "cpu": ["default", "--no-half", "--attention-slicing"],
+    "cuda": ["default", "--medvram", "--lowvram", "--compile"],
 }
 
 
@@ -37,8 +37,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--arch", nargs="+", choices=["sd15", "sdxl"], default=None)
     p.add_argument("--size", type=int, default=None, help="image width and height (default: 256 on CPU, native on GPU)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: 4 on CPU, 20 on GPU)")
-    p.add_argument("--modes", nargs="*", default=None,
-                   help="our flag sets to run, e.g. --modes '' '--medvram' (default per device)")
+    p.add_argument("--mode", action="append", dest="modes", default=None,
+                   help="our flags for one run, repeatable: --mode=default --mode='--medvram --xformers' "
+                        "(default: a set per device)")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "sd-benchmark")
     p.add_argument("--no-baseline", action="store_true", help="skip plain diffusers (e.g. when RAM is short)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds allowed per run")
@@ -88,8 +89,9 @@ def bench_arch(arch: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
         rows.append((f"diffusers {dtype} (baseline)", _timed(dict(common, engine="diffusers", dtype=dtype,
                                                                      config_dir=str(config_dir)), args)))
     for i, mode in enumerate(MODES[args.device] if args.modes is None else args.modes):
-        spec = dict(common, engine="ours", flags=mode.split(), switch_to=second.name if i == 0 else None)
-        rows.append((f"ours {mode or 'default'}", _timed(spec, args)))
+        flags = [] if mode == "default" else mode.split()
+        spec = dict(common, engine="ours", flags=flags, switch_to=second.name if i == 0 else None)
+        rows.append((f"ours {mode}", _timed(spec, args)))
     return rows
 
 

@@ -12,11 +12,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import resource  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,19 +25,22 @@ PROMPT = "a lighthouse on a cliff at sunset, oil painting"
 NEGATIVE = "blurry"
 
 
-class StepClock:
-    """Times UNet calls: the median gap between consecutive calls is the time per sampling step."""
+def timed(call, steps: int) -> float:
+    _sync()
+    started = time.perf_counter()
+    call(steps)
+    _sync()
+    return time.perf_counter() - started
 
-    def __init__(self, unet: torch.nn.Module):
-        self.starts: list[float] = []
-        unet.register_forward_pre_hook(lambda *_: self.starts.append(time.perf_counter()))
 
-    def reset(self) -> None:
-        self.starts.clear()
-
-    def seconds_per_step(self) -> float | None:
-        gaps = [b - a for a, b in itertools.pairwise(self.starts)]
-        return statistics.median(gaps) if gaps else None
+def measure(call, steps: int) -> dict:
+    """Warm up (kernels chosen, compiled, packed), then time a short and a full run: the difference per extra step
+    is the time per step, with no hook inside the model to disturb it."""
+    call(2)
+    short = timed(call, 2)
+    _reset_cuda_peak()
+    full = timed(call, steps)
+    return dict(image_s=full, step_s=(full - short) / (steps - 2) if steps > 2 else None)
 
 
 def run_ours(spec: dict) -> dict:
@@ -54,17 +55,11 @@ def run_ours(spec: dict) -> dict:
     model = models.get(models.registry.find_checkpoint(checkpoint.name))
     _sync()
     load_s = time.perf_counter() - started
-    clock = StepClock(model.unet)
     request = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=spec["size"], height=spec["size"], seed=1,
                    sampler_name="Euler", cfg_scale=7.0, save_images=False, checkpoint=checkpoint.name)
-    service.generate(GenerationRequest(steps=2, **request))  # warm-up: kernels chosen, caches filled
-    clock.reset()
-    _reset_cuda_peak()
-    started = time.perf_counter()
-    service.generate(GenerationRequest(steps=spec["steps"], **request))
-    _sync()
-    result = dict(load_s=load_s, image_s=time.perf_counter() - started, step_s=clock.seconds_per_step(),
-                  plan=models.plan.describe(), dtype=str(model.dtype).removeprefix("torch."), **_peaks())
+    times = measure(lambda steps: service.generate(GenerationRequest(steps=steps, **request)), spec["steps"])
+    result = dict(load_s=load_s, **times, plan=models.plan.describe(), dtype=str(model.dtype).removeprefix("torch."),
+                  **_peaks())
     if spec.get("switch_to"):
         models.get(models.registry.find_checkpoint(spec["switch_to"]))
         started = time.perf_counter()
@@ -87,16 +82,10 @@ def run_diffusers(spec: dict) -> dict:
     _sync()
     load_s = time.perf_counter() - started
     pipe.set_progress_bar_config(disable=True)
-    clock = StepClock(pipe.unet)
     call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=spec["size"], height=spec["size"], guidance_scale=7.0)
-    pipe(num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(1), **call)  # warm-up
-    clock.reset()
-    _reset_cuda_peak()
-    started = time.perf_counter()
-    pipe(num_inference_steps=spec["steps"], generator=torch.Generator("cpu").manual_seed(1), **call)
-    _sync()
-    return dict(load_s=load_s, image_s=time.perf_counter() - started, step_s=clock.seconds_per_step(),
-                plan="diffusers defaults", dtype=spec["dtype"], **_peaks())
+    times = measure(lambda steps: pipe(num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(1),
+                                       **call), spec["steps"])
+    return dict(load_s=load_s, **times, plan="diffusers defaults", dtype=spec["dtype"], **_peaks())
 
 
 def _peaks() -> dict:

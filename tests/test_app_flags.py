@@ -1,6 +1,7 @@
 import pytest
 
 import app
+from backend.settings import MemoryFlags
 
 
 def test_flags_become_settings(tmp_path):
@@ -12,6 +13,16 @@ def test_flags_become_settings(tmp_path):
     assert s.precision == "fp32" and s.default_checkpoint == "m"
     assert s.prediction_overrides == {"m.safetensors": "v_prediction"}
     assert s.limits.max_width == 1024
+
+
+def test_memory_flags_become_settings(tmp_path):
+    args = app.parse_args(["--xformers", "--medvram-sdxl", "--lowvram", "--attention-slicing", "--compile",
+                           "--checkpoint-cache", "3", "--checkpoint-cache-gb", "12.5"])
+    s = app.settings_from_args(args)
+    assert s.memory == MemoryFlags(xformers=True, attention_slicing=True, medvram=False, medvram_sdxl=True,
+                                   lowvram=True, compile=True)
+    assert s.checkpoint_cache == 3 and s.checkpoint_cache_gb == 12.5
+    assert app.settings_from_args(app.parse_args([])).memory == MemoryFlags()
 
 
 def test_credentials_and_bad_values():

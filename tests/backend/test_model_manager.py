@@ -68,6 +68,17 @@ def test_rss_stays_bounded_across_ten_switches(models_dir, tmp_path, cache):
     svc.shutdown()
 
 
+def test_the_memory_plan_is_logged_once_per_load(models_dir, tmp_path, caplog):
+    svc = _backend(models_dir, tmp_path, checkpoint_cache=1)
+    with caplog.at_level("INFO", logger="backend.model_manager"):
+        for name in (A, A, B, A):
+            _switch(svc, name)
+    plans = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory plan for")]
+    assert len(plans) == 2  # A and B loaded once each; switching back to A came from the cache
+    assert plans[0].startswith("memory plan for sd1.safetensors") and "attention sdpa, offload none" in plans[0]
+    svc.shutdown()
+
+
 def test_cache_limits_come_from_settings(models_dir, tmp_path):
     svc = _backend(models_dir, tmp_path, checkpoint_cache=3, checkpoint_cache_gb=2)
     assert svc.models.cache.max_models == 3 and svc.models.cache.max_bytes == 2 * GB
