@@ -1,6 +1,8 @@
 """Each memory measure carried out for real on a tiny model (on the CPU, offload runs the GPU code path with the
 CPU as the execution device): the images stay the same and undoing a measure restores the model."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,8 @@ def test_prepacked_convolutions_on_bf16_cpu_match_and_come_off(models_dir, tmp_p
     svc.shutdown()
 
 
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
 def test_compile_flag_compiles_the_unet_and_keeps_the_image(models_dir, tmp_path):
     """--compile (torch.compile, channels_last, frozen weights) on the CPU: the GPU's code path, here with inductor's
     C++ backend. The first call compiles (slow); the image must be the eager one."""
