@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -16,7 +17,7 @@ from backend.loading.detect import Family
 from backend.loading.loader import LoadedModel, load_model
 from backend.memory.apply import apply_measures, park, release_memory, replace_vae
 from backend.memory.facts import DeviceFacts
-from backend.memory.policy import GB, MemoryPlan, ModelSize, models_to_evict, plan_memory
+from backend.memory.policy import GB, Measures, MemoryPlan, ModelSize, models_to_evict, plan_memory
 from backend.registry import ModelFile, ModelRegistry
 from backend.settings import MemoryFlags
 
@@ -37,7 +38,7 @@ class Placement:
     dtype: torch.dtype
     vae_dtype: torch.dtype
     flags: MemoryFlags = MemoryFlags()
-    probe: object = None  # () -> DeviceFacts; free memory changes, so it is probed again at every load
+    probe: Callable[[], DeviceFacts] | None = None  # free memory changes, so it is probed again at every load
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class ModelManager:
         self._apply_vae(self._active, vae_choice)
         return self._active.model
 
-    def apply(self, measures) -> None:
+    def apply(self, measures: Measures) -> None:
         """Put the active model into the state the (per-request) measures describe."""
         apply_measures(self._active.model, measures, self.device)
 
