@@ -61,6 +61,12 @@ def machine() -> str:
     return text
 
 
+def size_and_steps(arch: str, args: argparse.Namespace) -> tuple[int, int]:
+    """As asked, else 256x256 and 4 steps on the CPU, the native size and 20 steps on a GPU."""
+    size = args.size or (256 if args.device == "cpu" else NATIVE_SIZE[arch])
+    return size, args.steps or (4 if args.device == "cpu" else 20)
+
+
 def run_scenario(spec: dict, timeout: int) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.scenario", json.dumps(spec)]
     try:
@@ -80,8 +86,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
     second = checkpoint.with_name(f"{arch}-copy.safetensors")
     if not second.exists():
         os.link(checkpoint, second)  # a second checkpoint to switch to and back from
-    size = args.size or (256 if args.device == "cpu" else NATIVE_SIZE[arch])
-    steps = args.steps or (4 if args.device == "cpu" else 20)
+    size, steps = size_and_steps(arch, args)
     common = dict(arch=arch, checkpoint=str(checkpoint), device=args.device, size=size, steps=steps)
     rows = []
     if not args.no_baseline:
@@ -106,8 +111,7 @@ def _timed(spec: dict, args: argparse.Namespace) -> dict:
 
 def table(arch: str, args: argparse.Namespace, rows: list[tuple[str, dict]]) -> str:
     baseline = rows[0][1] if rows and "baseline" in rows[0][0] else {}
-    size = args.size or (256 if args.device == "cpu" else NATIVE_SIZE[arch])
-    steps = args.steps or (4 if args.device == "cpu" else 20)
+    size, steps = size_and_steps(arch, args)
     lines = [f"### {arch}, {size}x{size}, {steps} steps, Euler, CFG 7, batch 1, on {args.device}", "",
              "| run | dtype | s/step | it/s | s/image | image speed-up | cold load s | switch back s | "
              "peak RSS GB | peak VRAM GB | memory plan |",

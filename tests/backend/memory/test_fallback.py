@@ -52,14 +52,10 @@ def _px(result):
     return [np.asarray(i, dtype=np.int16) for i in result.images]
 
 
-def _inject(module, at_call, times):
-    return FailingAllocations(module, at_call, times)
-
-
 def test_one_failure_at_step_3_retries_with_vae_tiling(svc, model):
     baseline = svc.generate(_req())
     assert "Memory fallback" not in baseline.infotexts[0]
-    failing = _inject(model.unet, at_call=3, times=1)
+    failing = FailingAllocations(model.unet, at_call=3, times=1)
     try:
         result = svc.generate(_req())
     finally:
@@ -71,7 +67,7 @@ def test_one_failure_at_step_3_retries_with_vae_tiling(svc, model):
 
 def test_repeated_failures_climb_the_ladder_to_a_batch_split(svc, model):
     baseline = svc.generate(_req(batch_size=2))
-    failing = _inject(model.unet, at_call=2, times=3)
+    failing = FailingAllocations(model.unet, at_call=2, times=3)
     try:
         result = svc.generate(_req(batch_size=2, n_iter=2))
     finally:
@@ -87,7 +83,7 @@ def test_repeated_failures_climb_the_ladder_to_a_batch_split(svc, model):
 
 
 def test_failure_in_the_vae_decode_is_recovered(svc, model):
-    failing = _inject(model.vae.decoder, at_call=1, times=1)
+    failing = FailingAllocations(model.vae.decoder, at_call=1, times=1)
     try:
         result = svc.generate(_req())
     finally:
@@ -96,7 +92,7 @@ def test_failure_in_the_vae_decode_is_recovered(svc, model):
 
 
 def test_when_every_measure_fails_the_user_gets_a_clear_error_and_the_service_goes_on(svc, model):
-    failing = _inject(model.unet, at_call=1, times=100)
+    failing = FailingAllocations(model.unet, at_call=1, times=100)
     try:
         with pytest.raises(OutOfMemory) as caught:
             svc.generate(_req(batch_size=2))
