@@ -14,10 +14,10 @@ from backend.errors import ModelNotFound
 from backend.loading.build import build_standalone_vae
 from backend.loading.checkpoint_file import read_state_dict
 from backend.loading.detect import Family
-from backend.loading.loader import LoadedModel, load_model
+from backend.loading.loader import LoadedModel, module_bytes, open_model
 from backend.memory.apply import apply_measures, park, release_memory, replace_vae
 from backend.memory.facts import DeviceFacts
-from backend.memory.policy import GB, Measures, MemoryPlan, ModelSize, models_to_evict, plan_memory
+from backend.memory.policy import GB, Measures, MemoryPlan, models_to_evict, plan_memory
 from backend.registry import ModelFile, ModelRegistry
 from backend.settings import MemoryFlags
 
@@ -59,7 +59,7 @@ class CachedModel:
 
     @property
     def bytes(self) -> int:
-        return sum(model_bytes(m) for m in self.model.modules())
+        return sum(module_bytes(m) for m in self.model.modules())
 
 
 class ModelManager:
@@ -151,12 +151,13 @@ class ModelManager:
 
     def _load(self, checkpoint: ModelFile) -> CachedModel:
         p = self.placement
-        log.info("loading %s on %s as %s", checkpoint.title, p.device, p.dtype)
         override = self.prediction_overrides.get(checkpoint.name) or self.prediction_overrides.get(checkpoint.model_name)
-        model = load_model(checkpoint.path, p.dtype, override)
-        model.vae.to(p.vae_dtype)
-        plan = plan_memory(self._facts(), p.device, model_size(model), p.flags)
+        source = open_model(checkpoint.path)
+        plan = plan_memory(self._facts(), p.device, source.size(p.dtype, p.vae_dtype), p.flags)
         log.info("memory plan for %s: %s", checkpoint.title, plan.describe())
+        weights_device = plan.weights_device(p.device)
+        log.info("loading %s onto %s as %s", checkpoint.title, weights_device, p.dtype)
+        model = source.load(p.dtype, p.vae_dtype, weights_device, override)
         return CachedModel(checkpoint, model, model.vae, plan)
 
     def _facts(self) -> DeviceFacts:
@@ -183,13 +184,3 @@ class ModelManager:
         if vae_choice and vae_choice != AUTOMATIC_VAE:
             return self.registry.find_vae(vae_choice).path
         return self.registry.sidecar_vae(checkpoint)
-
-
-def model_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
-
-
-def model_size(model: LoadedModel) -> ModelSize:
-    sizes = [model_bytes(m) for m in model.modules()]
-    return ModelSize(total_bytes=sum(sizes), largest_component_bytes=max(sizes), is_sdxl=model.family is Family.SDXL,
-                     dtype=model.dtype)

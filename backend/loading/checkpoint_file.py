@@ -1,14 +1,21 @@
-"""Read a single-file checkpoint into a flat {name: tensor} dict, without ever running code from it."""
+"""Read a single-file checkpoint's tensors, without ever running code from it.
+
+`open_checkpoint` reads only the file's index; each tensor is read when it is asked for and cast to the dtype
+and device the model needs, so a model is built one tensor at a time and the whole file is never held in RAM.
+`.safetensors` files are read with plain file reads rather than a memory map: pages of a map stay counted in
+the process's resident memory (RSS) for as long as the map lives, which would add the file's size to the peak."""
 
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from backend.errors import CheckpointError, UnsafeCheckpoint
 
@@ -16,6 +23,144 @@ StateDict = dict[str, torch.Tensor]
 
 # Wrappers some tools put around the tensors, outermost first.
 _NESTING_KEYS = ("state_dict", "model", "module")
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit; a larger "header" is a broken or hostile file
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def nbytes(self, dtype: torch.dtype | None = None) -> int:
+        as_dtype = dtype if dtype is not None and self.dtype.is_floating_point else self.dtype
+        return math.prod(self.shape) * as_dtype.itemsize
+
+
+class CheckpointTensors(Mapping[str, torch.Tensor]):
+    """A checkpoint's tensors by name, each read from the file when it is asked for.
+
+    Floating-point tensors come back in `dtype` on `device` (as given to `cast`); the rest keep their type."""
+
+    def __init__(self, infos: dict[str, TensorInfo], read: Callable[[str], torch.Tensor],
+                 names: dict[str, str] | None = None, dtype: torch.dtype | None = None,
+                 device: torch.device | None = None):
+        self._infos = infos
+        self._read = read
+        self._names = names if names is not None else {name: name for name in infos}  # our name -> name in file
+        self._dtype = dtype
+        self._device = device
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self._read(self._names[name])
+        dtype = self._dtype if tensor.is_floating_point() else None
+        return tensor.to(device=self._device, dtype=dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[self._names[name]]
+
+    def meta(self) -> dict[str, torch.Tensor]:
+        """Every tensor's shape and dtype as a 'meta' tensor (no data): enough to work out the architecture."""
+        return {name: torch.empty(self.info(name).shape, dtype=self.info(name).dtype, device="meta")
+                for name in self._names}
+
+    def renamed(self, names: dict[str, str]) -> CheckpointTensors:
+        """The same tensors under new names (`names`: new name -> current name)."""
+        return CheckpointTensors(self._infos, self._read, {new: self._names[old] for new, old in names.items()},
+                                 self._dtype, self._device)
+
+    def cast(self, dtype: torch.dtype, device: torch.device) -> CheckpointTensors:
+        return CheckpointTensors(self._infos, self._read, self._names, dtype, device)
+
+    def nbytes(self, prefix: str, dtype: torch.dtype) -> int:
+        """Bytes the tensors whose names start with `prefix` take once cast to `dtype`."""
+        return sum(self.info(name).nbytes(dtype) for name in self._names if name.startswith(prefix))
+
+
+def open_checkpoint(path: Path) -> CheckpointTensors:
+    """The tensors of a `.safetensors` or `.ckpt`/`.pt`/`.pth`/`.bin` file, read lazily where the format allows."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _SafetensorsFile(path).tensors()
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        tensors = _unwrap(_read_pickle(path), path)  # memory-mapped where the file is a zip archive
+        infos = {name: TensorInfo(tuple(t.shape), t.dtype) for name, t in tensors.items()}
+        return CheckpointTensors(infos, tensors.__getitem__)
+    raise CheckpointError(f"{path.name}: unsupported checkpoint type '{suffix}'")
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """All tensors of a checkpoint file, on the CPU, as stored."""
+    tensors = open_checkpoint(path)
+    return {name: tensors[name] for name in tensors}
+
+
+class _SafetensorsFile:
+    """The safetensors format: an 8-byte little-endian header length, a JSON index, then the raw tensor bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                size = path.stat().st_size
+                header_len = int.from_bytes(f.read(8), "little")
+                if size < 8 or not 2 <= header_len <= min(MAX_HEADER_BYTES, size - 8):
+                    raise ValueError("the header length is wrong")
+                header = json.loads(f.read(header_len))
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise self._error(err) from err
+        if not isinstance(header, dict):
+            raise self._error("the header is not a JSON object")
+        self.data_start = 8 + header_len
+        data_len = size - self.data_start
+        self.entries = {name: self._entry(name, value, data_len) for name, value in header.items()
+                        if name != "__metadata__"}
+
+    def tensors(self) -> CheckpointTensors:
+        return CheckpointTensors({name: info for name, (info, _, _) in self.entries.items()}, self.read)
+
+    def read(self, name: str) -> torch.Tensor:
+        info, start, end = self.entries[name]
+        buffer = torch.empty(end - start, dtype=torch.uint8)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.data_start + start)
+                got = f.readinto(memoryview(buffer.numpy()))
+        except OSError as err:
+            raise self._error(err) from err
+        if got != end - start:
+            raise self._error(f"tensor {name} is cut short (the file is truncated)")
+        return buffer.view(info.dtype).reshape(info.shape)
+
+    def _entry(self, name: str, value, data_len: int) -> tuple[TensorInfo, int, int]:
+        try:
+            dtype = SAFETENSORS_DTYPES[value["dtype"]]
+            shape = tuple(int(d) for d in value["shape"])
+            start, end = (int(o) for o in value["data_offsets"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise self._error(f"tensor {name} has an unreadable entry ({err!r})") from err
+        info = TensorInfo(shape, dtype)
+        if min(shape, default=0) < 0 or not 0 <= start <= end <= data_len or end - start != info.nbytes():
+            raise self._error(f"tensor {name}'s offsets do not match its shape or lie outside the file")
+        return info, start, end
+
+    def _error(self, why) -> CheckpointError:
+        return CheckpointError(f"{self.path.name} is not a readable .safetensors file: {why}")
 
 
 class _LightningCheckpointStandIn:
@@ -30,23 +175,6 @@ class _LightningCheckpointStandIn:
 _LightningCheckpointStandIn.__module__ = "pytorch_lightning.callbacks.model_checkpoint"
 _LightningCheckpointStandIn.__qualname__ = "ModelCheckpoint"
 _LightningCheckpointStandIn.__name__ = "ModelCheckpoint"
-
-
-def read_state_dict(path: Path) -> StateDict:
-    """All tensors of a `.safetensors` or `.ckpt`/`.pt`/`.pth` file, on the CPU."""
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return _read_safetensors(path)
-    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        return _unwrap(_read_pickle(path), path)
-    raise CheckpointError(f"{path.name}: unsupported checkpoint type '{suffix}'")
-
-
-def _read_safetensors(path: Path) -> StateDict:
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path.name} is not a readable .safetensors file: {err}") from err
 
 
 def _read_pickle(path: Path) -> object:

@@ -6,6 +6,7 @@ attention head counts, GroupNorm groups, and the text encoders' activation funct
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -57,13 +58,16 @@ class ModelSpec:
         return self.unet_config["in_channels"] == 9
 
 
+def normalized_names(names: Iterable[str]) -> dict[str, str]:
+    """Normalized name -> name in the file. Some fine-tunes save the UNet one level too shallow
+    (`diffusion_model.` instead of `model.diffusion_model.`)."""
+    names = list(names)
+    shallow = not any(n.startswith(UNET_PREFIX) for n in names) and any(n.startswith("diffusion_model.") for n in names)
+    return {("model." + n if shallow and n.startswith("diffusion_model.") else n): n for n in names}
+
+
 def normalize_prefixes(sd: StateDict) -> StateDict:
-    """Some fine-tunes save the UNet one level too shallow (`diffusion_model.` instead of `model.diffusion_model.`)."""
-    if any(k.startswith(UNET_PREFIX) for k in sd):
-        return sd
-    if any(k.startswith("diffusion_model.") for k in sd):
-        return {("model." + k if k.startswith("diffusion_model.") else k): v for k, v in sd.items()}
-    return sd
+    return {new: sd[old] for new, old in normalized_names(sd).items()}
 
 
 def detect(sd: StateDict) -> ModelSpec:

@@ -22,9 +22,9 @@ from diffusers import (
 from backend.errors import CheckpointError
 from backend.generation.conditioning import PromptEncoder
 from backend.loading import build, prediction
-from backend.loading.checkpoint_file import read_state_dict
-from backend.loading.detect import Family, detect, normalize_prefixes
-from backend.memory.policy import Measures
+from backend.loading.checkpoint_file import open_checkpoint
+from backend.loading.detect import UNET_PREFIX, VAE_PREFIX, Family, detect, normalized_names
+from backend.memory.policy import Measures, ModelSize
 from backend.samplers import scheduler_base_config
 
 log = logging.getLogger(__name__)
@@ -95,28 +95,48 @@ class LoadedModel:
         return parts
 
 
-def load_model(path: Path, dtype: torch.dtype, prediction_override: str | None = None) -> LoadedModel:
-    """The model in RAM, in `dtype`; backend.memory puts it on the device as the memory policy says."""
-    if path.is_dir():
-        return _load_diffusers_folder(path, dtype)
-    return _load_single_file(path, dtype, prediction_override)
+CPU = torch.device("cpu")
 
 
-def _load_single_file(path: Path, dtype: torch.dtype, prediction_override: str | None) -> LoadedModel:
-    sd = normalize_prefixes(read_state_dict(path))
-    spec = detect(sd)
-    log.info("%s: detected %s%s", path.name, spec.family.value, " inpainting" if spec.is_inpainting else "")
-    unet = build.build_unet(sd, spec, dtype)
-    vae = build.build_vae(sd, spec, dtype)
-    encoders = [build.build_text_encoder(sd, te, dtype) for te in spec.text_encoders]
-    tokenizers = [build.build_tokenizer(te) for te in spec.text_encoders]
-    kind = prediction_override or _prediction_type(path, sd, spec.family, unet)
-    del sd
-    return LoadedModel(spec.family, unet, vae, encoders, tokenizers, kind, dtype)
+def open_model(path: Path) -> SingleFileModel | DiffusersFolderModel:
+    """A model on disk, identified but not yet built: its size tells the memory policy where it should go."""
+    return DiffusersFolderModel(path) if path.is_dir() else SingleFileModel(path)
 
 
-def _prediction_type(path: Path, sd: dict, family: Family, unet) -> str:
-    found = prediction.from_sidecar(path) or prediction.from_keys(sd.keys())
+def load_model(path: Path, dtype: torch.dtype, vae_dtype: torch.dtype | None = None, device: torch.device = CPU,
+               prediction_override: str | None = None) -> LoadedModel:
+    return open_model(path).load(dtype, vae_dtype or dtype, device, prediction_override)
+
+
+class SingleFileModel:
+    """A single-file LDM checkpoint. Only its index is read until `load`, which builds each module from the
+    file's tensors read one at a time, cast to the target dtype and put on the target device as they come."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        file_tensors = open_checkpoint(path)
+        self.tensors = file_tensors.renamed(normalized_names(file_tensors))
+        self.spec = detect(self.tensors.meta())
+        log.info("%s: detected %s%s", path.name, self.spec.family.value, " inpainting" if self.spec.is_inpainting else "")
+
+    def size(self, dtype: torch.dtype, vae_dtype: torch.dtype) -> ModelSize:
+        parts = [self.tensors.nbytes(UNET_PREFIX, dtype), self.tensors.nbytes(VAE_PREFIX, vae_dtype),
+                 *(self.tensors.nbytes(te.prefix, dtype) for te in self.spec.text_encoders)]
+        return ModelSize(sum(parts), max(parts), is_sdxl=self.spec.family is Family.SDXL, dtype=dtype)
+
+    def load(self, dtype: torch.dtype, vae_dtype: torch.dtype, device: torch.device,
+             prediction_override: str | None = None) -> LoadedModel:
+        spec, weights = self.spec, self.tensors.cast(dtype, device)
+        unet = build.build_unet(weights, spec, dtype)
+        vae = build.build_vae(self.tensors.cast(vae_dtype, device), spec, vae_dtype)
+        encoders = [build.build_text_encoder(weights, te, dtype) for te in spec.text_encoders]
+        tokenizers = [build.build_tokenizer(te) for te in spec.text_encoders]
+        kind = prediction_override or _prediction_type(self.path, self.tensors, spec.family, unet)
+        return LoadedModel(spec.family, unet, vae, encoders, tokenizers, kind, dtype, execution_device=device)
+
+
+def _prediction_type(path: Path, tensors, family: Family, unet) -> str:
+    found = prediction.from_sidecar(path) or prediction.from_keys(tensors.keys())
     if found:
         return found
     if family is not Family.SD2:
@@ -124,26 +144,64 @@ def _prediction_type(path: Path, sd: dict, family: Family, unet) -> str:
     config = scheduler_base_config(prediction.EPSILON)
     betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, 1000) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, 0)
-    context = torch.zeros((1, 77, unet.config.cross_attention_dim), dtype=unet.dtype)
+    context = torch.zeros((1, 77, unet.config.cross_attention_dim), dtype=unet.dtype, device=unet.device)
 
     def predict(x, t):
-        return unet(x.to(unet.dtype), t, encoder_hidden_states=context).sample
+        return unet(x.to(unet.device, unet.dtype), t, encoder_hidden_states=context).sample.cpu()
 
     found = prediction.probe(predict, alphas_cumprod)
     log.info("%s: no yaml sidecar or v_pred key; numeric probe says %s", path.name, found)
     return found
 
 
-def _load_diffusers_folder(path: Path, dtype: torch.dtype) -> LoadedModel:
-    try:
-        index = json.loads((path / "model_index.json").read_text())
-        pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path.name}: not a loadable diffusers folder: {err}") from err
-    family = Family.SDXL if "XL" in index.get("_class_name", "") else Family.SD1
-    if family is Family.SD1 and getattr(pipe.text_encoder.config, "hidden_act", "") == "gelu":
-        family = Family.SD2
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family is Family.SDXL else [])
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family is Family.SDXL else [])
-    kind = pipe.scheduler.config.get("prediction_type", prediction.EPSILON)
-    return LoadedModel(family, pipe.unet, pipe.vae, encoders, tokenizers, kind, dtype)
+class DiffusersFolderModel:
+    """A diffusers folder. diffusers itself loads it (it also builds on the meta device, without random init),
+    into RAM in the target dtype; `load` then moves it to the device."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            index = json.loads((path / "model_index.json").read_text())
+            encoder_config = json.loads((path / "text_encoder" / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{path.name}: not a loadable diffusers folder: {err}") from err
+        family = Family.SDXL if "XL" in str(index.get("_class_name", "")) else Family.SD1
+        if family is Family.SD1 and encoder_config.get("hidden_act") == "gelu":
+            family = Family.SD2
+        self.family = family
+        self._pipe = None
+
+    def size(self, dtype: torch.dtype, vae_dtype: torch.dtype) -> ModelSize:
+        pipe = self._pipeline(dtype)
+        parts = [module_bytes(pipe.unet, dtype), module_bytes(pipe.vae, vae_dtype),
+                 *(module_bytes(e, dtype) for e in self._encoders(pipe))]
+        return ModelSize(sum(parts), max(parts), is_sdxl=self.family is Family.SDXL, dtype=dtype)
+
+    def load(self, dtype: torch.dtype, vae_dtype: torch.dtype, device: torch.device,
+             prediction_override: str | None = None) -> LoadedModel:
+        pipe = self._pipeline(dtype)
+        encoders = self._encoders(pipe)
+        for module in (pipe.unet, *encoders):
+            module.to(device, dtype)
+        pipe.vae.to(device, vae_dtype)
+        tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if self.family is Family.SDXL else [])
+        kind = prediction_override or pipe.scheduler.config.get("prediction_type", prediction.EPSILON)
+        return LoadedModel(self.family, pipe.unet, pipe.vae, encoders, tokenizers, kind, dtype,
+                           execution_device=device)
+
+    def _pipeline(self, dtype: torch.dtype):
+        if self._pipe is None:
+            try:
+                self._pipe = DiffusionPipeline.from_pretrained(str(self.path), torch_dtype=dtype, local_files_only=True)
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"{self.path.name}: not a loadable diffusers folder: {err}") from err
+        return self._pipe
+
+    def _encoders(self, pipe) -> list:
+        return [pipe.text_encoder] + ([pipe.text_encoder_2] if self.family is Family.SDXL else [])
+
+
+def module_bytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes of `module`'s weights, or what they would take with floating-point tensors in `dtype`."""
+    return sum(t.numel() * (dtype if dtype and t.is_floating_point() else t.dtype).itemsize
+               for t in [*module.parameters(), *module.buffers()])

@@ -87,6 +87,10 @@ class MemoryPlan:
         return replace(self.measures, vae_slicing=batch_size > 1,
                        vae_tiling=self.measures.vae_tiling or width * height > self.vae_tiling_pixels)
 
+    def weights_device(self, device: torch.device) -> torch.device:
+        """Where the model is loaded: straight onto the device, unless it is offloaded (then it waits in RAM)."""
+        return device if self.measures.offload is Offload.NONE else torch.device("cpu")
+
     def describe(self) -> str:
         tiling = f"VAE tiling above {self.vae_tiling_pixels / 1e6:.1f} MP"
         return "; ".join([self.measures.describe(), tiling, *self.reasons])

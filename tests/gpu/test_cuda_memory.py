@@ -43,3 +43,21 @@ def test_xformers_flag_works_or_falls_back_with_a_reason(models_dir, tmp_path):
     plan = svc.models.plan
     assert plan.measures.attention == "xformers" or "using PyTorch SDPA instead" in plan.describe()
     svc.shutdown()
+
+
+def test_a_model_loads_straight_onto_the_gpu(tmp_path):
+    # The fp32 file is read one tensor at a time and each goes to the GPU as it comes: RAM never holds the model.
+    from backend.loading.loader import load_model, module_bytes
+    from tests.fixtures import tiny_models
+
+    path = tiny_models.write_checkpoint(tiny_models.make_sd1(seed=7, width=384), tmp_path / "wide.safetensors")
+    open("/proc/self/clear_refs", "w").write("5")  # resets the peak RSS to the current RSS
+    start = _kib("VmRSS")
+    model = load_model(path, torch.float16, device=torch.device("cuda"))
+    rise = (_kib("VmHWM") - start) * 1024
+    assert {p.device.type for m in model.modules() for p in m.parameters()} == {"cuda"}
+    assert rise < sum(module_bytes(m) for m in model.modules()) / 4
+
+
+def _kib(field: str) -> int:
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
