@@ -5,6 +5,8 @@ than 75 tokens behave as in A1111 (the prompt is cut into 75-token chunks, each 
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,12 +22,32 @@ class Conditioning:
     pooled: torch.Tensor | None = None  # SDXL only: (batch, projection_dim)
 
 
+class ConditioningCache:
+    """The embeddings of the most recent prompts. As in A1111, generating again with the same prompt (or a batch
+    of it) runs the text encoders once."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._entries: OrderedDict[tuple, Conditioning] = OrderedDict()
+
+    def get(self, key: tuple, make: Callable[[], Conditioning]) -> Conditioning:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = self._entries[key] = make()
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+
 class PromptEncoder:
-    def __init__(self, family: Family, tokenizers: list, text_encoders: list, device: torch.device):
+    def __init__(self, family: Family, tokenizers: list, text_encoders: list, device: torch.device,
+                 cache: ConditioningCache | None = None):
         self.family = family
         self.device = device  # where the encoders run (their weights may sit in RAM while offloaded)
         self.tokenizers = tokenizers
         self.text_encoders = text_encoders
+        self.cache = cache or ConditioningCache(size=0)
 
     def token_chunks(self, prompt: str) -> list[list[int]]:
         """Token ids of `prompt` without start/end tokens, cut into chunks of at most 75."""
@@ -35,10 +57,14 @@ class PromptEncoder:
     @torch.no_grad()
     def encode(self, prompts: list[str], clip_skip: int, chunks: int) -> Conditioning:
         """Encode each prompt padded to `chunks` chunks (positive and negative must have the same count)."""
-        per_prompt = [self._encode_one(p, clip_skip, chunks) for p in prompts]
+        per_prompt = [self._cached_one(p, clip_skip, chunks) for p in prompts]
         embeds = torch.cat([c.embeds for c in per_prompt])
         pooled = torch.cat([c.pooled for c in per_prompt]) if per_prompt[0].pooled is not None else None
         return Conditioning(embeds, pooled)
+
+    def _cached_one(self, prompt: str, clip_skip: int, chunks: int) -> Conditioning:
+        key = (prompt, clip_skip, chunks, str(self.device))
+        return self.cache.get(key, lambda: self._encode_one(prompt, clip_skip, chunks))
 
     def _encode_one(self, prompt: str, clip_skip: int, chunks: int) -> Conditioning:
         token_chunks = self.token_chunks(prompt)

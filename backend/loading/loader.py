@@ -20,7 +20,7 @@ from diffusers import (
 )
 
 from backend.errors import CheckpointError
-from backend.generation.conditioning import PromptEncoder
+from backend.generation.conditioning import ConditioningCache, PromptEncoder
 from backend.loading import build, prediction
 from backend.loading.checkpoint_file import open_checkpoint
 from backend.loading.detect import UNET_PREFIX, VAE_PREFIX, Family, detect, normalized_names
@@ -50,6 +50,7 @@ class LoadedModel:
     dtype: torch.dtype
     execution_device: torch.device = torch.device("cpu")  # where it computes, wherever the weights are
     applied_measures: Measures | None = None  # set by backend.memory.apply
+    conditioning_cache: ConditioningCache = field(default_factory=ConditioningCache, repr=False)
     _pipelines: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -62,7 +63,8 @@ class LoadedModel:
 
     @property
     def prompt_encoder(self) -> PromptEncoder:
-        return PromptEncoder(self.family, self.tokenizers, self.text_encoders, self.execution_device)
+        return PromptEncoder(self.family, self.tokenizers, self.text_encoders, self.execution_device,
+                             self.conditioning_cache)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, *self.text_encoders]
