@@ -134,9 +134,12 @@ def _set_prepack(model, on: bool) -> None:
 
 def _set_compile(unet: torch.nn.Module, on: bool) -> None:
     compiled = getattr(unet, "_compiled_call_impl", None) is not None
-    if on and not compiled:
+    if on:
         # Freezing lets inductor treat weights as constants (packed once for oneDNN on the CPU); inference only.
+        # Inductor's settings are per thread (context variables), and compilation happens at the first call, in
+        # the thread that generates: this runs there before every batch. Without it a CPU step is ~35% slower.
         torch._inductor.config.freezing = True
+    if on and not compiled:
         unet.to(memory_format=torch.channels_last)
         unet.compile()
     elif compiled and not on:

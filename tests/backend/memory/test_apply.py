@@ -2,6 +2,7 @@
 CPU as the execution device): the images stay the same and undoing a measure restores the model."""
 
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -25,9 +26,9 @@ def model(models_dir, tmp_path_factory):
     svc.shutdown()
 
 
-def _generate(model, measures: Measures, batch: int = 1):
+def _generate(model, measures: Measures, batch: int = 1, prompt: str = "a lighthouse"):
     apply_measures(model, measures, CPU)
-    req = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, batch_size=batch, sampler_name="Euler")
+    req = GenerationRequest(prompt=prompt, steps=3, width=64, height=64, batch_size=batch, sampler_name="Euler")
     images = generate_txt2img(model, req, resolve("Euler", None), list(range(7, 7 + batch)), lambda *a: None)
     return [np.asarray(i, dtype=np.int16) for i in images]
 
@@ -66,7 +67,7 @@ def test_model_offload_brings_each_component_when_it_is_used(model):
     used = []
     for part in model.modules():
         part.register_forward_hook(lambda m, args, out: used.append((m, hook.group.resident)))
-    _generate(model, Measures(offload=Offload.MODEL))
+    _generate(model, Measures(offload=Offload.MODEL), prompt="a prompt no other test encoded")
     # the text encoder was resident while it ran, then the UNet; vae.decode (not forward) brought the VAE
     assert used and all(module is resident for module, resident in used)
     order = [m for i, (m, _) in enumerate(used) if i == 0 or used[i - 1][0] is not m]
@@ -115,3 +116,21 @@ def test_compile_flag_compiles_the_unet_and_keeps_the_image(models_dir, tmp_path
     assert unet._compiled_call_impl is not None and svc.models.plan.measures.compile
     assert np.abs(got - want).max() <= 2
     svc.shutdown()
+
+
+def test_compile_turns_on_weight_freezing_in_the_thread_that_generates(model):
+    # Inductor's settings are per thread; the generation worker, not the thread that loaded the model, compiles.
+    import torch._inductor.config as inductor
+
+    seen = {}
+
+    def worker():
+        apply_measures(model, Measures(compile=True), CPU)
+        seen["freezing"] = inductor.freezing
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    apply_measures(model, Measures(), CPU)
+    assert seen["freezing"] is True
+    assert getattr(model.unet, "_compiled_call_impl", None) is None  # undone: calls go to the plain module again
