@@ -186,7 +186,7 @@ def _vae_tiling_pixels(facts: DeviceFacts, device: torch.device, model: ModelSiz
                     Offload.SEQUENTIAL: 0}[offload]
         free = facts.free_vram - resident
     else:
-        free = facts.available_ram  # on CPU/MPS the model is already resident, counted in "available"
+        free = facts.available_ram - model.total_bytes  # planned before loading: the model will take its share
     fits = free // (VAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE * model.dtype_bytes)
     return max(MIN_TILED_PIXELS, int(fits))
 
