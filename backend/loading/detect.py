@@ -66,10 +66,6 @@ def normalized_names(names: Iterable[str]) -> dict[str, str]:
     return {("model." + n if shallow and n.startswith("diffusion_model.") else n): n for n in names}
 
 
-def normalize_prefixes(sd: StateDict) -> StateDict:
-    return {new: sd[old] for new, old in normalized_names(sd).items()}
-
-
 def detect(sd: StateDict) -> ModelSpec:
     """Family and every size of the model in `sd` (a normalized LDM-layout state dict)."""
     unet = _strip(sd, UNET_PREFIX)

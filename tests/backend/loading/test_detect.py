@@ -1,11 +1,14 @@
 import torch
 
+from safetensors.torch import save_file
+
 from backend.loading.checkpoint_file import read_state_dict
-from backend.loading.detect import Family, detect, normalize_prefixes
+from backend.loading.detect import Family
+from backend.loading.loader import SingleFileModel
 
 
 def _spec(models_dir, name):
-    return detect(normalize_prefixes(read_state_dict(models_dir / "Stable-diffusion" / name)))
+    return SingleFileModel(models_dir / "Stable-diffusion" / name).spec  # the loader's own path: index only
 
 
 def test_sd1_is_detected_with_its_sizes(models_dir, tiny):
@@ -50,7 +53,8 @@ def test_pickle_checkpoint_reads_the_same_tensors(models_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_shallow_prefix_is_normalized(models_dir):
+def test_shallow_prefix_is_normalized(models_dir, tmp_path):
     sd = read_state_dict(models_dir / "Stable-diffusion" / "sd1.safetensors")
-    shallow = {k.removeprefix("model."): v for k, v in sd.items()}
-    assert detect(normalize_prefixes(shallow)).family is Family.SD1
+    shallow = tmp_path / "shallow.safetensors"
+    save_file({k.removeprefix("model."): v for k, v in sd.items()}, str(shallow))
+    assert SingleFileModel(shallow).spec.family is Family.SD1
