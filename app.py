@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override what a checkpoint predicts (SD 2.x 768-v vs 512 look alike); repeatable")
     p.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
     p.add_argument("--max-upload-pixels", type=int, default=4096 * 4096, help="largest uploaded image, in pixels")
+    p.add_argument("--max-prompt-chunks", type=int, default=75,
+                   help="longest prompt, in 75-token chunks (default 75: far above any real prompt)")
     return p.parse_args(argv)
 
 
@@ -84,12 +86,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         checkpoint_cache_gb=args.checkpoint_cache_gb,
         default_checkpoint=args.ckpt,
         prediction_overrides=parse_prediction_overrides(args.prediction_type),
-        limits=Limits(max_width=args.max_size, max_height=args.max_size, max_upload_pixels=args.max_upload_pixels),
+        limits=Limits(max_width=args.max_size, max_height=args.max_size, max_upload_pixels=args.max_upload_pixels,
+                      max_prompt_chunks=args.max_prompt_chunks),
     )
 
 
 def parse_credentials(text: str | None) -> list[tuple[str, str]]:
-    """'user:pass,user2:pass2' -> [(user, pass), ...]."""
+    """'user:pass,user2:pass2' -> [(user, pass), ...]. Empty user names and passwords are refused."""
     if not text:
         return []
     pairs = []
@@ -97,6 +100,8 @@ def parse_credentials(text: str | None) -> list[tuple[str, str]]:
         user, sep, password = item.strip().partition(":")
         if not sep or not user:
             raise SystemExit(f"credentials must look like user:password, got '{item.strip()}'")
+        if not password:
+            raise SystemExit(f"the password of user '{user}' is empty: give every user a password")
         pairs.append((user, password))
     return pairs
 
@@ -109,14 +114,15 @@ def check_exposure(args: argparse.Namespace) -> None:
     if not args.gradio_auth:
         raise SystemExit("--listen/--share exposes the UI to other machines: add --gradio-auth user:pass "
                          "(or --insecure-no-auth to allow anyone)")
-    if args.api and args.listen and not args.api_auth:
-        raise SystemExit("--api with --listen exposes the API: add --api-auth user:pass "
-                         "(or --insecure-no-auth to allow anyone)")
+
+
+def api_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """--api-auth if given, else the UI's --gradio-auth: whoever may use the UI may use the API and its docs,
+    and nobody else. Without either (local use only) the API is open, as in A1111."""
+    return parse_credentials(args.api_auth) or parse_credentials(args.gradio_auth)
 
 
 def build_service(settings: Settings):
-    import torch
-
     from backend.memory import policy
     from backend.memory.facts import probe_device_facts
     from backend.model_manager import CacheLimits, ModelManager, Placement
@@ -130,7 +136,7 @@ def build_service(settings: Settings):
     facts = probe()
     device = policy.choose_device(settings.device, facts)
     dtype = policy.choose_dtype(settings.precision, device, facts)
-    vae_dtype = torch.float32 if settings.no_half_vae else dtype
+    vae_dtype = policy.choose_vae_dtype(dtype, settings.no_half_vae)
     log.info("device %s, precision %s, VAE precision %s", device, dtype, vae_dtype)
     placement = Placement(device, dtype, vae_dtype, settings.memory, probe)
     cache = CacheLimits(settings.checkpoint_cache, policy.cache_budget_bytes(facts, settings.checkpoint_cache_gb))
@@ -144,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
     check_exposure(args)
+    auth = parse_credentials(args.gradio_auth) or None
+    api_auth = api_credentials(args)
     settings = settings_from_args(args)
     service = build_service(settings)
     if not service.registry.checkpoints:
@@ -155,7 +163,6 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = build_ui(UiContext(service))
     demo.queue(default_concurrency_limit=16)
-    auth = parse_credentials(args.gradio_auth) or None
     launch = dict(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, auth=auth,
                   prevent_thread_lock=True, show_error=True, css=CSS, footer_links=[])
     try:
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.api:
         from backend.api.routes import mount_api
 
-        mount_api(app, service, parse_credentials(args.api_auth))
+        mount_api(app, service, api_auth)
     log.info("Running on %s%s", local_url, f" and {share_url}" if share_url else "")
     try:
         threading.Event().wait()

@@ -67,6 +67,8 @@ class Job:
         self._done = threading.Event()
         self._cancel = threading.Event()
         self._skip = threading.Event()
+        self._callbacks_lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     # -- called from the worker while the job runs
     def report_step(self, step: int, steps: int, latents: torch.Tensor | None = None) -> None:
@@ -78,6 +80,11 @@ class Job:
         if self._skip.is_set():
             self._skip.clear()
             raise SkipBatch()
+
+    def check_interrupt(self) -> None:
+        """For long work between sampling steps (text encoding, decoding): stop here if the user interrupted."""
+        if self._cancel.is_set():
+            raise Interrupted("interrupted by the user")
 
     def start_batch(self, batch_no: int, batch_count: int) -> None:
         self.progress.batch_no, self.progress.batch_count = batch_no, batch_count
@@ -100,6 +107,14 @@ class Job:
     def finished(self) -> bool:
         return self._done.is_set()
 
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` (from the worker thread) when the job ends, or now if it already has."""
+        with self._callbacks_lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
     def wait(self, timeout: float | None = None) -> Any:
         """The job's result; raises the job's error if it failed."""
         if not self._done.wait(timeout):
@@ -111,7 +126,14 @@ class Job:
     def _finish(self, state: JobState) -> None:
         self.state = state
         self.progress.latents = None
-        self._done.set()
+        with self._callbacks_lock:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a waiter's failure must not stop the worker
+                log.exception("done-callback of %s failed", self.id)
 
 
 class JobQueue:
@@ -134,7 +156,8 @@ class JobQueue:
 
     @property
     def current(self) -> Job | None:
-        return self._current
+        with self._lock:
+            return self._current
 
     def pending(self) -> list[Job]:
         with self._lock:
@@ -142,9 +165,9 @@ class JobQueue:
 
     def position(self, job: Job) -> int:
         """0 while running, 1 if it is next, ...; -1 once finished."""
-        if job is self._current:
-            return 0
         with self._lock:
+            if job is self._current:
+                return 0
             return self._pending.index(job) + 1 if job in self._pending else -1
 
     def find(self, job_id: str) -> Job | None:
@@ -159,13 +182,18 @@ class JobQueue:
         job.cancel()
         return True
 
-    def interrupt(self) -> None:
-        if self._current is not None:
-            self._current.cancel()
+    def interrupt(self) -> Job | None:
+        """Interrupt the job running now (read once, under the lock, so it cannot change in between)."""
+        job = self.current
+        if job is not None:
+            job.cancel()
+        return job
 
-    def skip(self) -> None:
-        if self._current is not None:
-            self._current.skip()
+    def skip(self) -> Job | None:
+        job = self.current
+        if job is not None:
+            job.skip()
+        return job
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -179,7 +207,8 @@ class JobQueue:
             try:
                 self._execute(job)
             finally:
-                self._current = None
+                with self._lock:
+                    self._current = None
 
     def _execute(self, job: Job) -> None:
         if job.interrupted:

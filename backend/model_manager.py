@@ -1,9 +1,11 @@
 """Keeps the active model (and its chosen VAE) on the device, recent ones in a RAM cache, and loads others on
-request. Used only by the worker thread."""
+request. Loading and switching happen on the worker thread; other threads read what is loaded, so every
+access to the cache goes through one lock."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -70,6 +72,7 @@ class ModelManager:
         self.cache = cache
         self.prediction_overrides = dict(prediction_overrides or {})  # checkpoint name -> epsilon | v_prediction
         self._entries: OrderedDict[str, CachedModel] = OrderedDict()  # least recently used first; last = active
+        self._lock = threading.RLock()
 
     @property
     def device(self) -> torch.device:
@@ -77,19 +80,23 @@ class ModelManager:
 
     @property
     def _active(self) -> CachedModel | None:
-        return next(reversed(self._entries.values())) if self._entries else None
+        with self._lock:
+            return next(reversed(self._entries.values())) if self._entries else None
 
     @property
     def current_file(self) -> ModelFile | None:
-        return self._active.file if self._active else None
+        active = self._active
+        return active.file if active else None
 
     @property
     def current_vae(self) -> ModelFile | None:
-        return self._active.vae_file if self._active else None
+        active = self._active
+        return active.vae_file if active else None
 
     @property
     def loaded_family(self) -> Family | None:
-        return self._active.model.family if self._active else None
+        active = self._active
+        return active.model.family if active else None
 
     @property
     def plan(self) -> MemoryPlan:
@@ -98,7 +105,8 @@ class ModelManager:
     @property
     def cached_files(self) -> list[ModelFile]:
         """Every model held in RAM, least recently used first; the last one is active."""
-        return [entry.file for entry in self._entries.values()]
+        with self._lock:
+            return [entry.file for entry in self._entries.values()]
 
     def default_checkpoint(self, preferred: str | None = None) -> ModelFile:
         if preferred:
@@ -107,21 +115,24 @@ class ModelManager:
             return self.current_file
         checkpoints = self.registry.checkpoints
         if not checkpoints:
-            raise ModelNotFound(NO_CHECKPOINT_MESSAGE.format(folder=self.registry.checkpoint_dir))
+            raise ModelNotFound(NO_CHECKPOINT_MESSAGE.format(folder=self.registry.checkpoint_dir.name))
         return checkpoints[0]
 
     def get(self, checkpoint: ModelFile, vae_choice: str | None = None) -> LoadedModel:
-        if self.current_file != checkpoint:
-            self._activate(checkpoint)
-        self._apply_vae(self._active, vae_choice)
-        return self._active.model
+        with self._lock:
+            if self.current_file != checkpoint:
+                self._activate(checkpoint)
+            self._apply_vae(self._active, vae_choice)
+            return self._active.model
 
     def apply(self, measures: Measures) -> None:
         """Put the active model into the state the (per-request) measures describe."""
-        apply_measures(self._active.model, measures, self.device)
+        with self._lock:
+            apply_measures(self._active.model, measures, self.device)
 
     def unload(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
         release_memory()
 
     # ---------------------------------------------------------------- switching and the RAM cache

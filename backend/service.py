@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from backend import infotext
-from backend.errors import Interrupted
-from backend.generation.img2img import generate_img2img
-from backend.generation.requests import MASKED_CONTENT_LABELS, GenerationRequest, resolve_seed, validate
-from backend.generation.txt2img import generate_txt2img
+from backend.errors import Interrupted, InvalidRequest, ModelNotFound
+from backend.generation import sampling
+from backend.generation.img2img import prepare_img2img
+from backend.generation.preview import latent_preview
+from backend.generation.requests import (MASKED_CONTENT_LABELS, GenerationRequest, check_prompt_chunks,
+                                         resolve_seed, validate)
+from backend.generation.txt2img import prepare_txt2img
 from backend.grid import make_grid
 from backend.jobs import Job, JobQueue, SkipBatch
 from backend.loading.loader import LoadedModel
-from backend.memory.fallback import run_with_fallbacks
+from backend.memory.fallback import decode_with_fallbacks, run_with_fallbacks
 from backend.memory.policy import Measures
-from backend.model_manager import ModelManager
+from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
+from backend.options import IMPLEMENTED, Options
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import ResolvedSampler, resolve
@@ -43,6 +50,7 @@ class GenerationResult:
     sampler: ResolvedSampler | None = None
     interrupted: bool = False
     job_timestamp: str = ""
+    warnings: list[str] = field(default_factory=list)  # shown to the user: the images are fine, something else not
 
     @property
     def gallery(self) -> list[Image.Image]:
@@ -50,49 +58,154 @@ class GenerationResult:
         return ([self.grid] if self.grid is not None else []) + self.images
 
 
+@dataclass(frozen=True)
+class QueueStatus:
+    """What /progress and the UI show: the running job (if any) and how many wait."""
+
+    current: Job | None
+    waiting: int
+
+
+@dataclass
+class _Denoised:
+    """One part of a batch after sampling: latents to decode (or ready images) and how to finish them."""
+
+    work: sampling.BatchWork
+    latents: torch.Tensor | None
+    interrupted: bool = False
+
+
 class GenerationService:
-    def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter):
+    """The facade the UI and the REST API call. They never reach into the queue, registry or model cache."""
+
+    def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter,
+                 options: Options | None = None):
         self.settings = settings
         self.models = models
         self.registry = models.registry
         self.outputs = outputs
+        self.options = options or Options()
+        self._lock = threading.Lock()
+        self._selected: str | None = settings.default_checkpoint  # what the user chose; plain requests use it
         self.queue = JobQueue(self._run_job)
 
-    # ---------------------------------------------------------------- called by the edges (any thread)
+    # ---------------------------------------------------------------- generation (any thread)
 
     def submit(self, request: GenerationRequest) -> Job:
-        """Check the request now (bad input fails fast, before queueing), then queue it."""
+        """Check the request now (bad input fails fast, before queueing), then queue it. A request without a
+        checkpoint gets the one selected now, so a later switch does not change what it runs on."""
         validate(request, self.settings.limits)
         resolve(request.sampler_name, request.scheduler)
-        self._checkpoint_for(request)
-        if request.vae not in (None, "Automatic", "None"):
+        checkpoint = self.registry.find_checkpoint(request.checkpoint) if request.checkpoint \
+            else self._require_selected()
+        if request.vae not in (None, AUTOMATIC_VAE, NO_VAE):
             self.registry.find_vae(request.vae)
-        return self.queue.submit("generate", request)
+        return self.queue.submit("generate", dataclasses.replace(request, checkpoint=checkpoint.title))
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit(request).wait(timeout)
 
-    def load_checkpoint(self, name: str) -> Job:
+    # ---------------------------------------------------------------- models
+
+    def checkpoints(self) -> list[ModelFile]:
+        return self.registry.checkpoints
+
+    def vaes(self) -> list[ModelFile]:
+        return self.registry.vaes
+
+    def refresh_models(self) -> None:
+        self.registry.refresh()
+
+    def checkpoint_folder_name(self) -> str:
+        """The checkpoint folder's name (never an absolute server path)."""
+        return self.registry.checkpoint_dir.name
+
+    def select_checkpoint(self, name: str) -> Job:
+        """Make `name` the model plain requests use, and load it (the returned job ends when it is loaded)."""
         checkpoint = self.registry.find_checkpoint(name)
+        with self._lock:
+            self._selected = checkpoint.title
         return self.queue.submit("load", checkpoint)
 
     def current_checkpoint(self) -> ModelFile | None:
-        """The loaded checkpoint, or the one the next job will load."""
-        if self.models.current_file is not None:
-            return self.models.current_file
+        """The selected checkpoint (what the next plain request uses), else the loaded one, else the first."""
         try:
-            return self.models.default_checkpoint(self.settings.default_checkpoint)
-        except Exception:  # noqa: BLE001 - no checkpoint at all
+            return self._require_selected()
+        except ModelNotFound:
             return None
+
+    def _require_selected(self) -> ModelFile:
+        with self._lock:
+            selected = self._selected
+        if selected:
+            try:
+                return self.registry.find_checkpoint(selected)
+            except ModelNotFound:
+                log.warning("the selected checkpoint %r is gone; using the loaded or first one", selected)
+        return self.models.default_checkpoint()
+
+    # ---------------------------------------------------------------- options
+
+    def get_options(self) -> dict:
+        values = self.options.snapshot()
+        current = self.current_checkpoint()
+        values["sd_model_checkpoint"] = current.title if current else None
+        values["sd_checkpoint_hash"] = current.sha256 if current and current.sha256 else ""
+        return values
+
+    def set_options(self, updates: dict) -> dict:
+        """Type-checked update. Returns what could not take effect: unknown names (not stored) and known
+        options this project does not implement (stored, no effect)."""
+        known, unknown = self.options.check(updates)
+        if known.get("sd_model_checkpoint"):
+            self.select_checkpoint(str(known["sd_model_checkpoint"])).wait()
+            known["sd_model_checkpoint"] = self.current_checkpoint().title
+        if known.get("sd_vae") not in (None, AUTOMATIC_VAE, NO_VAE):
+            self.registry.find_vae(str(known["sd_vae"]))
+        value = known.get("CLIP_stop_at_last_layers")
+        if value is not None and not 1 <= value <= 12:
+            raise InvalidRequest("CLIP_stop_at_last_layers", f"must be 1..12, got {value}")
+        self.options.update(known)
+        report = {}
+        if unknown:
+            report["ignored"] = unknown
+        not_implemented = sorted(k for k in known if k not in IMPLEMENTED)
+        if not_implemented:
+            report["not_implemented"] = not_implemented
+        return report
+
+    # ---------------------------------------------------------------- queue control
+
+    def status(self) -> QueueStatus:
+        current = self.queue.current
+        return QueueStatus(current, len(self.queue.pending()))
+
+    def queue_position(self, job: Job) -> int:
+        return self.queue.position(job)
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """Interrupt the running job, or with `job_id` only that job (queued or running)."""
+        if job_id is not None:
+            return self.queue.cancel(job_id)
+        return self.queue.interrupt() is not None
+
+    def skip(self, job_id: str | None = None) -> bool:
+        """Skip the running job's current batch; with `job_id`, only if that job is the one running."""
+        current = self.queue.current
+        if current is None or (job_id is not None and current.id != job_id):
+            return False
+        current.skip()
+        return True
+
+    def preview(self, job: Job) -> Image.Image | None:
+        """A quick look at the job's latest latents (no VAE decode)."""
+        latents, family = job.progress.latents, self.models.loaded_family
+        if latents is None or family is None:
+            return None
+        return latent_preview(latents[0], family)
 
     def shutdown(self) -> None:
         self.queue.stop()
-
-    def _checkpoint_for(self, req: GenerationRequest) -> ModelFile:
-        """The request's checkpoint, else the loaded one, else the configured or first one."""
-        if req.checkpoint:
-            return self.registry.find_checkpoint(req.checkpoint)
-        return self.models.default_checkpoint(self.settings.default_checkpoint)
 
     # ---------------------------------------------------------------- the worker
 
@@ -103,56 +216,110 @@ class GenerationService:
         return self._generate(job, job.payload)
 
     def _generate(self, job: Job, req: GenerationRequest) -> GenerationResult:
-        checkpoint = self._checkpoint_for(req)
+        checkpoint = self.registry.find_checkpoint(req.checkpoint)
         job.progress.textinfo = f"loading {checkpoint.title}"
         model = self.models.get(checkpoint, req.vae)
+        self._check_prompt_length(model, req)
         sampler = resolve(req.sampler_name, req.scheduler)
         first_seed = resolve_seed(req.seed)
         result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
         measures = self.models.plan.for_request(req.width, req.height, req.batch_size)
-        try:
-            for batch_no in range(req.n_iter):
+        for batch_no in range(req.n_iter):
+            try:
                 job.start_batch(batch_no, req.n_iter)
-                job.progress.textinfo = f"batch {batch_no + 1} of {req.n_iter}"
-                seeds = [first_seed + batch_no * req.batch_size + i for i in range(req.batch_size)]
+            except Interrupted:
+                result.interrupted = True
+                break
+            job.progress.textinfo = f"batch {batch_no + 1} of {req.n_iter}"
+            seeds = [first_seed + batch_no * req.batch_size + i for i in range(req.batch_size)]
 
-                def attempt(m: Measures, seeds=seeds) -> list[Image.Image]:
-                    return self._sample(model, req, sampler, seeds, job, m)
+            def attempt(m: Measures, seeds=seeds) -> list[_Denoised]:
+                return self._denoise(model, req, sampler, seeds, job, m)
 
-                try:
-                    images, measures = run_with_fallbacks(attempt, measures, len(seeds), self.models.device)
-                except SkipBatch:
-                    continue
-                self._collect(result, req, images, seeds, measures)
-        except Interrupted:
-            result.interrupted = True
+            try:
+                parts, measures = run_with_fallbacks(attempt, measures, len(seeds), self.models.device)
+            except SkipBatch:
+                continue
+            images, measures = self._decode(model, parts, measures)
+            interrupted = any(part.interrupted for part in parts)
+            self._collect(result, req, images, seeds[: len(images)], measures, save=not interrupted)
+            if interrupted:
+                result.interrupted = True
+                break
         if len(result.images) > 1:
             result.grid = make_grid(result.images)
-            if req.save_images:
-                result.grid_path = self.outputs.save_grid(result.grid, req.kind, result.infotexts[0])
+            if req.save_images and not result.interrupted:
+                result.grid_path = self._save(result, lambda: self.outputs.save_grid(result.grid, req.kind,
+                                                                                     result.infotexts[0]))
         return result
 
-    def _sample(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                job: Job, measures: Measures) -> list[Image.Image]:
-        """One batch under `measures`; with a batch split, its parts run one after another (same seeds)."""
+    def _check_prompt_length(self, model: LoadedModel, req: GenerationRequest) -> None:
+        encoder = model.prompt_encoder
+        for name in ("prompt", "negative_prompt"):
+            check_prompt_chunks(len(encoder.token_chunks(getattr(req, name))), name,
+                                self.settings.limits.max_prompt_chunks)
+
+    def _denoise(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+                 job: Job, measures: Measures) -> list[_Denoised]:
+        """Sample one batch under `measures`; with a batch split, its parts run one after another (same seeds).
+        An interrupt keeps what the current part has reached, as A1111 does."""
         self.models.apply(measures)
-        generate = generate_txt2img if req.kind == "txt2img" else generate_img2img
-        part = -(-len(seeds) // measures.batch_split)
+        prepare = prepare_txt2img if req.kind == "txt2img" else prepare_img2img
+        size = -(-len(seeds) // measures.batch_split)
+        parts = []
+        for start in range(0, len(seeds), size):
+            work = prepare(model, req, sampler, seeds[start : start + size])
+            if work.ready_images is not None:
+                parts.append(_Denoised(work, None))
+                continue
+            job.progress.latents = None
+            try:
+                parts.append(_Denoised(work, work.denoise(job)))
+            except Interrupted:
+                if job.progress.latents is None:
+                    raise
+                parts.append(_Denoised(work, job.progress.latents.float(), interrupted=True))
+                break
+        return parts
+
+    def _decode(self, model: LoadedModel, parts: list[_Denoised],
+                measures: Measures) -> tuple[list[Image.Image], Measures]:
         images = []
-        for start in range(0, len(seeds), part):
-            images += generate(model, req, sampler, seeds[start : start + part], job.report_step)
-        return images
+        for part in parts:
+            if part.latents is None:
+                images += part.work.ready_images
+                continue
+            pixels, measures = decode_with_fallbacks(
+                lambda dtype, latents=part.latents: sampling.decode_latents(model, latents, dtype),
+                model.vae.dtype, measures, self.models.apply, self.models.device)
+            images += part.work.finish(sampling.to_pil(pixels))
+        return images, measures
 
     def _collect(self, result: GenerationResult, req: GenerationRequest, images: list[Image.Image],
-                 seeds: list[int], measures: Measures) -> None:
+                 seeds: list[int], measures: Measures, save: bool) -> None:
         for image, seed in zip(images, seeds, strict=True):
             text = self.infotext(req, result, seed, measures)
             result.images.append(image)
             result.seeds.append(seed)
             result.infotexts.append(text)
-            if req.save_images:
-                result.paths.append(self.outputs.save_image(image, req.kind, seed, text))
+            if req.save_images and save:
+                path = self._save(result, lambda image=image, seed=seed, text=text:
+                                  self.outputs.save_image(image, req.kind, seed, text))
+                if path is not None:
+                    result.paths.append(path)
+
+    def _save(self, result: GenerationResult, save) -> Path | None:
+        """Save; when that fails (disk full, read-only folder) the images still go back to the user, with a
+        warning that says why without naming server paths."""
+        try:
+            return save()
+        except OSError as err:
+            log.error("could not save an image: %s", err)
+            warning = f"Images were not saved: {err.strerror or type(err).__name__}."
+            if warning not in result.warnings:
+                result.warnings.append(warning)
+            return None
 
     def infotext(self, req: GenerationRequest, result: GenerationResult, seed: int,
                  measures: Measures | None = None) -> str:

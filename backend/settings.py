@@ -18,6 +18,12 @@ class Limits:
     max_batch_size: int = 8
     max_batch_count: int = 100
     max_upload_pixels: int = 4096 * 4096
+    max_prompt_chunks: int = 75  # 75-token chunks per prompt: 5625 tokens, far above any real prompt
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """Checked before tokenizing (which is itself slow for megabytes): generous for any prompt that fits."""
+        return self.max_prompt_chunks * 75 * 20
 
 
 @dataclass(frozen=True)

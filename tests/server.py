@@ -22,11 +22,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(models_dir: Path, outputs_dir: Path, *flags: str, ready_path: str = "/"):
+def running_app(models_dir: Path, outputs_dir: Path, *flags: str, ready_path: str = "/", log_dir: Path | None = None):
     port = free_port()
     cmd = [sys.executable, "app.py", "--port", str(port), "--models-dir", str(models_dir), "--outputs-dir",
            str(outputs_dir), "--device", "cpu", "--precision", "fp32", *flags]
-    log = open(outputs_dir.parent / f"app-{port}.log", "w")
+    log = open((log_dir or outputs_dir.parent) / f"app-{port}.log", "w")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"

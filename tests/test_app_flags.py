@@ -38,5 +38,8 @@ def test_exposure_needs_credentials_unless_opted_out():
         app.check_exposure(app.parse_args(["--share"]))
     app.check_exposure(app.parse_args(["--share", "--gradio-auth", "u:p"]))
     app.check_exposure(app.parse_args(["--listen", "--insecure-no-auth", "--api"]))
-    with pytest.raises(SystemExit):
-        app.check_exposure(app.parse_args(["--listen", "--gradio-auth", "u:p", "--api"]))
+    app.check_exposure(app.parse_args(["--listen", "--gradio-auth", "u:p", "--api"]))
+    assert app.api_credentials(app.parse_args(["--gradio-auth", "u:p", "--api"])) == [("u", "p")]
+    assert app.api_credentials(app.parse_args(["--gradio-auth", "u:p", "--api-auth", "a:b"])) == [("a", "b")]
+    with pytest.raises(SystemExit, match="empty"):
+        app.parse_credentials("u:")

@@ -11,15 +11,11 @@ from backend.service import GenerationService
 class UiContext:
     service: GenerationService
 
-    @property
-    def registry(self):
-        return self.service.registry
-
     def checkpoint_titles(self) -> list[str]:
-        return [c.title for c in self.registry.checkpoints]
+        return [c.title for c in self.service.checkpoints()]
 
     def vae_choices(self) -> list[str]:
-        return ["Automatic", "None", *[v.name for v in self.registry.vaes]]
+        return ["Automatic", "None", *[v.name for v in self.service.vaes()]]
 
     def current_title(self) -> str | None:
         current = self.service.current_checkpoint()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -9,11 +10,12 @@ import gradio as gr
 
 from backend import infotext
 from backend.errors import BackendError
-from backend.generation.preview import latent_preview
 from backend.generation.requests import GenerationRequest
 from backend.jobs import Job
 from backend.samplers import SAMPLERS, SCHEDULES
 from ui.context import UiContext
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
 
@@ -113,9 +115,9 @@ def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs):
     while not job.finished:
         time.sleep(POLL_SECONDS)
         update = {outputs.progress: progress_text(ctx, job)}
-        latents, family = job.progress.latents, ctx.service.models.loaded_family
-        if latents is not None and family is not None:
-            update[outputs.preview] = latent_preview(latents[0], family)
+        preview = ctx.service.preview(job)
+        if preview is not None:
+            update[outputs.preview] = preview
         yield update
     try:
         result = job.wait()
@@ -123,10 +125,15 @@ def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs):
         yield {outputs.error: f"**Error:** {err}", outputs.progress: ""}
         return
     except Exception as err:  # noqa: BLE001 - show it in the page, keep the page usable
-        yield {outputs.error: f"**Error:** {type(err).__name__}: {err}", outputs.progress: ""}
+        log.exception("job %s failed", job.id)
+        yield {outputs.error: f"**Error:** {type(err).__name__} (the server log has the details)",
+               outputs.progress: ""}
         return
     note = " (interrupted)" if result.interrupted else ""
+    for warning in result.warnings:
+        gr.Warning(warning)
     yield {
+        outputs.error: "".join(f"**Warning:** {w}  \n" for w in result.warnings),
         outputs.gallery: result.gallery,
         outputs.info: result.infotexts[0] if result.infotexts else "",
         outputs.progress: f"Done{note}: {len(result.images)} image(s).",
@@ -137,7 +144,7 @@ def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs):
 
 
 def progress_text(ctx: UiContext, job: Job) -> str:
-    position = ctx.service.queue.position(job)
+    position = ctx.service.queue_position(job)
     if position > 0:
         return f"In queue: position {position}"
     p = job.progress

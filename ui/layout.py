@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 
 from backend.errors import BackendError
@@ -10,6 +12,8 @@ from ui.context import UiContext
 from ui.generation_controls import fields_from_infotext
 from ui.png_info import build_png_info_tab
 from ui.tabs import Tab, build_tab, fill_targets, fill_updates
+
+log = logging.getLogger(__name__)
 
 CSS = ".error-box { color: #c62828; font-weight: 600; }"
 
@@ -37,7 +41,7 @@ def _build_top_bar(ctx: UiContext) -> dict:
     status = gr.Markdown(_models_message(ctx), elem_id="models_status")
 
     def on_refresh(current):
-        ctx.registry.refresh()
+        ctx.service.refresh_models()
         titles = ctx.checkpoint_titles()
         value = current if current in titles else (titles[0] if titles else None)
         return gr.update(choices=titles, value=value), gr.update(choices=ctx.vae_choices()), _models_message(ctx)
@@ -46,13 +50,14 @@ def _build_top_bar(ctx: UiContext) -> dict:
         if not title:
             return ""
         try:
-            job = ctx.service.load_checkpoint(title)
+            job = ctx.service.select_checkpoint(title)
             progress(0.1, desc=f"Loading {title}")
             job.wait()
         except BackendError as err:
             return f"**Error:** {err}"
         except Exception as err:  # noqa: BLE001 - show it, keep the page usable
-            return f"**Error loading {title}:** {err}"
+            log.exception("loading %s failed", title)
+            return f"**Error loading {title}:** {type(err).__name__} (the server log has the details)"
         return f"Loaded {title}"
 
     refresh.click(on_refresh, inputs=checkpoint, outputs=[checkpoint, vae, status])
@@ -63,7 +68,7 @@ def _build_top_bar(ctx: UiContext) -> dict:
 def _models_message(ctx: UiContext) -> str:
     if ctx.checkpoint_titles():
         return ""
-    return "⚠ " + NO_CHECKPOINT_MESSAGE.format(folder=ctx.registry.checkpoint_dir)
+    return "⚠ " + NO_CHECKPOINT_MESSAGE.format(folder=ctx.service.checkpoint_folder_name())
 
 
 def _wire_send_to(tabs: dict[str, Tab], tab_group, png_image, png_text, png_buttons) -> None:

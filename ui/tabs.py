@@ -142,9 +142,10 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     tab.generate.click(show_running, outputs=[tab.generate, tab.interrupt]).then(
         on_generate, inputs=inputs, outputs=tab.outputs.all(), api_name=f"{tab.name}_generate",
         concurrency_limit=None).then(show_idle, outputs=[tab.generate, tab.interrupt])
-    tab.interrupt.click(lambda job_id: ctx.service.queue.cancel(job_id) if job_id else None,
+    tab.interrupt.click(lambda job_id: ctx.service.interrupt(job_id) if job_id else None,
                         inputs=tab.outputs.job_id, outputs=None)
-    tab.skip.click(lambda: ctx.service.queue.skip(), outputs=None)
+    tab.skip.click(lambda job_id: ctx.service.skip(job_id) if job_id else None, inputs=tab.outputs.job_id,
+                   outputs=None)
     tab.controls.reuse_seed_button.click(lambda seeds: seeds[0] if seeds else -1, inputs=tab.outputs.seeds,
                                          outputs=tab.controls.seed)
     tab.paste.click(lambda text: fill_updates(tab, fields_from_infotext(text)), inputs=tab.controls.prompt,

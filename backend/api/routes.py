@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 import json
 import logging
 import secrets
 import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import psutil
 import torch
@@ -20,9 +24,10 @@ from starlette.routing import Mount, Route
 from backend import infotext
 from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import Img2ImgBody, PngInfoBody, Txt2ImgBody
-from backend.api.translate import ApiOptions, to_request, to_response
-from backend.errors import BackendError, CheckpointError, InvalidRequest, ModelNotFound, OutOfMemory
-from backend.generation.preview import latent_preview
+from backend.api.translate import to_request, to_response
+from backend.errors import BackendError, CheckpointError, Interrupted, InvalidRequest, ModelNotFound, OutOfMemory
+from backend.jobs import Job
+from backend.options import docs_text
 from backend.outputs import read_infotext
 from backend.samplers import SAMPLERS, SCHEDULES
 from backend.service import GenerationService
@@ -31,6 +36,28 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/sdapi/v1"
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_JSON_DEPTH = 64  # far deeper than any A1111 request; deeper nesting would exhaust the parser's recursion
+
+
+@dataclass
+class Deferred:
+    """A handler's answer that needs a queued job first: the route awaits `job` without holding a server
+    thread (so /progress, /interrupt and /skip stay responsive however many requests wait), then calls
+    `finish` (in a thread) to build the response."""
+
+    job: Job
+    finish: Callable[[Any], Any]
+
+
+async def wait_for_job(job: Job) -> None:
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def wake():
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    job.add_done_callback(wake)
+    await done
 
 
 def error_response(status: int, error: str, detail: str, field: str | None = None) -> JSONResponse:
@@ -49,50 +76,58 @@ def _status_of(err: BackendError) -> int:
         return 422
     if isinstance(err, OutOfMemory):
         return 503
+    if isinstance(err, Interrupted):
+        return 409  # interrupted before it made anything
     return 500
 
 
 class SdApi:
     def __init__(self, service: GenerationService, credentials: list[tuple[str, str]]):
         self.service = service
-        self.credentials = credentials
-        self.options = ApiOptions()
+        self.credentials = [(u.encode("utf-8"), p.encode("utf-8")) for u, p in credentials]
         self.app = FastAPI(title="Stable Diffusion web UI API", version="1", docs_url=None, redoc_url=None)
         self._add_routes()
 
     # ---------------------------------------------------------------- plumbing
 
-    def _authorized(self, request: Request) -> bool:
+    def authorized(self, request: Request) -> bool:
+        """HTTP Basic against the configured users. Bytes are compared, so any header (non-ASCII included)
+        gets a plain yes or no."""
         if not self.credentials:
             return True
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "basic":
             return False
         try:
-            user, _, password = base64.b64decode(encoded).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
+            user, _, password = base64.b64decode(encoded, validate=True).partition(b":")
+        except (ValueError, binascii.Error):
             return False
         return any(secrets.compare_digest(user, u) & secrets.compare_digest(password, p) for u, p in self.credentials)
 
-    def _route(self, path: str, handler, methods: list[str], body_model: type[BaseModel] | None = None):
+    def _route(self, path: str, handler, methods: list[str], body_model: type[BaseModel] | None = None,
+               inline: bool = False, description: str | None = None):
+        """`inline` handlers are quick and never block (progress, interrupt, skip): they run on the event loop
+        itself, so no number of waiting requests can starve them of a thread."""
         async def endpoint(request: Request):
-            if not self._authorized(request):
-                response = error_response(401, "Unauthorized", "HTTP Basic credentials are required")
-                response.headers["WWW-Authenticate"] = "Basic"
-                return response
+            if not self.authorized(request):
+                return unauthorized()
             try:
                 body = await self._parse(request, body_model) if body_model else None
                 args = (body,) if body_model else ()
                 if "query" in handler.__code__.co_varnames[: handler.__code__.co_argcount]:
                     args += (dict(request.query_params),)
-                return JSONResponse(await run_in_threadpool(handler, *args))
+                answer = handler(*args) if inline else await run_in_threadpool(handler, *args)
+                if isinstance(answer, Deferred):
+                    await wait_for_job(answer.job)
+                    answer = await run_in_threadpool(answer.finish, answer.job)
+                return JSONResponse(answer)
             except BackendError as err:
                 return error_response(_status_of(err), type(err).__name__, str(err), getattr(err, "field", None))
             except Exception as err:  # noqa: BLE001 - one bad request must not take the server down
                 log.exception("API %s failed", path)
-                return error_response(500, type(err).__name__, str(err))
+                return error_response(500, type(err).__name__, "internal error; the server log has the details")
 
-        self.app.add_api_route(path, endpoint, methods=methods, name=handler.__name__,
+        self.app.add_api_route(path, endpoint, methods=methods, name=handler.__name__, description=description,
                                openapi_extra=_openapi_body(body_model))
 
     async def _parse(self, request: Request, model: type[BaseModel]):
@@ -102,12 +137,7 @@ class SdApi:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise InvalidRequest("body", f"request is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
-        try:
-            data = json.loads(raw or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InvalidRequest("body", f"invalid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise InvalidRequest("body", "expected a JSON object")
+        data = parse_json(raw)
         try:
             return model.model_validate(data)
         except ValidationError as err:
@@ -123,13 +153,13 @@ class SdApi:
         r("/img2img", self.img2img, ["POST"], Img2ImgBody)
         r("/sd-models", self.sd_models, ["GET"])
         r("/sd-vae", self.sd_vae, ["GET"])
-        r("/options", self.get_options, ["GET"])
-        r("/options", self.set_options, ["POST"], _AnyBody)
+        r("/options", self.get_options, ["GET"], inline=True, description=docs_text())
+        r("/options", self.set_options, ["POST"], _AnyBody, description=docs_text())
         r("/samplers", self.samplers, ["GET"])
         r("/schedulers", self.schedulers, ["GET"])
-        r("/progress", self.progress, ["GET"])
-        r("/interrupt", self.interrupt, ["POST"])
-        r("/skip", self.skip, ["POST"])
+        r("/progress", self.progress, ["GET"], inline=True)
+        r("/interrupt", self.interrupt, ["POST"], inline=True)
+        r("/skip", self.skip, ["POST"], inline=True)
         r("/refresh-checkpoints", self.refresh_checkpoints, ["POST"])
         r("/refresh-vae", self.refresh_checkpoints, ["POST"])
         r("/png-info", self.png_info, ["POST"], PngInfoBody)
@@ -142,41 +172,36 @@ class SdApi:
     def img2img(self, body: Img2ImgBody) -> dict:
         return self._generate(body)
 
-    def _generate(self, body: Txt2ImgBody) -> dict:
-        req = to_request(body, self.options, self.service.settings.limits)
-        result = self.service.generate(req)
-        if body.override_settings and not body.override_settings_restore_afterwards:
-            self.options.values.update(body.override_settings)
-        return to_response(body, req, result, bool(self.options.values.get("return_grid", True)))
+    def _generate(self, body: Txt2ImgBody) -> Deferred:
+        """A1111's override_settings apply to this request only, unless override_settings_restore_afterwards
+        is false: then they stay, as if POSTed to /options (the model switch included)."""
+        overrides, unknown = self.service.options.check(body.override_settings or {})
+        req, warnings = to_request(body, self.service.get_options(), overrides, self.service.settings.limits)
+        if unknown:
+            warnings.append(f"override_settings ignored (unknown to A1111): {', '.join(unknown)}")
+        job = self.service.submit(req)
+
+        def finish(job: Job) -> dict:
+            result = job.wait(0)
+            if overrides and not body.override_settings_restore_afterwards:
+                self.service.set_options(overrides)
+            result.warnings[:0] = warnings
+            return to_response(body, req, result, bool(self.service.options.get("return_grid")))
+
+        return Deferred(job, finish)
 
     def sd_models(self) -> list[dict]:
         return [{"title": c.title, "model_name": c.model_name, "hash": c.short_hash, "sha256": c.sha256,
-                 "filename": str(c.path), "config": None} for c in self.service.registry.checkpoints]
+                 "filename": str(c.path), "config": None} for c in self.service.checkpoints()]
 
     def sd_vae(self) -> list[dict]:
-        return [{"model_name": v.model_name, "filename": str(v.path)} for v in self.service.registry.vaes]
+        return [{"model_name": v.model_name, "filename": str(v.path)} for v in self.service.vaes()]
 
     def get_options(self) -> dict:
-        current = self.service.current_checkpoint()
-        values = dict(self.options.values)
-        chosen = values.get("sd_model_checkpoint")
-        values["sd_model_checkpoint"] = current.title if current and not chosen else chosen
-        return values
+        return self.service.get_options()
 
     def set_options(self, body: BaseModel) -> dict:
-        updates = body.model_dump()
-        if updates.get("sd_model_checkpoint"):
-            checkpoint = self.service.registry.find_checkpoint(str(updates["sd_model_checkpoint"]))
-            self.service.load_checkpoint(checkpoint.title).wait()
-            updates["sd_model_checkpoint"] = checkpoint.title
-        if updates.get("sd_vae") not in (None, "Automatic", "None"):
-            self.service.registry.find_vae(str(updates["sd_vae"]))
-        if "CLIP_stop_at_last_layers" in updates:
-            value = updates["CLIP_stop_at_last_layers"]
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
-                raise InvalidRequest("CLIP_stop_at_last_layers", f"must be an integer 1..12, got {value!r}")
-        self.options.values.update(updates)
-        return {}
+        return self.service.set_options(body.model_dump())
 
     def samplers(self) -> list[dict]:
         return [{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in SAMPLERS]
@@ -186,33 +211,31 @@ class SdApi:
                 for label, (internal, _) in SCHEDULES.items()]
 
     def progress(self, query: dict) -> dict:
-        queue = self.service.queue
-        job, pending = queue.current, queue.pending()
+        status = self.service.status()
+        job = status.current
         skip_image = query.get("skip_current_image", "false").lower() == "true"
-        state = {"skipped": False, "interrupted": False, "job": "", "job_count": len(pending) + (1 if job else 0),
-                 "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        state = {"skipped": False, "interrupted": False, "job": "",
+                 "job_count": status.waiting + (1 if job else 0), "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+                 "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
         if job is None:
             return {"progress": 0, "eta_relative": 0, "state": state, "current_image": None, "textinfo": None}
         p = job.progress
         state.update(job=job.id, interrupted=job.interrupted, job_no=p.batch_no, sampling_step=p.step,
                      sampling_steps=p.steps)
-        image = None
-        family = self.service.models.loaded_family
-        if not skip_image and p.latents is not None and family is not None:
-            image = encode_png(latent_preview(p.latents[0], family), None)
+        preview = None if skip_image else self.service.preview(job)
         return {"progress": p.fraction, "eta_relative": p.eta_seconds() or 0, "state": state,
-                "current_image": image, "textinfo": p.textinfo}
+                "current_image": encode_png(preview, None) if preview else None, "textinfo": p.textinfo}
 
     def interrupt(self) -> dict:
-        self.service.queue.interrupt()
+        self.service.interrupt()
         return {}
 
     def skip(self) -> dict:
-        self.service.queue.skip()
+        self.service.skip()
         return {}
 
     def refresh_checkpoints(self) -> dict:
-        self.service.registry.refresh()
+        self.service.refresh_models()
         return {}
 
     def png_info(self, body: PngInfoBody) -> dict:
@@ -238,6 +261,58 @@ class SdApi:
         return {"ram": ram, "cuda": cuda}
 
 
+def parse_json(raw: bytes) -> dict:
+    """The body as a JSON object. Refused with a 4xx: invalid JSON, NaN/Infinity (not JSON, and unanswerable in
+    a JSON response), nesting deeper than MAX_JSON_DEPTH, and text that is not valid Unicode (lone surrogates)."""
+    if _nesting_depth(raw) > MAX_JSON_DEPTH:
+        raise InvalidRequest("body", f"JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        data = json.loads(raw or b"{}", parse_constant=_refuse_constant)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidRequest("body", f"invalid JSON: {err}") from err
+    except UnicodeEncodeError as err:
+        raise InvalidRequest("body", "contains text that is not valid Unicode (a lone surrogate such as \\ud800)") \
+            from err
+    except RecursionError as err:
+        raise InvalidRequest("body", "JSON is nested too deeply") from err
+    if not isinstance(data, dict):
+        raise InvalidRequest("body", "expected a JSON object")
+    return data
+
+
+def _refuse_constant(name: str):
+    raise InvalidRequest("body", f"{name} is not a valid JSON number")
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """Deepest [ / { nesting, counted outside strings, without parsing."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def unauthorized() -> JSONResponse:
+    response = error_response(401, "Unauthorized", "HTTP Basic credentials are required")
+    response.headers["WWW-Authenticate"] = "Basic"
+    return response
+
+
 class _AnyBody(BaseModel):
     model_config = {"extra": "allow"}
 
@@ -253,12 +328,16 @@ def mount_api(app, service: GenerationService, credentials: list[tuple[str, str]
     api = SdApi(service, credentials)
     openapi_url = "/openapi.json"
 
-    async def openapi(_request):
+    async def openapi(request):
+        if not api.authorized(request):
+            return unauthorized()
         schema = api.app.openapi()
         schema["servers"] = [{"url": PREFIX}]
         return JSONResponse(schema)
 
-    async def docs(_request):
+    async def docs(request):
+        if not api.authorized(request):
+            return unauthorized()
         return get_swagger_ui_html(openapi_url=openapi_url, title="API docs")
 
     routes = [Mount(PREFIX, app=api.app), Route(openapi_url, openapi), Route("/docs", docs)]

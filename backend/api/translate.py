@@ -3,45 +3,53 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import Img2ImgBody, Txt2ImgBody
 from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from backend.options import IMPLEMENTED
 from backend.service import VERSION, GenerationResult
 from backend.settings import Limits
 
 
-@dataclass
-class ApiOptions:
-    """The settings GET/POST /options exposes. Owned by the API object, never module state."""
-
-    values: dict = field(default_factory=lambda: {
-        "sd_model_checkpoint": None,
-        "sd_vae": "Automatic",
-        "CLIP_stop_at_last_layers": 1,
-        "samples_save": True,
-        "samples_format": "png",
-        "return_grid": True,
-        "outdir_samples": "",
-    })
+# A1111 request fields this project accepts but does not implement yet: a request that turns one on still
+# runs, and its answer says that the field had no effect (never a silent 200).
+UNIMPLEMENTED_FIELDS = {
+    "enable_hr": lambda v: bool(v), "restore_faces": lambda v: bool(v), "tiling": lambda v: bool(v),
+    "subseed_strength": lambda v: bool(v), "styles": lambda v: bool(v), "script_name": lambda v: bool(v),
+    "alwayson_scripts": lambda v: bool(v), "seed_resize_from_h": lambda v: v not in (None, -1, 0),
+    "seed_resize_from_w": lambda v: v not in (None, -1, 0), "eta": lambda v: v is not None,
+    "s_churn": lambda v: bool(v), "s_noise": lambda v: v not in (None, 1, 1.0),
+}
 
 
-def to_request(body: Txt2ImgBody, options: ApiOptions, limits: Limits) -> GenerationRequest:
-    overrides = {**options.values, **(body.override_settings or {})}
+def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits) -> tuple[GenerationRequest, list]:
+    """The body with the current options and this request's (checked) override_settings -> a request, and
+    warnings about what it asked for that has no effect."""
+    settings = {**options, **overrides}
     sampler = body.sampler_name or body.sampler_index or "Euler"
     fields = dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=sampler,
         scheduler=body.scheduler or "Automatic", steps=body.steps, cfg_scale=body.cfg_scale, width=body.width,
         height=body.height, seed=body.seed, batch_size=body.batch_size, n_iter=body.n_iter,
-        checkpoint=overrides.get("sd_model_checkpoint") or None, vae=overrides.get("sd_vae") or "Automatic",
-        clip_skip=_int_option(overrides.get("CLIP_stop_at_last_layers", 1), "override_settings"),
+        checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
+        clip_skip=_int_option(settings.get("CLIP_stop_at_last_layers", 1), "override_settings"),
         save_images=bool(body.save_images),
     )
     if isinstance(body, Img2ImgBody):
         fields.update(_img2img_fields(body, limits))
-    return GenerationRequest(**fields)
+    return GenerationRequest(**fields), _warnings(body, overrides)
+
+
+def _warnings(body: Txt2ImgBody, overrides: dict) -> list[str]:
+    given = body.model_dump()
+    ignored = [name for name, is_set in UNIMPLEMENTED_FIELDS.items() if name in given and is_set(given[name])]
+    warnings = [f"not implemented yet, had no effect: {', '.join(ignored)}"] if ignored else []
+    inactive = sorted(k for k in overrides if k not in IMPLEMENTED)
+    if inactive:
+        warnings.append(f"override_settings not implemented yet, had no effect: {', '.join(inactive)}")
+    return warnings
 
 
 def _int_option(value, name: str) -> int:
@@ -106,5 +114,5 @@ def _info(req: GenerationRequest, result: GenerationResult, first: int, infotext
         "clip_skip": req.clip_skip, "extra_generation_params": {},
         "index_of_first_image": first, "infotexts": infotexts, "styles": [],
         "job_timestamp": result.job_timestamp, "is_using_inpainting_conditioning": False,
-        "interrupted": result.interrupted, "version": VERSION,
+        "interrupted": result.interrupted, "warnings": result.warnings, "version": VERSION,
     }

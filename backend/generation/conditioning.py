@@ -55,22 +55,26 @@ class PromptEncoder:
         return [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], clip_skip: int, chunks: int) -> Conditioning:
-        """Encode each prompt padded to `chunks` chunks (positive and negative must have the same count)."""
-        per_prompt = [self._cached_one(p, clip_skip, chunks) for p in prompts]
+    def encode(self, prompts: list[str], clip_skip: int, chunks: int,
+               check_interrupt: Callable[[], None] | None = None) -> Conditioning:
+        """Encode each prompt padded to `chunks` chunks (positive and negative must have the same count).
+        `check_interrupt` is called before each chunk, so a long prompt can be interrupted."""
+        per_prompt = [self._cached_one(p, clip_skip, chunks, check_interrupt) for p in prompts]
         embeds = torch.cat([c.embeds for c in per_prompt])
         pooled = torch.cat([c.pooled for c in per_prompt]) if per_prompt[0].pooled is not None else None
         return Conditioning(embeds, pooled)
 
-    def _cached_one(self, prompt: str, clip_skip: int, chunks: int) -> Conditioning:
+    def _cached_one(self, prompt: str, clip_skip: int, chunks: int, check_interrupt) -> Conditioning:
         key = (prompt, clip_skip, chunks, str(self.device))
-        return self.cache.get(key, lambda: self._encode_one(prompt, clip_skip, chunks))
+        return self.cache.get(key, lambda: self._encode_one(prompt, clip_skip, chunks, check_interrupt))
 
-    def _encode_one(self, prompt: str, clip_skip: int, chunks: int) -> Conditioning:
+    def _encode_one(self, prompt: str, clip_skip: int, chunks: int, check_interrupt) -> Conditioning:
         token_chunks = self.token_chunks(prompt)
         token_chunks += [[]] * (chunks - len(token_chunks))
         parts, pooled = [], None
         for i, tokens in enumerate(token_chunks):
+            if check_interrupt is not None:
+                check_interrupt()
             per_encoder = []
             for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
                 ids = _chunk_ids(tokens, tokenizer).to(self.device)

@@ -38,38 +38,42 @@ class InpaintWork:
         return image_ops.composite(self.overlay_base, canvas, self.overlay_mask)
 
 
-def generate_img2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                     on_step: sampling.StepCallback) -> list[Image.Image]:
+def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
+                    seeds: list[int]) -> sampling.BatchWork:
     if req.mask is not None:
-        return inpaint(model, req, sampler, seeds, on_step)
+        return prepare_inpaint_batch(model, req, sampler, seeds)
     if model.is_inpainting:
         image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
         white = Image.new("L", image.size, 255)
-        return _sample_inpainting_model(model, req, sampler, seeds, image, white, on_step)
-    latents = _init_latents(model, req)
-    return _sample_regular(model, req, sampler, seeds, latents, None, on_step)
+        return _inpainting_model_work(model, req, sampler, seeds, image, white)
+    return sampling.BatchWork(lambda hooks: _sample_regular(model, req, sampler, seeds, _init_latents(model, req),
+                                                            None, hooks))
 
 
 def txt2img_with_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                                  seeds: list[int], on_step: sampling.StepCallback) -> list[Image.Image]:
+                                  seeds: list[int]) -> sampling.BatchWork:
     """A 9-channel model makes a txt2img image as an inpainting of a blank picture with everything masked."""
     blank = Image.new("RGB", (req.width, req.height), GRAY)
     white = Image.new("L", blank.size, 255)
-    return _sample_inpainting_model(model, req, sampler, seeds, blank, white, on_step, strength=1.0)
+    return _inpainting_model_work(model, req, sampler, seeds, blank, white, strength=1.0)
 
 
-def inpaint(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-            on_step: sampling.StepCallback) -> list[Image.Image]:
+def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
+                          seeds: list[int]) -> sampling.BatchWork:
     work = prepare_inpaint(req)
     if model.is_inpainting:
         image = _masked_content_pixels(work, req.inpainting_fill, seeds[0])
-        generated = _sample_inpainting_model(model, req, sampler, seeds, image, work.mask, on_step)
+        batch = _inpainting_model_work(model, req, sampler, seeds, image, work.mask)
     else:
-        latents = sampling.encode_image(model, work.image)
-        latent_mask = _latent_mask(work.mask, latents.shape[-2:]).to(latents.device)
-        latents = _masked_content_latents(latents, latent_mask, req.inpainting_fill, seeds)
-        generated = _sample_regular(model, req, sampler, seeds, latents, latent_mask, on_step)
-    return [work.paste_back(image) for image in generated]
+        def denoise(hooks: sampling.Hooks):
+            latents = sampling.encode_image(model, work.image)
+            latent_mask = _latent_mask(work.mask, latents.shape[-2:]).to(latents.device)
+            latents = _masked_content_latents(latents, latent_mask, req.inpainting_fill, seeds)
+            return _sample_regular(model, req, sampler, seeds, latents, latent_mask, hooks)
+
+        batch = sampling.BatchWork(denoise)
+    batch.finish = lambda images: [work.paste_back(image) for image in images]
+    return batch
 
 
 def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
@@ -137,23 +141,23 @@ def _steps_to_run(req: GenerationRequest) -> int:
 
 
 def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                    latents: torch.Tensor, latent_mask: torch.Tensor | None,
-                    on_step: sampling.StepCallback) -> list[Image.Image]:
+                    latents: torch.Tensor, latent_mask: torch.Tensor | None, hooks: sampling.Hooks) -> torch.Tensor:
     """img2img on a 4-channel model; with `latent_mask`, everything outside it is held to the original."""
     latents = latents.repeat(len(seeds) // latents.shape[0], 1, 1, 1)
     if _steps_to_run(req) < 1:
-        return sampling.decode_latents(model, latents)  # strength 0: nothing to denoise
+        return latents  # strength 0: nothing to denoise
     generators = sampling.seeded_generators(seeds)
-    cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip)
+    cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip,
+                                           hooks.check_interrupt)
     pipe = sampling.prepare_pipeline(model, "img2img", sampler)
-    callback = sampling.step_callback(on_step)
+    callback = sampling.step_callback(hooks.report_step)
     if latent_mask is not None:
         callback = _holding_unmasked(callback, latents, latent_mask, seeds)
     out = pipe(**sampling.conditioning_kwargs(model, cond, uncond),
                image=latents.to(model.execution_device, model.dtype), strength=req.denoising_strength,
                num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
                output_type="latent", callback_on_step_end=callback).images
-    return sampling.decode_latents(model, out.float())
+    return out.float()
 
 
 def _holding_unmasked(inner, original: torch.Tensor, mask: torch.Tensor, seeds: list[int]):
@@ -174,21 +178,25 @@ def _holding_unmasked(inner, original: torch.Tensor, mask: torch.Tensor, seeds: 
     return callback
 
 
-def _sample_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                             seeds: list[int], image: Image.Image, mask: Image.Image,
-                             on_step: sampling.StepCallback, strength: float | None = None) -> list[Image.Image]:
+def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+                          image: Image.Image, mask: Image.Image, strength: float | None = None) -> sampling.BatchWork:
+    """9-channel models: the pipeline takes the picture and the mask and makes its own masked-image latents."""
     strength = req.denoising_strength if strength is None else strength
-    generators = sampling.seeded_generators(seeds)
-    extra = {}
-    if strength >= 1.0:
-        extra["latents"] = sampling.initial_noise(generators, req.height, req.width).to(model.execution_device,
-                                                                                         model.dtype)
-    elif int(req.steps * strength) < 1:
-        return [image.copy() for _ in seeds]
-    cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip)
-    pipe = sampling.prepare_pipeline(model, "inpaint", sampler)
-    out = pipe(**sampling.conditioning_kwargs(model, cond, uncond), image=image, mask_image=mask,
-               height=req.height, width=req.width, strength=strength, num_inference_steps=req.steps,
-               guidance_scale=req.cfg_scale, generator=generators, output_type="latent",
-               callback_on_step_end=sampling.step_callback(on_step), **extra).images
-    return sampling.decode_latents(model, out.float())
+    if strength < 1.0 and int(req.steps * strength) < 1:
+        return sampling.BatchWork(None, ready_images=[image.copy() for _ in seeds])
+
+    def denoise(hooks: sampling.Hooks):
+        generators = sampling.seeded_generators(seeds)
+        extra = {}
+        if strength >= 1.0:
+            extra["latents"] = sampling.initial_noise(generators, req.height, req.width).to(model.execution_device,
+                                                                                             model.dtype)
+        cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip,
+                                               hooks.check_interrupt)
+        pipe = sampling.prepare_pipeline(model, "inpaint", sampler)
+        return pipe(**sampling.conditioning_kwargs(model, cond, uncond), image=image, mask_image=mask,
+                    height=req.height, width=req.width, strength=strength, num_inference_steps=req.steps,
+                    guidance_scale=req.cfg_scale, generator=generators, output_type="latent",
+                    callback_on_step_end=sampling.step_callback(hooks.report_step), **extra).images.float()
+
+    return sampling.BatchWork(denoise)

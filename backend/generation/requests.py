@@ -73,6 +73,8 @@ class GenerationRequest:
 
 
 def validate(req: GenerationRequest, limits: Limits) -> None:
+    for name in ("prompt", "negative_prompt"):
+        _check_text(getattr(req, name), name, limits.max_prompt_chars)
     _check_int(req.steps, "steps", 1, limits.max_steps)
     _check_number(req.cfg_scale, "cfg_scale", 0.0, 30.0)
     for name, value, maximum in (("width", req.width, limits.max_width), ("height", req.height, limits.max_height)):
@@ -96,6 +98,24 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
         _check_int(req.mask_blur, "mask_blur", 0, 64)
         _check_int(req.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
         _check_int(int(req.inpainting_fill), "inpainting_fill", 0, 3)
+
+
+def _check_text(value, name: str, max_chars: int) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequest(name, f"must be text, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise InvalidRequest(name, f"is {len(value)} characters long; the limit is {max_chars} "
+                                   "(set by --max-prompt-chunks)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRequest(name, "contains characters that are not valid Unicode (a lone surrogate)") from err
+
+
+def check_prompt_chunks(chunks: int, name: str, max_chunks: int) -> None:
+    if chunks > max_chunks:
+        raise InvalidRequest(name, f"is {chunks} chunks of 75 tokens long; the limit is {max_chunks} "
+                                   "(set by --max-prompt-chunks)")
 
 
 def _check_int(value, name: str, low: int, high: int) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +21,43 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
+class Hooks(Protocol):
+    """What generation reports to, and asks, the job it runs for (backend.jobs.Job)."""
+
+    def report_step(self, step: int, steps: int, latents: torch.Tensor | None = None) -> None: ...
+
+    def check_interrupt(self) -> None: ...
+
+
+@dataclass
+class BatchWork:
+    """One batch, prepared: `denoise(hooks)` runs the sampler and returns latents; the worker decodes them (with
+    its own out-of-memory fallbacks) and `finish` turns the decoded images into the results (e.g. pastes an
+    inpainting back into the original). `ready_images` is set instead when there is nothing to denoise."""
+
+    denoise: Callable[[Hooks], torch.Tensor] | None
+    finish: Callable[[list[Image.Image]], list[Image.Image]] = field(default=lambda images: images)
+    ready_images: list[Image.Image] | None = None
+
+
+class NoHooks:
+    """For running a batch outside a job (tests, benchmarks): no progress, never interrupted."""
+
+    def report_step(self, step: int, steps: int, latents: torch.Tensor | None = None) -> None:
+        pass
+
+    def check_interrupt(self) -> None:
+        pass
+
+
+def make_images(model: LoadedModel, work: BatchWork, hooks: Hooks | None = None) -> list[Image.Image]:
+    """Denoise, decode and finish one batch directly, without the worker's out-of-memory fallbacks."""
+    if work.ready_images is not None:
+        return work.ready_images
+    latents = work.denoise(hooks or NoHooks())
+    return work.finish(to_pil(decode_latents(model, latents)))
+
+
 def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
@@ -29,10 +67,12 @@ def initial_noise(generators: list[torch.Generator], height: int, width: int, ch
     return torch.stack([torch.randn((channels, height // 8, width // 8), generator=g) for g in generators])
 
 
-def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch: int, clip_skip: int):
+def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch: int, clip_skip: int,
+                   check_interrupt: Callable[[], None] | None = None):
     encoder = model.prompt_encoder
     chunks = chunk_count(encoder, [prompt, negative])
-    return (encoder.encode([prompt] * batch, clip_skip, chunks), encoder.encode([negative] * batch, clip_skip, chunks))
+    return (encoder.encode([prompt] * batch, clip_skip, chunks, check_interrupt),
+            encoder.encode([negative] * batch, clip_skip, chunks, check_interrupt))
 
 
 def conditioning_kwargs(model: LoadedModel, cond: Conditioning, uncond: Conditioning) -> dict:
@@ -58,19 +98,18 @@ def prepare_pipeline(model: LoadedModel, kind: str, sampler: ResolvedSampler):
 
 
 @torch.no_grad()
-def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+def decode_latents(model: LoadedModel, latents: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Latents -> pixels in -1..1, decoded in the VAE's dtype (or `dtype`, which the VAE is cast to for this)."""
     vae = model.vae
     scaled = latents / vae.config.scaling_factor
-    pixels = vae.decode(scaled.to(vae.dtype)).sample
-    if vae.dtype == torch.float16 and not torch.isfinite(pixels).all():
-        # SD 1.x and SDXL VAEs overflow in fp16 and give black/NaN images: decode this one in fp32.
-        log.warning("VAE produced NaN in fp16; decoding again in fp32")
-        vae.to(torch.float32)
-        try:
-            pixels = vae.decode(scaled.float()).sample
-        finally:
-            vae.to(torch.float16)
-    return to_pil(pixels)
+    if dtype is None or dtype == vae.dtype:
+        return vae.decode(scaled.to(vae.dtype)).sample
+    before = vae.dtype
+    vae.to(dtype)
+    try:
+        return vae.decode(scaled.to(dtype)).sample
+    finally:
+        vae.to(before)
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:

@@ -7,15 +7,20 @@ the process's resident memory (RSS) for as long as the map lives, which would ad
 
 from __future__ import annotations
 
+import _codecs
 import json
 import math
 import pickle
+import struct
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+import numpy as np
+import numpy.dtypes
 
 from backend.errors import CheckpointError, UnsafeCheckpoint
 
@@ -177,19 +182,110 @@ _LightningCheckpointStandIn.__qualname__ = "ModelCheckpoint"
 _LightningCheckpointStandIn.__name__ = "ModelCheckpoint"
 
 
+def _a1111_safe_globals() -> list:
+    """What A1111's safe unpickler allows beyond torch's own tensors and containers: numpy scalars, dtypes and
+    arrays under the names old checkpoints use (numpy.core.multiarray), `_codecs.encode`, and the Lightning
+    callback. The numpy dtype classes are listed so a pickled dtype's state can be set; the file cannot name
+    them as globals of its own (A1111 does not allow that either, and they are not callable into anything)."""
+    multiarray = np._core.multiarray
+    dtype_classes = [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes)
+                     if n.endswith("DType") and isinstance(getattr(numpy.dtypes, n), type)]
+    return [_LightningCheckpointStandIn, (multiarray.scalar, "numpy.core.multiarray.scalar"),
+            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), np.dtype, np.ndarray,
+            _codecs.encode, *dtype_classes]
+
+
+# What torch's restricted unpickler says when a file names a global it does not allow.
+_UNSAFE_MARKERS = ("unsupported global", "unsupported operand", "not an allowed global", "can only build",
+                   "is blocked", "allowlist")
+
+
 def _read_pickle(path: Path) -> object:
-    # weights_only=True uses torch's restricted unpickler: only tensors and plain containers are built,
-    # any other global (os.system, eval, ...) makes it raise before anything runs.
+    # weights_only=True uses torch's restricted unpickler: only tensors, plain containers and the globals
+    # listed above are built; any other global (os.system, eval, ...) makes it raise before anything runs.
+    is_zip = _is_zip(path)
+    if is_zip:
+        check_zip_sizes(path)
     try:
-        with torch.serialization.safe_globals([_LightningCheckpointStandIn]):
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        with torch.serialization.safe_globals(_a1111_safe_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
-        raise UnsafeCheckpoint(
-            f"{path.name} was refused: it contains Python objects that would run code when loaded "
-            f"(not just tensors). Convert it to .safetensors with a tool you trust. Details: {_first_line(err)}"
-        ) from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(f"{path.name} is not a readable checkpoint: {_first_line(err)}") from err
+        if any(marker in str(err).lower() for marker in _UNSAFE_MARKERS):
+            raise UnsafeCheckpoint(
+                f"{path.name} was refused as unsafe: it names Python code that would run when loaded (not just "
+                f"tensors). Convert it to .safetensors with a tool you trust. Details: {_unsafe_detail(err)}"
+            ) from err
+        raise _corrupt(path, err) from err
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, struct.error) as err:
+        raise _corrupt(path, err) from err
+
+
+def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path.name} is corrupt or truncated (not a readable checkpoint): {_first_line(err)}")
+
+
+def _unsafe_detail(err: BaseException) -> str:
+    for line in str(err).splitlines():
+        if "global" in line.lower():
+            return line.strip()[:200]
+    return _first_line(err)[:200]
+
+
+# A zip entry may be stored or deflated; deflate cannot expand data by more than about 1032x.
+_MAX_DEFLATE_RATIO = 1032
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+def check_zip_sizes(path: Path) -> None:
+    """Refuse a zip checkpoint whose entries claim more bytes than the file can hold, before torch reads it.
+    Sizes are declared twice (central directory and each local header, the latter possibly as zip64): both
+    are checked, and they must agree."""
+    file_size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            for entry in archive.infolist():
+                _check_entry(entry, raw, file_size, path)
+    except (zipfile.BadZipFile, OSError, struct.error) as err:
+        raise _corrupt(path, err) from err
+
+
+def _check_entry(entry: zipfile.ZipInfo, raw, file_size: int, path: Path) -> None:
+    ratio = 1 if entry.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO
+    fits = entry.compress_size <= file_size and entry.file_size <= max(entry.compress_size, 1) * ratio
+    if not fits or entry.header_offset + entry.compress_size > file_size:
+        raise CheckpointError(f"{path.name} was refused: its entry {entry.filename!r} claims {entry.file_size} bytes, "
+                              f"more than the {file_size}-byte file can hold")
+    raw.seek(entry.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size:
+        raise CheckpointError(f"{path.name} is corrupt or truncated: a local zip header is cut short")
+    sig, _, flags, _, _, _, _, local_compressed, local_size, name_len, extra_len = _LOCAL_HEADER.unpack(header)
+    if sig != b"PK\x03\x04":
+        raise CheckpointError(f"{path.name} is corrupt: entry {entry.filename!r} has no local header")
+    if local_size == 0xFFFFFFFF or local_compressed == 0xFFFFFFFF:
+        raw.seek(entry.header_offset + _LOCAL_HEADER.size + name_len)
+        local_size, local_compressed = _zip64_sizes(raw.read(extra_len), local_size, local_compressed)
+    declared_later = flags & 0x08 and local_size == 0 and local_compressed == 0  # sizes in a data descriptor
+    if not declared_later and (local_size, local_compressed) != (entry.file_size, entry.compress_size):
+        raise CheckpointError(f"{path.name} was refused: entry {entry.filename!r} declares different sizes in its "
+                              "local header and in the central directory")
+
+
+def _zip64_sizes(extra: bytes, size: int, compressed: int) -> tuple[int, int]:
+    """The zip64 extra field (id 1) holds the 8-byte sizes whose 4-byte fields are 0xFFFFFFFF, size first."""
+    offset = 0
+    while offset + 4 <= len(extra):
+        field_id, length = struct.unpack_from("<HH", extra, offset)
+        body = extra[offset + 4 : offset + 4 + length]
+        if field_id == 1:
+            values = list(struct.unpack_from(f"<{len(body) // 8}Q", body))
+            if size == 0xFFFFFFFF and values:
+                size = values.pop(0)
+            if compressed == 0xFFFFFFFF and values:
+                compressed = values.pop(0)
+            break
+        offset += 4 + length
+    return size, compressed
 
 
 def _is_zip(path: Path) -> bool:

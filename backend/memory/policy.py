@@ -191,7 +191,26 @@ def _vae_tiling_pixels(facts: DeviceFacts, device: torch.device, model: ModelSiz
     return max(MIN_TILED_PIXELS, int(fits))
 
 
+def choose_vae_dtype(dtype: torch.dtype, no_half_vae: bool) -> torch.dtype:
+    """--no-half-vae keeps the VAE in fp32; otherwise it runs in the model's precision."""
+    return torch.float32 if no_half_vae else dtype
+
+
+def nan_retry_dtype(vae_dtype: torch.dtype) -> torch.dtype | None:
+    """SD 1.x and SDXL VAEs overflow in fp16 (NaN/black images): such a decode is redone in fp32.
+    bf16 has fp32's range and never needs it."""
+    return torch.float32 if vae_dtype == torch.float16 else None
+
+
 # ------------------------------------------------------------------------------------------ out of memory
+
+def next_decode_fallback(measures: Measures) -> Measures | None:
+    """After an out-of-memory error while decoding: only the decode is retried, in tiles (the sampling that
+    came before is kept)."""
+    if not measures.vae_tiling:
+        return _escalate(measures, "VAE tiling", vae_tiling=True)
+    return None
+
 
 def next_fallback(measures: Measures, batch_size: int, device: torch.device) -> Measures | None:
     """The next stronger measure after an out-of-memory error, or None when everything has been tried.

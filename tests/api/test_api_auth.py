@@ -1,5 +1,6 @@
 """Auth on the API and exposure rules of the launch flags."""
 
+import base64
 import subprocess
 import sys
 
@@ -24,10 +25,46 @@ def test_every_api_route_needs_credentials(secured):
         assert r.headers.get("www-authenticate") == "Basic"
     assert requests.get(secured + "/sd-models", auth=("alice", "wrong"), timeout=30).status_code == 401
     assert requests.get(secured + "/sd-models", auth=("alice", "s3cret"), timeout=30).status_code == 200
+    root = secured.removesuffix("/sdapi/v1")
+    for path in ("/docs", "/openapi.json"):
+        assert requests.get(root + path, timeout=30).status_code == 401, path
+        assert requests.get(root + path, auth=("alice", "s3cret"), timeout=30).status_code == 200, path
 
 
-@pytest.mark.parametrize("flags", [["--listen"], ["--share"], ["--listen", "--api", "--gradio-auth", "a:b"]])
+def test_non_ascii_credentials_get_401_not_500(secured):
+    for header in ("Basic " + base64.b64encode("jörg:pässwörd".encode()).decode(), "Basic !!not-base64!!"):
+        assert requests.get(secured + "/sd-models", headers={"Authorization": header}, timeout=30).status_code == 401
+    raw = b"Basic " + base64.b64encode(b"alice:s3cret") + b"\xff"
+    assert requests.get(secured + "/sd-models", headers={"Authorization": raw}, timeout=30).status_code == 401
+
+
+@pytest.fixture(scope="module")
+def listening(models_dir, tmp_path_factory):
+    """Exposed with UI credentials only: the API and its docs take the same ones."""
+    with running_app(models_dir, tmp_path_factory.mktemp("listen") / "outputs", "--listen", "--api",
+                     "--gradio-auth", "bob:pw1", "--ckpt", "sd1", ready_path="/sdapi/v1/progress") as base:
+        yield base
+
+
+def test_exposed_server_protects_ui_api_and_docs_with_the_ui_credentials(listening):
+    for path in ("/sdapi/v1/sd-models", "/sdapi/v1/progress", "/docs", "/openapi.json"):
+        assert requests.get(listening + path, timeout=30).status_code == 401, path
+        assert requests.get(listening + path, auth=("bob", "pw1"), timeout=30).status_code == 200, path
+    for path in ("/config", "/gradio_api/info"):
+        assert requests.get(listening + path, timeout=30).status_code in (401, 403), path
+    assert requests.post(listening + "/sdapi/v1/txt2img", json={}, auth=("bob", "wrong"), timeout=30).status_code == 401
+
+
+@pytest.mark.parametrize("flags", [["--listen"], ["--share"], ["--share", "--api", "--api-auth", "a:b"]])
 def test_exposing_without_credentials_is_refused(flags):
     proc = subprocess.run([sys.executable, "app.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "--insecure-no-auth" in proc.stderr
+
+
+@pytest.mark.parametrize("flags", [["--api", "--api-auth", "u:"], ["--listen", "--gradio-auth", "u:"],
+                                   ["--listen", "--gradio-auth", "a:b,c:"]])
+def test_empty_passwords_are_refused_at_start(flags):
+    proc = subprocess.run([sys.executable, "app.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "password" in proc.stderr and "is empty" in proc.stderr

@@ -60,12 +60,13 @@ def test_progress_is_reported_and_interrupt_keeps_finished_batches(service):
         p = job.progress
         seen.append((p.batch_no, p.step, p.steps))
         if p.batch_no == 1 and p.step >= 2:
-            service.queue.interrupt()
+            service.interrupt()
             break
         time.sleep(0.005)
     result = job.wait(60)
     assert job.state is JobState.INTERRUPTED
-    assert result.interrupted and len(result.images) == 1
+    # The finished first batch, and the second decoded from the step it reached (as A1111 does).
+    assert result.interrupted and len(result.images) == 2 and result.seeds == [1, 2]
     assert any(steps == 40 and step > 0 for _, step, steps in seen)
     # The worker goes on with the next job.
     assert len(service.generate(_request()).images) == 1
@@ -75,7 +76,7 @@ def test_skip_moves_on_to_the_next_batch(service):
     job = service.submit(_request(steps=40, n_iter=2))
     while not job.finished and not (job.progress.batch_no == 0 and job.progress.step >= 1):
         time.sleep(0.005)
-    service.queue.skip()
+    service.skip()
     result = job.wait(60)
     assert job.state is JobState.DONE
     assert result.seeds == [2]  # the first batch (seed 1) was skipped

@@ -1,5 +1,8 @@
 import hashlib
+import os
 import shutil
+import threading
+import time
 
 import pytest
 
@@ -58,3 +61,60 @@ def test_unknown_and_path_like_names_are_not_found(models_dir, tmp_path):
     for name in ("nope.safetensors", "../sd1.safetensors", str(models_dir / "Stable-diffusion" / "sd1.safetensors")):
         with pytest.raises(ModelNotFound):
             reg.find_checkpoint(name)
+
+
+def _run_with_deadline(fn, seconds: float = 30):
+    """Run `fn` in a thread; a scan that hangs (on a FIFO, say) fails the test instead of hanging it."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the scan did not finish"
+    return box["value"]
+
+
+def test_hostile_entries_are_skipped_and_never_opened(tmp_path, models_dir):
+    models = tmp_path / "models"
+    folder = models / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    shutil.copy(models_dir / "Stable-diffusion" / "sd1.safetensors", folder / "good.safetensors")
+    (folder / "dangling.safetensors").symlink_to(tmp_path / "nowhere.safetensors")
+    (folder / "loop").symlink_to(folder, target_is_directory=True)  # a folder link back to its parent
+    (folder / "self.ckpt").symlink_to(folder / "self.ckpt")  # a link to itself (ELOOP)
+    os.mkfifo(folder / "fifo.safetensors")
+    (folder / "zero.safetensors").symlink_to("/dev/zero")
+    (models / "VAE").mkdir()
+    (models / "VAE" / "dangling.pt").symlink_to(tmp_path / "gone.pt")
+    reg = _run_with_deadline(lambda: _registry(tmp_path, models))
+    assert [c.name for c in reg.checkpoints] == ["good.safetensors"]
+    assert reg.vaes == []
+    _run_with_deadline(reg.refresh)
+    assert [c.name for c in reg.checkpoints] == ["good.safetensors"]
+
+
+def test_large_files_are_hashed_in_the_background(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    big = models / "Stable-diffusion" / "big.safetensors"
+    big.write_bytes(b"b" * 2000)
+    monkeypatch.setattr(registry_module, "HASH_NOW_BYTES", 1000)
+    gate = threading.Event()
+    real_hash = registry_module._hash_file
+    monkeypatch.setattr(registry_module, "_hash_file", lambda path: gate.wait(30) and real_hash(path))
+    reg = _registry(tmp_path, models)  # returns while the hash is still being computed
+    entry = reg.find_checkpoint("big.safetensors")
+    assert entry.sha256 is None and entry.title == "big.safetensors"
+    gate.set()
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    deadline = time.time() + 30
+    while reg.find_checkpoint("big").sha256 is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert reg.find_checkpoint("big").title == f"big.safetensors [{digest[:10]}]"
+    assert reg.find_checkpoint("big.safetensors [stale00000]").name == "big.safetensors"
+
+
+def test_not_found_messages_name_no_server_path(tmp_path, models_dir):
+    reg = _registry(tmp_path, models_dir)
+    with pytest.raises(ModelNotFound) as caught:
+        reg.find_checkpoint("missing")
+    assert str(models_dir) not in str(caught.value) and "/" not in str(caught.value)

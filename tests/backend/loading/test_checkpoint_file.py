@@ -1,9 +1,13 @@
 import json
 import os
 import pickle
+import struct
 import sys
 import types
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -114,3 +118,66 @@ def test_hostile_or_broken_safetensors_headers_are_refused(tmp_path):
     huge.write_bytes((1 << 60).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError, match="header length"):
         open_checkpoint(huge)
+
+
+def _legacy_pickle_naming_old_numpy(path):
+    """A legacy (non-zip) torch pickle as old numpy wrote it: `numpy.core.multiarray` globals (numpy 2 writes
+    `numpy._core`). The GLOBAL opcodes are newline-terminated text, so renaming them keeps the file valid."""
+    torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": np.int64(5), "lr": np.float64(0.1),
+                "dtype": np.dtype("float32")}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+
+
+def test_numpy_scalars_and_dtypes_load_as_in_a1111(tmp_path):
+    path = tmp_path / "old.ckpt"
+    _legacy_pickle_naming_old_numpy(path)
+    assert torch.equal(read_state_dict(path)["w"], torch.ones(2))
+
+
+def test_globals_a1111_refuses_stay_refused(tmp_path):
+    # numpy 2's module name is not on A1111's list either; only what A1111 accepts is accepted
+    path = tmp_path / "new-numpy.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "step": np.int64(5)}, path)
+    with pytest.raises(UnsafeCheckpoint, match="unsafe"):
+        read_state_dict(path)
+
+
+def test_corrupt_and_unsafe_files_get_different_messages(tmp_path):
+    path = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(64)}}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as caught:
+        read_state_dict(path)
+    assert not isinstance(caught.value, UnsafeCheckpoint)
+    zipped = tmp_path / "cut-zip.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(64)}}, zipped)
+    zipped.write_bytes(zipped.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        read_state_dict(zipped)
+
+
+def _zip_checkpoint_claiming(tmp_path, where: str) -> Path:
+    """A real torch zip checkpoint whose data.pkl entry claims 3 GB, in the central directory or in the
+    local header (the CRC is untouched: only a size field changes)."""
+    path = tmp_path / f"huge-{where}.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(4)}}, path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        entry = next(e for e in archive.infolist() if e.filename.endswith("data.pkl"))
+    if where == "local":
+        struct.pack_into("<I", data, entry.header_offset + 22, 3 * 1024**3)
+    else:
+        name = entry.filename.encode()
+        central = data.find(b"PK\x01\x02")
+        while data[central + 46 : central + 46 + len(name)] != name:
+            central = data.find(b"PK\x01\x02", central + 4)
+        struct.pack_into("<I", data, central + 24, 3 * 1024**3)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("where", ["central", "local"])
+def test_zip_entries_claiming_huge_sizes_are_refused_before_reading(tmp_path, where):
+    path = _zip_checkpoint_claiming(tmp_path, where)
+    with pytest.raises(CheckpointError, match="refused"):
+        read_state_dict(path)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from backend.generation.requests import GenerationRequest
-from backend.generation.txt2img import generate_txt2img
+from backend.generation import sampling
+from backend.generation.txt2img import prepare_txt2img
 from backend.memory.apply import BringOnUse, apply_measures
 from backend.memory.policy import Measures, Offload
 from backend.samplers import resolve
@@ -29,7 +30,8 @@ def model(models_dir, tmp_path_factory):
 def _generate(model, measures: Measures, batch: int = 1, prompt: str = "a lighthouse"):
     apply_measures(model, measures, CPU)
     req = GenerationRequest(prompt=prompt, steps=3, width=64, height=64, batch_size=batch, sampler_name="Euler")
-    images = generate_txt2img(model, req, resolve("Euler", None), list(range(7, 7 + batch)), lambda *a: None)
+    work = prepare_txt2img(model, req, resolve("Euler", None), list(range(7, 7 + batch)))
+    images = sampling.make_images(model, work)
     return [np.asarray(i, dtype=np.int16) for i in images]
 
 

@@ -82,13 +82,19 @@ def test_repeated_failures_climb_the_ladder_to_a_batch_split(svc, model):
     assert not model.applied_measures.attention_slicing
 
 
-def test_failure_in_the_vae_decode_is_recovered(svc, model):
+def test_failure_in_the_vae_decode_retries_only_the_decode(svc, model):
+    baseline = svc.generate(_req())
+    unet_calls = []
+    counting = model.unet.register_forward_pre_hook(lambda *a: unet_calls.append(1))
     failing = FailingAllocations(model.vae.decoder, at_call=1, times=1)
     try:
         result = svc.generate(_req())
     finally:
         failing.remove()
+        counting.remove()
     assert failing.failures == 1 and "Memory fallback: VAE tiling," in result.infotexts[0]
+    assert len(unet_calls) == 4  # the 4 sampling steps ran once: only the decode was retried
+    assert np.array_equal(_px(result)[0], _px(baseline)[0])
 
 
 def test_when_every_measure_fails_the_user_gets_a_clear_error_and_the_service_goes_on(svc, model):

@@ -1,0 +1,141 @@
+"""Hostile and heavy API use against the real server on loopback: malformed bodies, huge prompts, many waiting
+requests, options, model overrides, interrupts, failed saves."""
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.server import running_app
+
+SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"}
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hardening")
+    (root / "a-file").write_text("the outputs folder cannot be created under a file")
+    with running_app(models_dir, root / "a-file" / "outputs", "--api", "--ckpt", "sd1",
+                     "--max-prompt-chunks", "3", ready_path="/sdapi/v1/progress", log_dir=root) as base:
+        yield {"api": base + "/sdapi/v1", "models_dir": models_dir, "root": root}
+
+
+def _post_raw(api: str, path: str, raw: bytes):
+    return requests.post(api + path, data=raw, headers={"Content-Type": "application/json"}, timeout=60)
+
+
+def test_malformed_bodies_get_4xx_not_500(server):
+    api = server["api"]
+    nested = b'{"prompt": "x", "styles": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for raw, expected in ((nested, "nested"), (b'{"prompt": "\\ud800"}', "surrogate"),
+                          (b'{"prompt": "x", "cfg_scale": NaN}', "NaN"), (b'{"prompt": ', "invalid JSON")):
+        r = _post_raw(api, "/txt2img", raw)
+        assert r.status_code == 422, (expected, r.status_code, r.text[:200])
+        assert expected in r.json()["detail"]
+    assert requests.get(api + "/progress", timeout=10).status_code == 200
+
+
+def test_prompt_over_the_limit_is_a_4xx_naming_it(server):
+    api = server["api"]
+    r = requests.post(api + "/txt2img", json={**SMALL, "prompt": "word " * 1_000_000}, timeout=60)
+    assert r.status_code == 422 and r.json()["field"] == "prompt" and "--max-prompt-chunks" in r.json()["detail"]
+    r = requests.post(api + "/txt2img", json={**SMALL, "prompt": "cat, " * 200}, timeout=60)  # 400 tokens
+    assert r.status_code == 422 and r.json()["detail"].startswith("prompt: is 6 chunks")
+
+
+def test_errors_name_no_server_paths(server):
+    api = server["api"]
+    r = requests.post(api + "/txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": "nope"}},
+                      timeout=60)
+    assert r.status_code == 404 and str(server["models_dir"]) not in r.text and "/" not in r.json()["detail"]
+    r = requests.post(api + "/options", json={"sd_vae": "missing.pt"}, timeout=60)
+    assert r.status_code == 404 and str(server["models_dir"]) not in r.text
+
+
+def test_images_come_back_when_saving_fails(server):
+    r = requests.post(server["api"] + "/txt2img", json={**SMALL, "save_images": True}, timeout=120)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert len(r.json()["images"]) == 1
+    assert info["warnings"] == ["Images were not saved: Not a directory."]
+    assert str(server["root"]) not in r.text
+
+
+def test_options_store_only_known_names_with_checked_types(server):
+    api = server["api"]
+    options = requests.get(api + "/options", timeout=30).json()
+    assert options["send_seed"] is True and options["samples_format"] == "png"
+    assert options["CLIP_stop_at_last_layers"] == 1 and options["eta_noise_seed_delta"] == 0
+    r = requests.post(api + "/options", json={"junk_" + str(i): "x" * 10_000 for i in range(50)}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["ignored"]) == 50
+    assert not any(k.startswith("junk_") for k in requests.get(api + "/options", timeout=30).json())
+    r = requests.post(api + "/options", json={"CLIP_stop_at_last_layers": "two"}, timeout=30)
+    assert r.status_code == 422 and r.json()["field"] == "CLIP_stop_at_last_layers"
+    docs = requests.get(server["api"].removesuffix("/sdapi/v1") + "/openapi.json", timeout=30).json()
+    assert "Implemented:" in docs["paths"]["/options"]["get"]["description"]
+
+
+def test_unimplemented_fields_are_reported_not_pretended(server):
+    r = requests.post(server["api"] + "/txt2img", json={**SMALL, "tiling": True, "restore_faces": True}, timeout=120)
+    assert r.status_code == 200
+    assert "not implemented yet, had no effect: restore_faces, tiling" in json.loads(r.json()["info"])["warnings"]
+
+
+def test_model_override_is_restored_afterwards(server):
+    api = server["api"]
+    before = requests.get(api + "/options", timeout=30).json()["sd_model_checkpoint"]
+    override = {"sd_model_checkpoint": "sd2-v.safetensors"}
+    r = requests.post(api + "/txt2img", json={**SMALL, "override_settings": override}, timeout=120)
+    assert json.loads(r.json()["info"])["sd_model_name"] == "sd2-v"
+    assert requests.get(api + "/options", timeout=30).json()["sd_model_checkpoint"] == before
+    r = requests.post(api + "/txt2img", json=SMALL, timeout=120)
+    assert json.loads(r.json()["info"])["sd_model_name"] == "sd1"
+    r = requests.post(api + "/txt2img", json={**SMALL, "override_settings": override,
+                                              "override_settings_restore_afterwards": False}, timeout=120)
+    assert requests.get(api + "/options", timeout=30).json()["sd_model_checkpoint"].startswith("sd2-v")
+    requests.post(api + "/options", json={"sd_model_checkpoint": before}, timeout=120).raise_for_status()
+
+
+def test_interrupted_request_returns_the_partial_image(server):
+    api = server["api"]
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.setdefault("r", requests.post(
+        api + "/txt2img", json={**SMALL, "steps": 150, "width": 128, "height": 128}, timeout=300)))
+    thread.start()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        state = requests.get(api + "/progress", timeout=10).json()["state"]
+        if state["sampling_step"] >= 2:
+            break
+        time.sleep(0.05)
+    requests.post(api + "/interrupt", timeout=10).raise_for_status()
+    thread.join(300)
+    body = answer["r"].json()
+    info = json.loads(body["info"])
+    assert answer["r"].status_code == 200 and info["interrupted"] is True
+    assert len(body["images"]) == 1
+
+
+def test_control_endpoints_answer_while_many_requests_wait(server):
+    api = server["api"]
+    done = []
+
+    def post():
+        done.append(requests.post(api + "/txt2img", json={**SMALL, "steps": 6}, timeout=600).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(48)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while requests.get(api + "/progress", timeout=10).json()["state"]["job_count"] < 40 and time.time() < deadline:
+        time.sleep(0.1)
+    # With 48 requests waiting (A1111's server has 40 worker threads), these must not queue behind them.
+    assert requests.get(api + "/progress", timeout=2).json()["state"]["job_count"] >= 40
+    assert requests.post(api + "/skip", timeout=2).status_code == 200
+    assert requests.get(api + "/options", timeout=2).status_code == 200
+    assert requests.post(api + "/interrupt", timeout=2).status_code == 200
+    for t in threads:
+        t.join(600)
+    assert len(done) == 48 and set(done) == {200}

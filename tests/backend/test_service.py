@@ -1,0 +1,102 @@
+"""The service facade: which checkpoint plain requests use, options, limits, and results that survive a failed
+save."""
+
+import pytest
+
+from backend.errors import Interrupted, InvalidRequest
+from backend.generation.requests import GenerationRequest
+from backend.options import Options
+from backend.settings import Limits
+from tests.conftest import build_backend
+
+
+def _req(**kw):
+    base = dict(prompt="a boat", steps=2, width=64, height=64, seed=3, sampler_name="Euler", save_images=False)
+    return GenerationRequest(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def svc(models_dir, tmp_path_factory):
+    service = build_backend(models_dir, tmp_path_factory.mktemp("out"), default_checkpoint="sd1.safetensors")
+    yield service
+    service.shutdown()
+
+
+def test_plain_requests_use_the_selected_model_not_the_start_flag(svc):
+    assert svc.generate(_req()).checkpoint.name == "sd1.safetensors"
+    svc.select_checkpoint("sd2-v.safetensors").wait(60)
+    try:
+        assert svc.current_checkpoint().name == "sd2-v.safetensors"
+        assert svc.generate(_req()).checkpoint.name == "sd2-v.safetensors"
+        # a request naming a model runs on it without changing the selection
+        assert svc.generate(_req(checkpoint="sd1.safetensors")).checkpoint.name == "sd1.safetensors"
+        assert svc.generate(_req()).checkpoint.name == "sd2-v.safetensors"
+    finally:
+        svc.select_checkpoint("sd1.safetensors").wait(60)
+
+
+def test_options_are_a1111s_with_type_checks(svc):
+    values = svc.get_options()
+    for name, default in (("send_seed", True), ("samples_format", "png"), ("CLIP_stop_at_last_layers", 1),
+                          ("sd_vae", "Automatic"), ("eta_noise_seed_delta", 0)):
+        assert values[name] == default
+    assert values["sd_model_checkpoint"].startswith("sd1.safetensors [")
+    report = svc.set_options({"no_such_option": "x" * 1000, "jpeg_quality": 90, "CLIP_stop_at_last_layers": 2})
+    assert report == {"ignored": ["no_such_option"], "not_implemented": ["jpeg_quality"]}
+    assert "no_such_option" not in svc.get_options() and svc.get_options()["jpeg_quality"] == 90
+    with pytest.raises(InvalidRequest, match="send_seed"):
+        svc.set_options({"send_seed": "yes"})
+    with pytest.raises(InvalidRequest, match="samples_format"):
+        svc.set_options({"samples_format": "jpg"})  # refused, rather than pretending to save JPEGs
+    svc.set_options({"CLIP_stop_at_last_layers": 1})
+
+
+def test_option_value_types():
+    options = Options({"f": 1.5, "i": 3, "b": False, "s": "x", "l": ["a"], "n": None})
+    assert options.check({"f": 2, "i": 4, "b": True, "s": "y", "l": ["b"], "n": "z"})[0]["f"] == 2
+    for name, bad in (("f", float("nan")), ("i", 1.5), ("i", True), ("b", 1), ("s", 5), ("l", [1]), ("n", 3)):
+        with pytest.raises(InvalidRequest, match=name):
+            options.check({name: bad})
+
+
+def test_prompt_length_is_limited_with_a_message_naming_it(models_dir, tmp_path):
+    svc = build_backend(models_dir, tmp_path / "out", limits=Limits(max_prompt_chunks=2))
+    try:
+        with pytest.raises(InvalidRequest, match="^prompt: is 1000000 characters"):
+            svc.submit(_req(prompt="a" * 1_000_000))
+        with pytest.raises(InvalidRequest, match="^negative_prompt: is 3 chunks"):
+            svc.generate(_req(negative_prompt="cat, " * 100), timeout=60)
+        assert len(svc.generate(_req(prompt="cat, " * 30), timeout=60).images) == 1
+        with pytest.raises(InvalidRequest, match="surrogate"):
+            svc.submit(_req(prompt="\ud800"))
+    finally:
+        svc.shutdown()
+
+
+def test_text_encoding_stops_when_interrupted(svc):
+    model = svc.models.get(svc.registry.find_checkpoint("sd1.safetensors"))
+    calls = []
+    hook = model.text_encoders[0].register_forward_pre_hook(lambda *a: calls.append(1))
+
+    def interrupted():
+        raise Interrupted("interrupted by the user")
+
+    try:
+        with pytest.raises(Interrupted):
+            model.prompt_encoder.encode(["an uncached prompt " * 40], 1, 3, interrupted)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_images_come_back_when_saving_fails(models_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("outputs cannot be created under a file")
+    svc = build_backend(models_dir, blocker / "outputs")
+    try:
+        result = svc.generate(_req(save_images=True, batch_size=2), timeout=60)
+    finally:
+        svc.shutdown()
+    assert len(result.images) == 2 and result.paths == [] and result.grid is not None
+    assert result.warnings == ["Images were not saved: Not a directory."]
+    assert str(tmp_path) not in " ".join(result.warnings)
