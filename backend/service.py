@@ -124,8 +124,8 @@ class GenerationService:
         """Make `name` the model plain requests use, and load it (the returned job ends when it is loaded)."""
         checkpoint = self.registry.find_checkpoint(name)
         with self._lock:
-            self._selected = checkpoint.title
-        return self.queue.submit("load", checkpoint)
+            previous, self._selected = self._selected, checkpoint.title
+        return self.queue.submit("load", (checkpoint, previous))
 
     def current_checkpoint(self) -> ModelFile | None:
         """The selected checkpoint (what the next plain request uses), else the loaded one, else the first."""
@@ -211,8 +211,15 @@ class GenerationService:
 
     def _run_job(self, job: Job):
         if job.kind == "load":
-            self.models.get(job.payload)
-            return job.payload
+            checkpoint, previous = job.payload
+            try:
+                self.models.get(checkpoint)
+            except Exception:
+                with self._lock:  # a model that cannot load does not stay selected
+                    if self._selected == checkpoint.title:
+                        self._selected = previous
+                raise
+            return checkpoint
         return self._generate(job, job.payload)
 
     def _generate(self, job: Job, req: GenerationRequest) -> GenerationResult:

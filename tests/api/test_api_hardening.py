@@ -17,9 +17,14 @@ SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 11, "
 def server(models_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
     (root / "a-file").write_text("the outputs folder cannot be created under a file")
-    with running_app(models_dir, root / "a-file" / "outputs", "--api", "--ckpt", "sd1",
+    models = root / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    for name in ("sd1.safetensors", "sd2-v.safetensors"):
+        (models / "Stable-diffusion" / name).symlink_to(models_dir / "Stable-diffusion" / name)
+    (models / "Stable-diffusion" / "broken.safetensors").write_bytes(b"\x10" + bytes(7) + b"{not json}......")
+    with running_app(models, root / "a-file" / "outputs", "--api", "--ckpt", "sd1",
                      "--max-prompt-chunks", "3", ready_path="/sdapi/v1/progress", log_dir=root) as base:
-        yield {"api": base + "/sdapi/v1", "models_dir": models_dir, "root": root}
+        yield {"api": base + "/sdapi/v1", "models_dir": models, "root": root}
 
 
 def _post_raw(api: str, path: str, raw: bytes):
@@ -139,3 +144,12 @@ def test_control_endpoints_answer_while_many_requests_wait(server):
     for t in threads:
         t.join(600)
     assert len(done) == 48 and set(done) == {200}
+
+
+def test_selecting_a_broken_checkpoint_is_a_4xx(server):
+    api = server["api"]
+    r = requests.post(api + "/options", json={"sd_model_checkpoint": "broken.safetensors"}, timeout=60)
+    assert r.status_code == 422 and "broken.safetensors" in r.json()["detail"]
+    assert str(server["root"]) not in r.text
+    r = requests.post(api + "/txt2img", json=SMALL, timeout=120)
+    assert r.status_code == 200 and json.loads(r.json()["info"])["sd_model_name"] == "sd1"
