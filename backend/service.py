@@ -27,6 +27,8 @@ from backend.memory.fallback import decode_with_fallbacks, run_with_fallbacks
 from backend.memory.policy import Measures
 from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
+from backend.prompts.encode import encoder_for
+from backend.prompts.parse import unsupported_constructs
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import ResolvedSampler, resolve
@@ -226,11 +228,11 @@ class GenerationService:
         checkpoint = self.registry.find_checkpoint(req.checkpoint)
         job.progress.textinfo = f"loading {checkpoint.title}"
         model = self.models.get(checkpoint, req.vae)
-        self._check_prompt_length(model, req)
         sampler = resolve(req.sampler_name, req.scheduler)
         first_seed = resolve_seed(req.seed)
         result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
+        self._check_prompt(model, req, result)
         measures = self.models.plan.for_request(req.width, req.height, req.batch_size)
         for batch_no in range(req.n_iter):
             try:
@@ -261,11 +263,14 @@ class GenerationService:
                                                                                      result.infotexts[0]))
         return result
 
-    def _check_prompt_length(self, model: LoadedModel, req: GenerationRequest) -> None:
-        encoder = model.prompt_encoder
+    def _check_prompt(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
+        encoder = encoder_for(model, req.emphasis)
         for name in ("prompt", "negative_prompt"):
-            check_prompt_chunks(len(encoder.token_chunks(getattr(req, name))), name,
-                                self.settings.limits.max_prompt_chunks)
+            text = getattr(req, name)
+            check_prompt_chunks(len(encoder.chunks(text)), name, self.settings.limits.max_prompt_chunks)
+            missing = unsupported_constructs(text)
+            if missing:
+                result.warnings.append(f"{name}: not rendered yet, used as plain text: {'; '.join(missing)}")
 
     def _denoise(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                  job: Job, measures: Measures) -> list[_Denoised]:
@@ -344,6 +349,7 @@ class GenerationService:
             "VAE": vae.name if vae else None,
             "Denoising strength": req.denoising_strength if req.kind == "img2img" else None,
             "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
+            "Emphasis": req.emphasis if req.emphasis != "Original" and _uses_brackets(req) else None,
         }
         if req.is_inpainting:
             params["Mask blur"] = req.mask_blur
@@ -357,3 +363,8 @@ class GenerationService:
             params["Memory fallback"] = " + ".join(measures.fallbacks)
         params["Version"] = VERSION
         return infotext.build(req.prompt, req.negative_prompt, params)
+
+
+def _uses_brackets(req: GenerationRequest) -> bool:
+    """A1111 writes `Emphasis` only when a prompt could use it."""
+    return any("(" in text or "[" in text for text in (req.prompt, req.negative_prompt))

@@ -35,6 +35,7 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         height=body.height, seed=body.seed, batch_size=body.batch_size, n_iter=body.n_iter,
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
         clip_skip=_int_option(settings.get("CLIP_stop_at_last_layers", 1), "override_settings"),
+        emphasis=settings.get("emphasis") or "Original",
         save_images=bool(body.save_images),
     )
     if isinstance(body, Img2ImgBody):

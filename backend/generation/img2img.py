@@ -147,8 +147,7 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     if _steps_to_run(req) < 1:
         return latents  # strength 0: nothing to denoise
     generators = sampling.seeded_generators(seeds)
-    cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip,
-                                           hooks.check_interrupt)
+    cond, uncond = sampling.encode_prompts(model, req, len(seeds), hooks.check_interrupt)
     pipe = sampling.prepare_pipeline(model, "img2img", sampler)
     callback = sampling.step_callback(hooks.report_step)
     if latent_mask is not None:
@@ -191,8 +190,7 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         if strength >= 1.0:
             extra["latents"] = sampling.initial_noise(generators, req.height, req.width).to(model.execution_device,
                                                                                              model.dtype)
-        cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip,
-                                               hooks.check_interrupt)
+        cond, uncond = sampling.encode_prompts(model, req, len(seeds), hooks.check_interrupt)
         pipe = sampling.prepare_pipeline(model, "inpaint", sampler)
         return pipe(**sampling.conditioning_kwargs(model, cond, uncond), image=image, mask_image=mask,
                     height=req.height, width=req.width, strength=strength, num_inference_steps=req.steps,

@@ -12,6 +12,7 @@ from backend.errors import InvalidRequest
 from backend.settings import Limits
 
 MAX_SEED = 2**32 - 1
+EMPHASIS_MODES = ("Original", "No norm", "None")
 
 
 class ResizeMode(IntEnum):
@@ -50,6 +51,7 @@ class GenerationRequest:
     checkpoint: str | None = None  # title or name; None = the current model
     vae: str | None = None  # None/"Automatic" = sidecar or built-in; "None" = built-in; else a VAE name
     clip_skip: int = 1
+    emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None
     save_images: bool = True
     # img2img / inpainting
     init_image: Image.Image | None = None
@@ -85,6 +87,8 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     _check_int(req.n_iter, "n_iter", 1, limits.max_batch_count)
     _check_int(req.seed, "seed", -1, MAX_SEED)
     _check_int(req.clip_skip, "clip_skip", 1, 12)
+    if req.emphasis not in EMPHASIS_MODES:
+        raise InvalidRequest("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {req.emphasis!r}")
     for name, image in (("init_image", req.init_image), ("mask", req.mask)):
         if image is not None and image.width * image.height > limits.max_upload_pixels:
             raise InvalidRequest(name, f"image is {image.width}x{image.height}, larger than the configured maximum "

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.generation.conditioning import Conditioning, chunk_count
 from backend.loading.detect import Family
+from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
+from backend.prompts.encode import Conditioning, chunk_count, encoder_for
 from backend.samplers import ResolvedSampler
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,16 @@ def initial_noise(generators: list[torch.Generator], height: int, width: int, ch
     return torch.stack([torch.randn((channels, height // 8, width // 8), generator=g) for g in generators])
 
 
-def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch: int, clip_skip: int,
+def encode_prompts(model: LoadedModel, req: GenerationRequest, batch: int,
                    check_interrupt: Callable[[], None] | None = None):
-    encoder = model.prompt_encoder
-    chunks = chunk_count(encoder, [prompt, negative])
-    return (encoder.encode([prompt] * batch, clip_skip, chunks, check_interrupt),
-            encoder.encode([negative] * batch, clip_skip, chunks, check_interrupt))
+    """cond and uncond for a batch. Both get the same number of chunks (the pipelines need equal lengths);
+    SDXL with an empty negative prompt is conditioned on zeros, as in A1111."""
+    encoder = encoder_for(model, req.emphasis)
+    chunks = chunk_count(encoder, [req.prompt, req.negative_prompt])
+    cond = encoder.encode([req.prompt] * batch, req.clip_skip, chunks, check_interrupt)
+    if model.family is Family.SDXL and req.negative_prompt == "":
+        return cond, encoder.zeros(batch, chunks)
+    return cond, encoder.encode([req.negative_prompt] * batch, req.clip_skip, chunks, check_interrupt)
 
 
 def conditioning_kwargs(model: LoadedModel, cond: Conditioning, uncond: Conditioning) -> dict:

@@ -17,8 +17,7 @@ def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     def denoise(hooks: sampling.Hooks):
         generators = sampling.seeded_generators(seeds)
         noise = sampling.initial_noise(generators, req.height, req.width)
-        cond, uncond = sampling.encode_prompts(model, req.prompt, req.negative_prompt, len(seeds), req.clip_skip,
-                                               hooks.check_interrupt)
+        cond, uncond = sampling.encode_prompts(model, req, len(seeds), hooks.check_interrupt)
         pipe = sampling.prepare_pipeline(model, "txt2img", sampler)
         return pipe(
             **sampling.conditioning_kwargs(model, cond, uncond),

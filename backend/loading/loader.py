@@ -20,7 +20,6 @@ from diffusers import (
 )
 
 from backend.errors import CheckpointError
-from backend.generation.conditioning import ConditioningCache, PromptEncoder
 from backend.loading import build, prediction
 from backend.loading.checkpoint_file import open_checkpoint
 from backend.loading.detect import UNET_PREFIX, VAE_PREFIX, Family, detect, normalized_names
@@ -50,7 +49,7 @@ class LoadedModel:
     dtype: torch.dtype
     execution_device: torch.device = torch.device("cpu")  # where it computes, wherever the weights are
     applied_measures: Measures | None = None  # set by backend.memory.apply
-    conditioning_cache: ConditioningCache = field(default_factory=ConditioningCache, repr=False)
+    caches: dict = field(default_factory=dict, repr=False)  # per-model caches generation keeps (conditioning)
     _pipelines: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -60,11 +59,6 @@ class LoadedModel:
     @property
     def scheduler_config(self) -> dict:
         return scheduler_base_config(self.prediction_type)
-
-    @property
-    def prompt_encoder(self) -> PromptEncoder:
-        return PromptEncoder(self.family, self.tokenizers, self.text_encoders, self.execution_device,
-                             self.conditioning_cache)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, *self.text_encoders]

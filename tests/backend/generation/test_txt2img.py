@@ -91,3 +91,49 @@ def test_pickle_checkpoint_generates_like_the_safetensors(service):
     ckpt = service.generate(_request(checkpoint="sd1-pickle.ckpt", sampler_name="Euler")).images[0]
     single = service.generate(_request(checkpoint=FILES["sd1"], sampler_name="Euler")).images[0]
     assert np.array_equal(_pixels(ckpt), _pixels(single))
+
+
+def _reference_embeds(model, prompt_chunks):
+    """A1111's rules written out: each chunk [start, tokens, end, end...] through CLIP, times its weights,
+    rescaled to the chunk's former mean, chunks concatenated."""
+    parts = []
+    for tokens, weights in prompt_chunks:
+        ids = [49406, *tokens, 49407] + [49407] * (75 - len(tokens))
+        hidden = model.text_encoders[0](torch.tensor([ids])).last_hidden_state
+        w = torch.tensor([1.0, *weights] + [1.0] * (76 - len(weights)))
+        weighted = hidden * w[None, :, None]
+        parts.append(weighted * (hidden.mean() / weighted.mean()))
+    return torch.cat(parts, dim=1)
+
+
+def test_emphasis_break_and_long_prompts_equal_a1111s_rules(service, tiny):
+    model = tiny["sd1"]
+    tokenizer = reference_pipeline(model, "Euler", None).tokenizer
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    prompt = "a (red:1.3) fox BREAK [forest], " + "tree " * 80
+    long_tail = ids("tree " * 80)
+    cond_chunks = [(ids("a red fox"), [1.0, 1.3, 1.0]),
+                   (ids("forest, ") + long_tail[:73], [1 / 1.1] + [1.0] * 74),
+                   (long_tail[73:], [1.0] * 7)]
+    negative = "((blurry))"
+    uncond_chunks = [(ids("blurry"), [1.21]), ([], []), ([], [])]  # padded to the same chunk count
+    with torch.no_grad():
+        cond, uncond = _reference_embeds(model, cond_chunks), _reference_embeds(model, uncond_chunks)
+    expected = reference_pipeline(model, "Euler", None)(
+        prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=4, width=64, height=64,
+        guidance_scale=7.0, generator=[torch.Generator("cpu").manual_seed(1234)]).images[0]
+    ours = service.generate(_request(checkpoint=FILES["sd1"], sampler_name="Euler", prompt=prompt,
+                                     negative_prompt=negative)).images[0]
+    assert np.abs(_pixels(ours) - _pixels(expected)).max() <= 2
+
+
+def test_sdxl_empty_negative_prompt_is_zeros(service, tiny):
+    pipe = reference_pipeline(tiny["sdxl"], "Euler", None)
+    pipe.register_to_config(force_zeros_for_empty_prompt=True)
+    expected = pipe(prompt="a photo of a cat", negative_prompt=None, num_inference_steps=4, width=64, height=64,
+                    guidance_scale=7.0, generator=[torch.Generator("cpu").manual_seed(1234)]).images[0]
+    ours = service.generate(_request(checkpoint=FILES["sdxl"], sampler_name="Euler", negative_prompt="")).images[0]
+    assert np.abs(_pixels(ours) - _pixels(expected)).max() <= 2
