@@ -181,7 +181,7 @@ class ModelRegistry:
         stem = checkpoint.path.with_suffix("")
         for suffix in VAE_SUFFIXES:
             candidate = stem.with_name(stem.name + SIDECAR_VAE + suffix)
-            if _is_regular_file(candidate):
+            if candidate.is_file():  # stat only: True for regular files, never for FIFOs or devices
                 return candidate
         return None
 

@@ -28,7 +28,6 @@ from backend.memory.policy import Measures
 from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
 from backend.prompts.encode import encoder_for
-from backend.prompts.parse import unsupported_constructs
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import ResolvedSampler, resolve
@@ -232,7 +231,7 @@ class GenerationService:
         first_seed = resolve_seed(req.seed)
         result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
-        self._check_prompt(model, req, result)
+        self._check_prompt_length(model, req)
         measures = self.models.plan.for_request(req.width, req.height, req.batch_size)
         for batch_no in range(req.n_iter):
             try:
@@ -263,14 +262,10 @@ class GenerationService:
                                                                                      result.infotexts[0]))
         return result
 
-    def _check_prompt(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
+    def _check_prompt_length(self, model: LoadedModel, req: GenerationRequest) -> None:
         encoder = encoder_for(model, req.emphasis)
         for name in ("prompt", "negative_prompt"):
-            text = getattr(req, name)
-            check_prompt_chunks(len(encoder.chunks(text)), name, self.settings.limits.max_prompt_chunks)
-            missing = unsupported_constructs(text)
-            if missing:
-                result.warnings.append(f"{name}: not rendered yet, used as plain text: {'; '.join(missing)}")
+            check_prompt_chunks(len(encoder.chunks(getattr(req, name))), name, self.settings.limits.max_prompt_chunks)
 
     def _denoise(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                  job: Job, measures: Measures) -> list[_Denoised]:

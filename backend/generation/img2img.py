@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from backend.errors import InvalidRequest
-from backend.generation import image_ops, sampling
+from backend.generation import image_ops, loop, sampling
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
 from backend.loading.loader import LoadedModel
 from backend.samplers import ResolvedSampler
@@ -140,6 +140,14 @@ def _steps_to_run(req: GenerationRequest) -> int:
     return int(req.steps * req.denoising_strength)
 
 
+def _start_latents(model: LoadedModel, scheduler, timesteps: torch.Tensor, init: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+    """The picture's latents noised to the first step that runs."""
+    device = model.execution_device
+    start = timesteps[:1].repeat(init.shape[0])
+    return scheduler.add_noise(init.to(device, model.dtype), noise.to(device, model.dtype), start)
+
+
 def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                     latents: torch.Tensor, latent_mask: torch.Tensor | None, hooks: sampling.Hooks) -> torch.Tensor:
     """img2img on a 4-channel model; with `latent_mask`, everything outside it is held to the original."""
@@ -147,54 +155,70 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     if _steps_to_run(req) < 1:
         return latents  # strength 0: nothing to denoise
     generators = sampling.seeded_generators(seeds)
-    cond, uncond = sampling.encode_prompts(model, req, len(seeds), hooks.check_interrupt)
-    pipe = sampling.prepare_pipeline(model, "img2img", sampler)
-    callback = sampling.step_callback(hooks.report_step)
-    if latent_mask is not None:
-        callback = _holding_unmasked(callback, latents, latent_mask, seeds)
-    out = pipe(**sampling.conditioning_kwargs(model, cond, uncond),
-               image=latents.to(model.execution_device, model.dtype), strength=req.denoising_strength,
-               num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
-               output_type="latent", callback_on_step_end=callback).images
-    return out.float()
+    h, w = latents.shape[-2:]
+    noise = sampling.initial_noise(generators, h * 8, w * 8)
+    denoiser = sampling.make_denoiser(model, req, hooks)
+    scheduler = sampling.make_scheduler(model, sampler)
+    timesteps = loop.schedule_timesteps(scheduler, req.steps, model.execution_device, req.denoising_strength)
+    start = _start_latents(model, scheduler, timesteps, latents, noise)
+    hold = None if latent_mask is None else _holding_unmasked(scheduler, timesteps, latents, latent_mask, seeds)
+    return loop.denoise(denoiser, scheduler, timesteps, start, hooks, generators, hold).float()
 
 
-def _holding_unmasked(inner, original: torch.Tensor, mask: torch.Tensor, seeds: list[int]):
-    """After each step, put the original (noised to the next step's level) back outside the mask."""
+def _holding_unmasked(scheduler, timesteps: torch.Tensor, original: torch.Tensor, mask: torch.Tensor,
+                      seeds: list[int]):
+    """After each step, put the original (noised to the level of the next step that runs, or clean after the
+    last) back outside the mask. Indexed by the schedule actually run, not the full one."""
     h, w = original.shape[-2:]
     noise = sampling.initial_noise(sampling.seeded_generators([s + 10_000 for s in seeds]), h * 8, w * 8)
 
-    def callback(pipe, index, timestep, tensors):
-        latents = tensors["latents"]
-        timesteps = pipe.scheduler.timesteps
+    def hold(latents: torch.Tensor, index: int) -> torch.Tensor:
         target = original.to(latents.device, torch.float32)
         if index + 1 < len(timesteps):
-            target = pipe.scheduler.add_noise(target, noise.to(target.device), timesteps[index + 1 : index + 2])
+            target = scheduler.add_noise(target, noise.to(target.device), timesteps[index + 1 : index + 2])
         m = mask.to(latents.device)
-        tensors["latents"] = (target * (1 - m) + latents.float() * m).to(latents.dtype)
-        return inner(pipe, index, timestep, tensors)
+        return (target * (1 - m) + latents.float() * m).to(latents.dtype)
 
-    return callback
+    return hold
 
 
 def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                           image: Image.Image, mask: Image.Image, strength: float | None = None) -> sampling.BatchWork:
-    """9-channel models: the pipeline takes the picture and the mask and makes its own masked-image latents."""
+    """9-channel models: the UNet also sees the mask and the latents of the picture with the masked area
+    blanked, concatenated to its input."""
     strength = req.denoising_strength if strength is None else strength
     if strength < 1.0 and int(req.steps * strength) < 1:
         return sampling.BatchWork(None, ready_images=[image.copy() for _ in seeds])
 
     def denoise(hooks: sampling.Hooks):
         generators = sampling.seeded_generators(seeds)
-        extra = {}
+        noise = sampling.initial_noise(generators, req.height, req.width)
+        channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
+        denoiser = sampling.make_denoiser(model, req, hooks, channels)
+        scheduler = sampling.make_scheduler(model, sampler)
+        device = model.execution_device
         if strength >= 1.0:
-            extra["latents"] = sampling.initial_noise(generators, req.height, req.width).to(model.execution_device,
-                                                                                             model.dtype)
-        cond, uncond = sampling.encode_prompts(model, req, len(seeds), hooks.check_interrupt)
-        pipe = sampling.prepare_pipeline(model, "inpaint", sampler)
-        return pipe(**sampling.conditioning_kwargs(model, cond, uncond), image=image, mask_image=mask,
-                    height=req.height, width=req.width, strength=strength, num_inference_steps=req.steps,
-                    guidance_scale=req.cfg_scale, generator=generators, output_type="latent",
-                    callback_on_step_end=sampling.step_callback(hooks.report_step), **extra).images.float()
+            timesteps = loop.schedule_timesteps(scheduler, req.steps, device)
+            latents = noise.to(device, model.dtype) * scheduler.init_noise_sigma
+        else:
+            timesteps = loop.schedule_timesteps(scheduler, req.steps, device, strength)
+            init = sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1)
+            latents = _start_latents(model, scheduler, timesteps, init, noise)
+        return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, generators).float()
 
     return sampling.BatchWork(denoise)
+
+
+def _inpaint_channels(model: LoadedModel, image: Image.Image, mask: Image.Image) -> torch.Tensor:
+    """(1, 5, h/8, w/8): the binarized mask at latent size, then the latents of the picture with the masked
+    area set to black-grey zero (as diffusers' inpainting pipelines prepare them)."""
+    binary = torch.from_numpy((np.asarray(mask.convert("L"), dtype=np.float32) / 255.0 >= 0.5).astype(np.float32))
+    binary = binary[None, None]
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    masked = pixels * (binary < 0.5)
+    vae = model.vae
+    with torch.no_grad():
+        latents = vae.encode(masked.to(model.execution_device, vae.dtype)).latent_dist.mode().float()
+    latents = latents * vae.config.scaling_factor
+    small = F.interpolate(binary, size=latents.shape[-2:])
+    return torch.cat([small.to(latents.device), latents], dim=1).to(model.dtype)

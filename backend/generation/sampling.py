@@ -1,4 +1,4 @@
-"""Seeds, initial noise, running a diffusers pipeline with progress, and decoding latents to images."""
+"""Seeds, initial noise, the denoiser for a request, and decoding latents to images."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from backend.loading.detect import Family
+from backend.generation import loop
 from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
-from backend.prompts.encode import Conditioning, chunk_count, encoder_for
+from backend.prompts.encode import encoder_for
 from backend.samplers import ResolvedSampler
 
 log = logging.getLogger(__name__)
@@ -68,38 +69,18 @@ def initial_noise(generators: list[torch.Generator], height: int, width: int, ch
     return torch.stack([torch.randn((channels, height // 8, width // 8), generator=g) for g in generators])
 
 
-def encode_prompts(model: LoadedModel, req: GenerationRequest, batch: int,
-                   check_interrupt: Callable[[], None] | None = None):
-    """cond and uncond for a batch. Both get the same number of chunks (the pipelines need equal lengths);
-    SDXL with an empty negative prompt is conditioned on zeros, as in A1111."""
+def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
+                  inpaint_channels: torch.Tensor | None = None) -> loop.Denoiser:
+    """The request's prompts (weights, schedules, AND) as per-step conditioning over the model's UNet."""
     encoder = encoder_for(model, req.emphasis)
-    chunks = chunk_count(encoder, [req.prompt, req.negative_prompt])
-    cond = encoder.encode([req.prompt] * batch, req.clip_skip, chunks, check_interrupt)
-    if model.family is Family.SDXL and req.negative_prompt == "":
-        return cond, encoder.zeros(batch, chunks)
-    return cond, encoder.encode([req.negative_prompt] * batch, req.clip_skip, chunks, check_interrupt)
+    cond, uncond = loop.build_conds(encoder, req.prompt, req.negative_prompt, req.steps, req.clip_skip,
+                                    hooks.check_interrupt)
+    sdxl_size = (req.height, req.width) if model.family is Family.SDXL else None
+    return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels)
 
 
-def conditioning_kwargs(model: LoadedModel, cond: Conditioning, uncond: Conditioning) -> dict:
-    kwargs = dict(prompt_embeds=cond.embeds, negative_prompt_embeds=uncond.embeds)
-    if model.family is Family.SDXL:
-        kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=uncond.pooled)
-    return kwargs
-
-
-def step_callback(on_step: StepCallback):
-    def callback(pipe, index, timestep, tensors):
-        on_step(index + 1, pipe.num_timesteps, tensors["latents"])
-        return tensors
-
-    return callback
-
-
-def prepare_pipeline(model: LoadedModel, kind: str, sampler: ResolvedSampler):
-    pipe = model.pipeline(kind)
-    pipe.scheduler = sampler.make_scheduler(model.scheduler_config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def make_scheduler(model: LoadedModel, sampler: ResolvedSampler):
+    return sampler.make_scheduler(model.scheduler_config)
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
-"""txt2img: prompt -> latents, one batch at a time."""
+"""txt2img: prompt -> latents, one batch at a time, through the one denoising loop."""
 
 from __future__ import annotations
 
-from backend.generation import sampling
+from backend.generation import loop, sampling
 from backend.generation.img2img import txt2img_with_inpainting_model
 from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
@@ -17,18 +17,10 @@ def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     def denoise(hooks: sampling.Hooks):
         generators = sampling.seeded_generators(seeds)
         noise = sampling.initial_noise(generators, req.height, req.width)
-        cond, uncond = sampling.encode_prompts(model, req, len(seeds), hooks.check_interrupt)
-        pipe = sampling.prepare_pipeline(model, "txt2img", sampler)
-        return pipe(
-            **sampling.conditioning_kwargs(model, cond, uncond),
-            height=req.height,
-            width=req.width,
-            num_inference_steps=req.steps,
-            guidance_scale=req.cfg_scale,
-            generator=generators,
-            latents=noise.to(model.execution_device, model.dtype),
-            output_type="latent",
-            callback_on_step_end=sampling.step_callback(hooks.report_step),
-        ).images.float()
+        denoiser = sampling.make_denoiser(model, req, hooks)
+        scheduler = sampling.make_scheduler(model, sampler)
+        timesteps = loop.schedule_timesteps(scheduler, req.steps, model.execution_device)
+        latents = noise.to(model.execution_device, model.dtype) * scheduler.init_noise_sigma
+        return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, generators).float()
 
     return sampling.BatchWork(denoise)

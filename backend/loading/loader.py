@@ -8,16 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import (
-    DiffusionPipeline,
-    EulerDiscreteScheduler,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
-)
+from diffusers import DiffusionPipeline
 
 from backend.errors import CheckpointError
 from backend.loading import build, prediction
@@ -27,16 +18,6 @@ from backend.memory.policy import Measures, ModelSize
 from backend.samplers import scheduler_base_config
 
 log = logging.getLogger(__name__)
-
-PIPELINES = {
-    (Family.SD1, "txt2img"): StableDiffusionPipeline,
-    (Family.SD1, "img2img"): StableDiffusionImg2ImgPipeline,
-    (Family.SD1, "inpaint"): StableDiffusionInpaintPipeline,
-    (Family.SDXL, "txt2img"): StableDiffusionXLPipeline,
-    (Family.SDXL, "img2img"): StableDiffusionXLImg2ImgPipeline,
-    (Family.SDXL, "inpaint"): StableDiffusionXLInpaintPipeline,
-}
-
 
 @dataclass
 class LoadedModel:
@@ -50,7 +31,6 @@ class LoadedModel:
     execution_device: torch.device = torch.device("cpu")  # where it computes, wherever the weights are
     applied_measures: Measures | None = None  # set by backend.memory.apply
     caches: dict = field(default_factory=dict, repr=False)  # per-model caches generation keeps (conditioning)
-    _pipelines: dict = field(default_factory=dict, repr=False)
 
     @property
     def is_inpainting(self) -> bool:
@@ -64,31 +44,7 @@ class LoadedModel:
         return [self.unet, self.vae, *self.text_encoders]
 
     def use_vae(self, vae: torch.nn.Module) -> None:
-        """Swap the VAE; pipelines built with the old one are dropped and rebuilt on demand."""
         self.vae = vae
-        self._pipelines.clear()
-
-    def pipeline(self, kind: str):
-        """A diffusers pipeline of `kind` (txt2img, img2img, inpaint) sharing this model's modules."""
-        if kind not in self._pipelines:
-            family = Family.SD1 if self.family is Family.SD2 else self.family
-            cls = PIPELINES[(family, kind)]
-            self._pipelines[kind] = cls(**self._pipeline_parts(cls))
-        return self._pipelines[kind]
-
-    def _pipeline_parts(self, cls) -> dict:
-        scheduler = EulerDiscreteScheduler.from_config(self.scheduler_config)
-        parts = dict(vae=self.vae, unet=self.unet, scheduler=scheduler,
-                     text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0])
-        if self.family is Family.SDXL:
-            # A1111 encodes an empty negative prompt like any other; diffusers would use zeros instead.
-            parts.update(text_encoder_2=self.text_encoders[1], tokenizer_2=self.tokenizers[1],
-                         force_zeros_for_empty_prompt=False, add_watermarker=False)
-            if cls is not StableDiffusionXLPipeline:
-                parts["requires_aesthetics_score"] = False
-        else:
-            parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        return parts
 
 
 CPU = torch.device("cpu")

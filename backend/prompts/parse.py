@@ -1,5 +1,5 @@
-"""A1111's prompt language, as text: emphasis weights, BREAK, and detection of the constructs that need the
-per-step loop (prompt editing, alternation, AND). Encoding the result is `encode.py`'s job.
+"""A1111's prompt language, as text: emphasis weights, BREAK and AND (prompt editing and alternation are in
+`schedule.py`). Encoding the result is `encode.py`'s job.
 
 Semantics follow A1111 1.10's `parse_prompt_attention`: `(x)` multiplies by 1.1, `[x]` divides by 1.1,
 `(x:w)` multiplies by w, nesting multiplies, `\\(` `\\)` `\\[` `\\]` `\\\\` are literal, brackets left open at the
@@ -28,8 +28,6 @@ _TOKEN = re.compile(r"""
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _AND = re.compile(r"\bAND\b")
 _SUBPROMPT_WEIGHT = re.compile(r"^(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$", re.S)
-# `[a:b:0.5]`, `[b:3]`, `[a|b]`: constructs whose text changes with the step.
-_STEP_DEPENDENT = re.compile(r"\[[^\[\]]*(?::\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*\]|\|)")
 
 
 @dataclass
@@ -108,13 +106,3 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
         text, weight = match.groups() if match else (subprompt, None)
         parts.append((text, float(weight) if weight is not None else 1.0))
     return parts
-
-
-def unsupported_constructs(prompt: str) -> list[str]:
-    """The constructs of `prompt` that this version does not render yet (they need the per-step loop)."""
-    found = []
-    if len(_AND.split(prompt)) > 1:
-        found.append("AND")
-    if _STEP_DEPENDENT.search(prompt):
-        found.append("prompt editing/alternation ([a:b:when], [a|b])")
-    return found

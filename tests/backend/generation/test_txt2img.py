@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from backend.generation.requests import GenerationRequest
+from backend.samplers import resolve, scheduler_base_config
 from tests.fixtures.reference import reference_pipeline
 
 FILES = {"sd1": "sd1.safetensors", "sd2": "sd2-v.safetensors", "sdxl": "sdxl.safetensors"}
@@ -106,6 +107,23 @@ def _reference_embeds(model, prompt_chunks):
     return torch.cat(parts, dim=1)
 
 
+def _reference_image(model, cond, uncond, steps=4, cfg=7.0, seed=1234):
+    """A1111's sampling rules written out for Euler: cond and uncond of different lengths go through the UNet
+    separately, guidance on the outputs, decode, 8 bits as our pipeline rounds."""
+    scheduler = resolve("Euler", None).make_scheduler(scheduler_base_config("epsilon"))
+    scheduler.set_timesteps(steps)
+    x = torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(seed)) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(x, t)
+            out_u = model.unet(x_in, t, encoder_hidden_states=uncond).sample
+            out_c = model.unet(x_in, t, encoder_hidden_states=cond).sample
+            x = scheduler.step(out_u + cfg * (out_c - out_u), t, x).prev_sample
+        pixels = model.vae.decode(x / model.vae.config.scaling_factor).sample
+    array = ((pixels[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
+    return array.astype(np.int16)
+
+
 def test_emphasis_break_and_long_prompts_equal_a1111s_rules(service, tiny):
     model = tiny["sd1"]
     tokenizer = reference_pipeline(model, "Euler", None).tokenizer
@@ -119,15 +137,41 @@ def test_emphasis_break_and_long_prompts_equal_a1111s_rules(service, tiny):
                    (ids("forest, ") + long_tail[:73], [1 / 1.1] + [1.0] * 74),
                    (long_tail[73:], [1.0] * 7)]
     negative = "((blurry))"
-    uncond_chunks = [(ids("blurry"), [1.21]), ([], []), ([], [])]  # padded to the same chunk count
     with torch.no_grad():
-        cond, uncond = _reference_embeds(model, cond_chunks), _reference_embeds(model, uncond_chunks)
-    expected = reference_pipeline(model, "Euler", None)(
-        prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=4, width=64, height=64,
-        guidance_scale=7.0, generator=[torch.Generator("cpu").manual_seed(1234)]).images[0]
+        cond = _reference_embeds(model, cond_chunks)
+        uncond = _reference_embeds(model, [(ids("blurry"), [1.21])])  # one chunk: not padded to the cond's three
+    expected = _reference_image(model, cond, uncond)
     ours = service.generate(_request(checkpoint=FILES["sd1"], sampler_name="Euler", prompt=prompt,
                                      negative_prompt=negative)).images[0]
-    assert np.abs(_pixels(ours) - _pixels(expected)).max() <= 2
+    assert np.abs(_pixels(ours) - expected).max() <= 2
+
+
+def test_and_and_prompt_editing_follow_a1111s_rules(service, tiny):
+    """`a cat :1.2 AND a dog :0.8` with `[red:blue:2]`: guidance sums the weighted subprompts; the edit
+    switches after step 2 (0-based index > 2)."""
+    model = tiny["sd1"]
+    pipe = reference_pipeline(model, "Euler", None)
+
+    def embeds(text):
+        ids = pipe.tokenizer(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        return model.text_encoders[0](ids).last_hidden_state
+
+    scheduler = resolve("Euler", None).make_scheduler(scheduler_base_config("epsilon"))
+    scheduler.set_timesteps(4)
+    x = torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(1234)) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        uncond, dog = embeds(""), embeds(" a dog")
+        for i, t in enumerate(scheduler.timesteps):
+            cat = embeds("a red cat") if i <= 2 else embeds("a blue cat")
+            x_in = scheduler.scale_model_input(x, t)
+            out_u, out_cat, out_dog = (model.unet(x_in, t, encoder_hidden_states=c).sample for c in (uncond, cat, dog))
+            x = scheduler.step(out_u + 7.0 * (1.2 * (out_cat - out_u)) + 7.0 * (0.8 * (out_dog - out_u)), t,
+                               x).prev_sample
+        pixels = model.vae.decode(x / model.vae.config.scaling_factor).sample
+    expected = (((pixels[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()).astype(np.int16)
+    ours = service.generate(_request(checkpoint=FILES["sd1"], sampler_name="Euler", negative_prompt="",
+                                     prompt="a [red:blue:2] cat :1.2 AND a dog :0.8")).images[0]
+    assert np.abs(_pixels(ours) - expected).max() <= 2
 
 
 def test_sdxl_empty_negative_prompt_is_zeros(service, tiny):

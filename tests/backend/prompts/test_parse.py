@@ -2,7 +2,8 @@
 
 import pytest
 
-from backend.prompts.parse import parse_emphasis, split_and, unsupported_constructs
+from backend.prompts.parse import parse_emphasis, split_and
+from backend.prompts.schedule import prompt_schedule, text_at_step
 
 # prompt -> [(text, weight)], from A1111's parse_prompt_attention
 A1111_EMPHASIS = {
@@ -38,8 +39,31 @@ def test_and_splits_subprompts_with_weights():
     assert split_and("BRAND new") == [("BRAND new", 1.0)]
 
 
-def test_constructs_that_need_the_per_step_loop_are_named():
-    assert unsupported_constructs("a [cat:dog:0.5]") == ["prompt editing/alternation ([a:b:when], [a|b])"]
-    assert unsupported_constructs("[cat|dog]") == ["prompt editing/alternation ([a:b:when], [a|b])"]
-    assert unsupported_constructs("a AND b") == ["AND"]
-    assert unsupported_constructs("(a:1.2) [b] (c)") == []
+# prompt -> A1111's get_learned_conditioning_prompt_schedules([prompt], 10)[0]
+A1111_SCHEDULES = {
+    "test": [[10, "test"]],
+    "a [b:3]": [[3, "a "], [10, "a b"]],
+    "a [b: 3]": [[3, "a "], [10, "a b"]],
+    "a [[[b]]:2]": [[2, "a "], [10, "a [[b]]"]],
+    "[(a:2):3]": [[3, ""], [10, "(a:2)"]],
+    "a [b : c : 1] d": [[1, "a b  d"], [10, "a  c  d"]],
+    "a[b:[c:d:2]:1]e": [[1, "abe"], [2, "ace"], [10, "ade"]],
+    "a [unbalanced": [[10, "a [unbalanced"]],
+    "a [b:.5] c": [[5, "a  c"], [10, "a b c"]],
+    "((a][:b:c [d:3]": [[3, "((a][:b:c "], [10, "((a][:b:c d"]],
+    "[a|(b:1.1)]": [[i, "a" if i % 2 else "(b:1.1)"] for i in range(1, 11)],
+    "[fe|]male": [[i, "female" if i % 2 else "male"] for i in range(1, 11)],
+    "[fe|||]male": [[i, "female" if i % 4 == 1 else "male"] for i in range(1, 11)],
+    "[a:b:1.0]": [[10, "a"]],
+    "[a:b:0]": [[10, "b"]],
+}
+
+
+@pytest.mark.parametrize("prompt", list(A1111_SCHEDULES))
+def test_prompt_schedules_equal_a1111(prompt):
+    assert [list(entry) for entry in prompt_schedule(prompt, 10)] == A1111_SCHEDULES[prompt]
+
+
+def test_text_at_step_uses_from_until_the_switch_step():
+    schedule = prompt_schedule("[cat:dog:0.5]", 10)
+    assert [text_at_step(schedule, i) for i in range(10)] == ["cat"] * 6 + ["dog"] * 4

@@ -1,0 +1,147 @@
+"""The one denoising loop: every mode (txt2img, img2img, inpaint with either kind of model) and every prompt
+feature (weights, schedules, alternation, AND) runs through `denoise`.
+
+`PromptConds` says which conditioning each step uses; `Denoiser` runs the UNet with classifier-free guidance
+over them (cond and uncond in one batch when their lengths match, as separate calls when not); `denoise` steps
+a diffusers scheduler and lets an `after_step` hook hold masked areas, with progress and interrupts through
+`hooks`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from backend.loading.detect import Family
+from backend.prompts.encode import Conditioning, PromptEncoder
+from backend.prompts.parse import split_and
+from backend.prompts.schedule import prompt_schedule
+
+# A schedule: [(last 0-based step it is used at, conditioning), ...]
+CondSchedule = list[tuple[int, Conditioning]]
+
+
+@dataclass
+class PromptConds:
+    """The conditioning of one prompt at each step: its AND subprompts, each with a weight and a schedule."""
+
+    subprompts: list[tuple[float, CondSchedule]]
+
+    def at(self, step: int) -> list[tuple[float, Conditioning]]:
+        return [(weight, _pick(schedule, step)) for weight, schedule in self.subprompts]
+
+
+def _pick(schedule: CondSchedule, step: int) -> Conditioning:
+    return next((cond for last, cond in schedule if step <= last), schedule[-1][1])
+
+
+def encode_schedule(encoder: PromptEncoder, text: str, steps: int, clip_skip: int,
+                    check_interrupt: Callable[[], None] | None) -> CondSchedule:
+    """Each distinct text of the prompt's edit/alternation schedule, encoded once (the encoder caches)."""
+    return [(last, encoder.encode([part], clip_skip, len(encoder.chunks(part)), check_interrupt))
+            for last, part in prompt_schedule(text, steps)]
+
+
+def build_conds(encoder: PromptEncoder, prompt: str, negative: str, steps: int, clip_skip: int,
+                check_interrupt: Callable[[], None] | None = None) -> tuple[PromptConds, PromptConds]:
+    """(cond, uncond) as A1111 builds them: the prompt is split at AND (each part with its `:weight`), every
+    part gets its schedule; the negative prompt has a schedule but no AND. SDXL with an empty negative prompt
+    is conditioned on zeros."""
+    cond = PromptConds([(weight, encode_schedule(encoder, text, steps, clip_skip, check_interrupt))
+                        for text, weight in split_and(prompt)])
+    if encoder.family is Family.SDXL and negative == "":
+        uncond = PromptConds([(1.0, [(steps, encoder.zeros(1, 1))])])
+    else:
+        uncond = PromptConds([(1.0, encode_schedule(encoder, negative, steps, clip_skip, check_interrupt))])
+    return cond, uncond
+
+
+def _pad_to(embeds: torch.Tensor, length: int) -> torch.Tensor:
+    """Lengthen (1, n, dim) to `length` positions by repeating the last vector (A1111's AND padding)."""
+    missing = length - embeds.shape[1]
+    return embeds if missing <= 0 else torch.cat([embeds, embeds[:, -1:].expand(-1, missing, -1)], dim=1)
+
+
+@dataclass
+class Denoiser:
+    """UNet + classifier-free guidance: uncond + cfg * sum_i w_i (cond_i - uncond), on the model's output."""
+
+    unet: torch.nn.Module
+    cond: PromptConds
+    uncond: PromptConds
+    cfg_scale: float
+    dtype: torch.dtype
+    sdxl_size: tuple[int, int] | None = None  # (height, width) for SDXL's size conditioning
+    inpaint_channels: torch.Tensor | None = None  # 9-channel models: mask + masked-image latents, (B, 5, h, w)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+        conds = self.cond.at(step)
+        uncond = self.uncond.at(step)[0][1]
+        length = max(c.embeds.shape[1] for _, c in conds)
+        cond_embeds = [_pad_to(c.embeds, length) for _, c in conds]
+        batch = x.shape[0]
+        if uncond.embeds.shape[1] == length:
+            outs = self._unet([uncond.embeds, *cond_embeds], [uncond.pooled, *(c.pooled for _, c in conds)], x, t)
+            out_uncond, out_conds = outs[:batch], outs[batch:].chunk(len(conds))
+        else:  # different lengths: separate calls rather than padding (A1111's pad_cond_uncond=False)
+            out_uncond = self._unet([uncond.embeds], [uncond.pooled], x, t)
+            out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
+        guided = out_uncond
+        for (weight, _), out in zip(conds, out_conds, strict=True):
+            guided = guided + self.cfg_scale * (weight * (out - out_uncond))
+        return guided
+
+    def _unet(self, embeds: list[torch.Tensor], pooled: list, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One UNet call for several conditionings; each is repeated for the batch's images."""
+        batch, copies = x.shape[0], len(embeds)
+        context = torch.cat([e.expand(batch, -1, -1) for e in embeds]).to(x.device, self.dtype)
+        sample = torch.cat([x] * copies)
+        if self.inpaint_channels is not None:
+            sample = torch.cat([sample, torch.cat([self.inpaint_channels] * copies).to(sample)], dim=1)
+        kwargs = {}
+        if self.sdxl_size is not None:
+            h, w = self.sdxl_size
+            time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=x.device)
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.cat([p.expand(batch, -1) for p in pooled]).to(x.device, self.dtype),
+                "time_ids": time_ids.repeat(batch * copies, 1)}
+        return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+
+
+def schedule_timesteps(scheduler, steps: int, device: torch.device, strength: float | None = None) -> torch.Tensor:
+    """Set the scheduler up for `steps` steps; with `strength` (img2img), the last int(steps * strength) of them."""
+    scheduler.set_timesteps(steps, device=device)
+    if strength is None:
+        return scheduler.timesteps
+    start = max(steps - min(int(steps * strength), steps), 0) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
+def denoise(denoiser: Denoiser, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, hooks,
+            generators: list[torch.Generator] | None = None,
+            after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the steps: scale the input, denoise with guidance, step the scheduler, hold what must be held,
+    report (which may raise to stop)."""
+    step_kwargs = _step_kwargs(scheduler, generators)
+    for i, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(latents, t)
+        output = denoiser(model_input, t, i)
+        latents = scheduler.step(output, t, latents, return_dict=False, **step_kwargs)[0]
+        if after_step is not None:
+            latents = after_step(latents, i)
+        hooks.report_step(i + 1, len(timesteps), latents)
+    return latents
+
+
+def _step_kwargs(scheduler, generators) -> dict:
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    if "eta" in accepted:
+        kwargs["eta"] = 0.0
+    return kwargs
