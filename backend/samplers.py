@@ -31,6 +31,11 @@ class Sampler:
     default_schedule: str = "Uniform"
     aliases: tuple[str, ...] = ()
 
+    @property
+    def ancestral(self) -> bool:
+        """Adds fresh noise every step (from the image's continuing generator; ENSD reseeds it)."""
+        return self.name in ("Euler a", "DPM2 a")
+
 
 SAMPLERS = [
     Sampler("DPM++ 2M", DPMSolverMultistepScheduler, {}, "Karras", ("k_dpmpp_2m",)),

@@ -19,6 +19,7 @@ from backend.generation.img2img import prepare_img2img
 from backend.generation.preview import latent_preview
 from backend.generation.requests import (MASKED_CONTENT_LABELS, GenerationRequest, check_prompt_chunks,
                                          resolve_seed, validate)
+from backend.generation.tiling import seamless
 from backend.generation.txt2img import prepare_txt2img
 from backend.grid import make_grid
 from backend.jobs import Job, JobQueue, SkipBatch
@@ -228,11 +229,23 @@ class GenerationService:
         job.progress.textinfo = f"loading {checkpoint.title}"
         model = self.models.get(checkpoint, req.vae)
         sampler = resolve(req.sampler_name, req.scheduler)
-        first_seed = resolve_seed(req.seed)
+        req = dataclasses.replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed))
         result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
         self._check_prompt_length(model, req)
         measures = self.models.plan.for_request(req.width, req.height, req.batch_size)
+        with seamless([model.unet, model.vae], req.tiling):
+            self._run_batches(job, model, req, sampler, result, measures)
+        if len(result.images) > 1:
+            result.grid = make_grid(result.images)
+            if req.save_images and not result.interrupted:
+                result.grid_path = self._save(result, lambda: self.outputs.save_grid(result.grid, req.kind,
+                                                                                     result.infotexts[0]))
+        return result
+
+    def _run_batches(self, job: Job, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
+                     result: GenerationResult, measures: Measures) -> None:
+        first_seed = req.seed
         for batch_no in range(req.n_iter):
             try:
                 job.start_batch(batch_no, req.n_iter)
@@ -255,12 +268,6 @@ class GenerationService:
             if interrupted:
                 result.interrupted = True
                 break
-        if len(result.images) > 1:
-            result.grid = make_grid(result.images)
-            if req.save_images and not result.interrupted:
-                result.grid_path = self._save(result, lambda: self.outputs.save_grid(result.grid, req.kind,
-                                                                                     result.infotexts[0]))
-        return result
 
     def _check_prompt_length(self, model: LoadedModel, req: GenerationRequest) -> None:
         encoder = encoder_for(model, req.emphasis)
@@ -342,8 +349,16 @@ class GenerationService:
             "Model": checkpoint.model_name,
             "VAE hash": vae.short_hash if vae else None,
             "VAE": vae.name if vae else None,
+            "Variation seed": req.subseed + (seed - req.seed) if req.subseed_strength else None,
+            "Variation seed strength": req.subseed_strength or None,
+            "Seed resize from": f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
+            if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0 else None,
             "Denoising strength": req.denoising_strength if req.kind == "img2img" else None,
             "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
+            "ENSD": req.eta_noise_seed_delta if req.eta_noise_seed_delta and result.sampler.sampler.ancestral
+            else None,
+            "RNG": "CPU",
+            "Tiling": "True" if req.tiling else None,
             "Emphasis": req.emphasis if req.emphasis != "Original" and _uses_brackets(req) else None,
         }
         if req.is_inpainting:

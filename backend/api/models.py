@@ -14,6 +14,8 @@ class Txt2ImgBody(BaseModel):
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
     sampler_name: str | None = None
     sampler_index: str | None = None
     scheduler: str | None = None

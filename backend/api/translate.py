@@ -16,10 +16,8 @@ from backend.settings import Limits
 # A1111 request fields this project accepts but does not implement yet: a request that turns one on still
 # runs, and its answer says that the field had no effect (never a silent 200).
 UNIMPLEMENTED_FIELDS = {
-    "enable_hr": lambda v: bool(v), "restore_faces": lambda v: bool(v), "tiling": lambda v: bool(v),
-    "subseed_strength": lambda v: bool(v), "styles": lambda v: bool(v), "script_name": lambda v: bool(v),
-    "alwayson_scripts": lambda v: bool(v), "seed_resize_from_h": lambda v: v not in (None, -1, 0),
-    "seed_resize_from_w": lambda v: v not in (None, -1, 0), "eta": lambda v: v is not None,
+    "enable_hr": lambda v: bool(v), "restore_faces": lambda v: bool(v), "styles": lambda v: bool(v),
+    "script_name": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v), "eta": lambda v: v is not None,
     "s_churn": lambda v: bool(v), "s_noise": lambda v: v not in (None, 1, 1.0),
 }
 
@@ -33,6 +31,9 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=sampler,
         scheduler=body.scheduler or "Automatic", steps=body.steps, cfg_scale=body.cfg_scale, width=body.width,
         height=body.height, seed=body.seed, batch_size=body.batch_size, n_iter=body.n_iter,
+        subseed=body.subseed, subseed_strength=body.subseed_strength, tiling=bool(body.tiling),
+        seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
+        eta_noise_seed_delta=_int_option(settings.get("eta_noise_seed_delta") or 0, "eta_noise_seed_delta"),
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
         clip_skip=_int_option(settings.get("CLIP_stop_at_last_layers", 1), "override_settings"),
         emphasis=settings.get("emphasis") or "Original",
@@ -103,7 +104,9 @@ def _info(req: GenerationRequest, result: GenerationResult, first: int, infotext
         "prompt": req.prompt, "all_prompts": [req.prompt] * count,
         "negative_prompt": req.negative_prompt, "all_negative_prompts": [req.negative_prompt] * count,
         "seed": result.seeds[0] if result.seeds else req.seed, "all_seeds": result.seeds,
-        "subseed": -1, "all_subseeds": [-1] * count, "subseed_strength": 0,
+        "subseed": result.request.subseed, "subseed_strength": req.subseed_strength,
+        "all_subseeds": [result.request.subseed + (seed - result.request.seed) for seed in result.seeds],
+        "seed_resize_from_w": req.seed_resize_from_w or -1, "seed_resize_from_h": req.seed_resize_from_h or -1,
         "width": req.width, "height": req.height,
         "sampler_name": result.sampler.sampler.name if result.sampler else req.sampler_name,
         "scheduler": result.sampler.schedule if result.sampler else req.scheduler,

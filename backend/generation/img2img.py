@@ -154,15 +154,15 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     latents = latents.repeat(len(seeds) // latents.shape[0], 1, 1, 1)
     if _steps_to_run(req) < 1:
         return latents  # strength 0: nothing to denoise
-    generators = sampling.seeded_generators(seeds)
+    rng = sampling.image_noise(req, seeds)
     h, w = latents.shape[-2:]
-    noise = sampling.initial_noise(generators, h * 8, w * 8)
+    noise = rng.first((latents.shape[1], h, w))
     denoiser = sampling.make_denoiser(model, req, hooks)
     scheduler = sampling.make_scheduler(model, sampler)
     timesteps = loop.schedule_timesteps(scheduler, req.steps, model.execution_device, req.denoising_strength)
     start = _start_latents(model, scheduler, timesteps, latents, noise)
     hold = None if latent_mask is None else _holding_unmasked(scheduler, timesteps, latents, latent_mask, seeds)
-    return loop.denoise(denoiser, scheduler, timesteps, start, hooks, generators, hold).float()
+    return loop.denoise(denoiser, scheduler, timesteps, start, hooks, rng.generators, hold).float()
 
 
 def _holding_unmasked(scheduler, timesteps: torch.Tensor, original: torch.Tensor, mask: torch.Tensor,
@@ -191,8 +191,8 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         return sampling.BatchWork(None, ready_images=[image.copy() for _ in seeds])
 
     def denoise(hooks: sampling.Hooks):
-        generators = sampling.seeded_generators(seeds)
-        noise = sampling.initial_noise(generators, req.height, req.width)
+        rng = sampling.image_noise(req, seeds)
+        noise = rng.first(sampling.latent_shape(model, req.height, req.width))
         channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
         denoiser = sampling.make_denoiser(model, req, hooks, channels)
         scheduler = sampling.make_scheduler(model, sampler)
@@ -204,7 +204,7 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
             timesteps = loop.schedule_timesteps(scheduler, req.steps, device, strength)
             init = sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1)
             latents = _start_latents(model, scheduler, timesteps, init, noise)
-        return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, generators).float()
+        return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.generators).float()
 
     return sampling.BatchWork(denoise)
 

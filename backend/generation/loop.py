@@ -121,6 +121,7 @@ def schedule_timesteps(scheduler, steps: int, device: torch.device, strength: fl
     return scheduler.timesteps[start:]
 
 
+@torch.no_grad()
 def denoise(denoiser: Denoiser, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, hooks,
             generators: list[torch.Generator] | None = None,
             after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:

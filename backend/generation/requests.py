@@ -46,6 +46,12 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     seed: int = -1
+    subseed: int = -1  # variation seed (-1 = random), blended in with subseed_strength
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0  # "Seed resize from": draw the noise as for this size (0 = off)
+    seed_resize_from_h: int = 0
+    eta_noise_seed_delta: int = 0  # A1111's ENSD option: reseeds ancestral samplers' extra noise
+    tiling: bool = False  # seamless: circular padding in every convolution of the UNet and the VAE
     batch_size: int = 1
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model
@@ -86,6 +92,11 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     _check_int(req.batch_size, "batch_size", 1, limits.max_batch_size)
     _check_int(req.n_iter, "n_iter", 1, limits.max_batch_count)
     _check_int(req.seed, "seed", -1, MAX_SEED)
+    _check_int(req.subseed, "subseed", -1, MAX_SEED)
+    _check_number(req.subseed_strength, "subseed_strength", 0.0, 1.0)
+    _check_int(req.seed_resize_from_w, "seed_resize_from_w", -1, limits.max_width)
+    _check_int(req.seed_resize_from_h, "seed_resize_from_h", -1, limits.max_height)
+    _check_int(req.eta_noise_seed_delta, "eta_noise_seed_delta", 0, MAX_SEED)
     _check_int(req.clip_skip, "clip_skip", 1, 12)
     if req.emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {req.emphasis!r}")

@@ -12,6 +12,7 @@ from PIL import Image
 
 from backend.loading.detect import Family
 from backend.generation import loop
+from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
 from backend.prompts.encode import encoder_for
@@ -58,6 +59,18 @@ def make_images(model: LoadedModel, work: BatchWork, hooks: Hooks | None = None)
         return work.ready_images
     latents = work.denoise(hooks or NoHooks())
     return work.finish(to_pil(decode_latents(model, latents)))
+
+
+def image_noise(req: GenerationRequest, seeds: list[int]) -> ImageNoise:
+    """The batch's noise as A1111 makes it. `req.seed`/`req.subseed` are the job's resolved first seeds; image
+    i's variation seed is the first variation seed + i, as A1111 counts."""
+    subseeds = [req.subseed + (seed - req.seed) for seed in seeds]
+    return ImageNoise(seeds, subseeds, req.subseed_strength, (req.seed_resize_from_w, req.seed_resize_from_h),
+                      req.eta_noise_seed_delta)
+
+
+def latent_shape(model: LoadedModel, height: int, width: int) -> tuple[int, int, int]:
+    return (4, height // 8, width // 8)
 
 
 def seeded_generators(seeds: list[int]) -> list[torch.Generator]:

@@ -15,12 +15,12 @@ def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         return txt2img_with_inpainting_model(model, req, sampler, seeds)
 
     def denoise(hooks: sampling.Hooks):
-        generators = sampling.seeded_generators(seeds)
-        noise = sampling.initial_noise(generators, req.height, req.width)
+        rng = sampling.image_noise(req, seeds)
+        noise = rng.first(sampling.latent_shape(model, req.height, req.width))
         denoiser = sampling.make_denoiser(model, req, hooks)
         scheduler = sampling.make_scheduler(model, sampler)
         timesteps = loop.schedule_timesteps(scheduler, req.steps, model.execution_device)
         latents = noise.to(model.execution_device, model.dtype) * scheduler.init_noise_sigma
-        return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, generators).float()
+        return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.generators).float()
 
     return sampling.BatchWork(denoise)

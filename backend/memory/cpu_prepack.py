@@ -36,7 +36,8 @@ def _packable(conv: torch.nn.Module) -> bool:
 
 
 def _packed_forward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    if x.device.type != "cpu" or x.dtype != conv.weight.dtype or torch.is_grad_enabled():
+    if x.device.type != "cpu" or x.dtype != conv.weight.dtype or torch.is_grad_enabled() \
+            or conv.padding_mode != "zeros":  # e.g. circular while a seamless (tiling) image is made
         return torch.nn.Conv2d.forward(conv, x)
     key = (tuple(x.shape), conv.weight.dtype, conv.weight.data_ptr())  # repack if the weights were replaced
     if conv._packed is None or conv._packed[0] != key:
