@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=None, help="models root (default DATA_DIR/models)")
     p.add_argument("--ckpt-dir", type=Path, default=None, help="checkpoints (default MODELS_DIR/Stable-diffusion)")
     p.add_argument("--vae-dir", type=Path, default=None, help="VAEs (default MODELS_DIR/VAE)")
+    p.add_argument("--embeddings-dir", type=Path, default=None,
+                   help="textual-inversion embeddings (default: MODELS_DIR/embeddings, and DATA_DIR/embeddings "
+                        "where it exists, as A1111 keeps them)")
     p.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default DATA_DIR/outputs)")
     p.add_argument("--ckpt", default=None, help="checkpoint to load first (name or title)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu", "mps"], default="auto")
@@ -70,9 +73,17 @@ def parse_prediction_overrides(items: list[str]) -> dict[str, str]:
     return overrides
 
 
+def embeddings_dirs(args: argparse.Namespace, models_dir: Path) -> tuple[Path, ...]:
+    if args.embeddings_dir:
+        return (args.embeddings_dir,)
+    a1111_place = args.data_dir / "embeddings"
+    return (models_dir / "embeddings",) + ((a1111_place,) if a1111_place.is_dir() else ())
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     models_dir = args.models_dir or args.data_dir / "models"
     return Settings(
+        embeddings_dirs=embeddings_dirs(args, models_dir),
         models_dir=models_dir,
         outputs_dir=args.outputs_dir or args.data_dir / "outputs",
         ckpt_dir=args.ckpt_dir,
@@ -127,6 +138,7 @@ def build_service(settings: Settings):
     from backend.memory.facts import probe_device_facts
     from backend.model_manager import CacheLimits, ModelManager, Placement
     from backend.outputs import OutputWriter
+    from backend.prompts.embeddings import EmbeddingLibrary
     from backend.registry import HashCache, ModelRegistry
     from backend.service import GenerationService
 
@@ -142,7 +154,8 @@ def build_service(settings: Settings):
     cache = CacheLimits(settings.checkpoint_cache, policy.cache_budget_bytes(facts, settings.checkpoint_cache_gb))
     registry = ModelRegistry(settings.checkpoint_dir, settings.vae_folder, HashCache(settings.hash_cache_file))
     models = ModelManager(registry, placement, cache, settings.prediction_overrides)
-    return GenerationService(settings, models, OutputWriter(settings.outputs_dir))
+    embeddings = EmbeddingLibrary(settings.embedding_folders)
+    return GenerationService(settings, models, OutputWriter(settings.outputs_dir), embeddings=embeddings)
 
 
 def main(argv: list[str] | None = None) -> None:

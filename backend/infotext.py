@@ -35,7 +35,7 @@ def build(prompt: str, negative_prompt: str, params: dict[str, object]) -> str:
 
 
 def parse(text: str) -> dict[str, object]:
-    """Infotext -> {"Prompt", "Negative prompt", and each parameter}. `Size` also gives "Size-1"/"Size-2"."""
+    """Infotext -> {"Prompt", "Negative prompt", and each parameter}. `Size: WxH` also gives "Size-1"/"Size-2"."""
     *lines, last = text.strip().split("\n") if text.strip() else [""]
     if len(_PARAM.findall(last)) < 3:
         lines.append(last)
@@ -55,7 +55,7 @@ def parse(text: str) -> dict[str, object]:
             except json.JSONDecodeError:
                 pass
         result[key] = value
-        size = _SIZE.match(value) if key == "Size" else None
-        if size:
-            result["Size-1"], result["Size-2"] = size.group(1), size.group(2)
+        size = _SIZE.match(value) if isinstance(value, str) else None
+        if size:  # any "WxH" value (Size, Seed resize from, Hires resize) also gives "<key>-1" and "<key>-2"
+            result[f"{key}-1"], result[f"{key}-2"] = size.group(1), size.group(2)
     return result

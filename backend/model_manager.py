@@ -99,6 +99,11 @@ class ModelManager:
         return active.model.family if active else None
 
     @property
+    def loaded_model(self) -> LoadedModel | None:
+        active = self._active
+        return active.model if active else None
+
+    @property
     def plan(self) -> MemoryPlan:
         return self._active.plan
 

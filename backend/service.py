@@ -28,7 +28,8 @@ from backend.memory.fallback import decode_with_fallbacks, run_with_fallbacks
 from backend.memory.policy import Measures
 from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
-from backend.prompts.encode import encoder_for
+from backend.prompts.embeddings import EmbeddingLibrary
+from backend.prompts.encode import encoder_for, text_width
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import ResolvedSampler, resolve
@@ -53,6 +54,7 @@ class GenerationResult:
     interrupted: bool = False
     job_timestamp: str = ""
     warnings: list[str] = field(default_factory=list)  # shown to the user: the images are fine, something else not
+    embeddings: list = field(default_factory=list)  # textual-inversion embeddings the prompts used
 
     @property
     def gallery(self) -> list[Image.Image]:
@@ -81,8 +83,9 @@ class GenerationService:
     """The facade the UI and the REST API call. They never reach into the queue, registry or model cache."""
 
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter,
-                 options: Options | None = None):
+                 options: Options | None = None, embeddings: EmbeddingLibrary | None = None):
         self.settings = settings
+        self.embeddings = embeddings or EmbeddingLibrary([])
         self.models = models
         self.registry = models.registry
         self.outputs = outputs
@@ -145,6 +148,18 @@ class GenerationService:
             except ModelNotFound:
                 log.warning("the selected checkpoint %r is gone; using the loaded or first one", selected)
         return self.models.default_checkpoint()
+
+    # ---------------------------------------------------------------- embeddings
+
+    def embedding_lists(self) -> tuple[dict, dict]:
+        """(usable with the loaded model, skipped because they do not fit it); all usable when none is loaded."""
+        model = self.models.loaded_model
+        if model is None:
+            return self.embeddings.all(), {}
+        return self.embeddings.split_by_fit(text_width(model))
+
+    def refresh_embeddings(self) -> None:
+        self.embeddings.refresh()
 
     # ---------------------------------------------------------------- options
 
@@ -232,7 +247,7 @@ class GenerationService:
         req = dataclasses.replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed))
         result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
-        self._check_prompt_length(model, req)
+        self._check_prompts(model, req, result)
         measures = self.models.plan.for_request(req.width, req.height, req.batch_size)
         with seamless([model.unet, model.vae], req.tiling):
             self._run_batches(job, model, req, sampler, result, measures)
@@ -269,10 +284,15 @@ class GenerationService:
                 result.interrupted = True
                 break
 
-    def _check_prompt_length(self, model: LoadedModel, req: GenerationRequest) -> None:
-        encoder = encoder_for(model, req.emphasis)
+    def _check_prompts(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
+        """Length limits, and which embeddings the prompts use (for `TI hashes`)."""
+        encoder = encoder_for(model, req.emphasis, self.embeddings)
+        used = {}
         for name in ("prompt", "negative_prompt"):
-            check_prompt_chunks(len(encoder.chunks(getattr(req, name))), name, self.settings.limits.max_prompt_chunks)
+            text = getattr(req, name)
+            check_prompt_chunks(len(encoder.chunks(text)), name, self.settings.limits.max_prompt_chunks)
+            used.update({e.name: e for e in encoder.embeddings_used(text)})
+        result.embeddings = list(used.values())
 
     def _denoise(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                  job: Job, measures: Measures) -> list[_Denoised]:
@@ -283,7 +303,7 @@ class GenerationService:
         size = -(-len(seeds) // measures.batch_split)
         parts = []
         for start in range(0, len(seeds), size):
-            work = prepare(model, req, sampler, seeds[start : start + size])
+            work = prepare(model, req, sampler, seeds[start : start + size], self.embeddings)
             if work.ready_images is not None:
                 parts.append(_Denoised(work, None))
                 continue
@@ -359,7 +379,6 @@ class GenerationService:
             else None,
             "RNG": "CPU",
             "Tiling": "True" if req.tiling else None,
-            "Emphasis": req.emphasis if req.emphasis != "Original" and _uses_brackets(req) else None,
         }
         if req.is_inpainting:
             params["Mask blur"] = req.mask_blur
@@ -369,6 +388,10 @@ class GenerationService:
             params["Masked content"] = MASKED_CONTENT_LABELS[req.inpainting_fill]
             if req.inpainting_mask_invert:
                 params["Mask mode"] = "Inpaint not masked"
+        if result.embeddings:
+            params["TI hashes"] = ", ".join(f"{e.name}: {e.short_hash}" for e in result.embeddings)
+        if req.emphasis != "Original" and _uses_brackets(req):
+            params["Emphasis"] = req.emphasis
         if measures is not None and measures.fallbacks:
             params["Memory fallback"] = " + ".join(measures.fallbacks)
         params["Version"] = VERSION

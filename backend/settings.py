@@ -53,6 +53,7 @@ class Settings:
     checkpoint_cache_gb: float | None = None  # their RAM budget; None = a third of the machine's RAM
     default_checkpoint: str | None = None
     prediction_overrides: dict[str, str] = field(default_factory=dict)  # checkpoint name -> epsilon | v_prediction
+    embeddings_dirs: tuple[Path, ...] = ()  # default: models_dir/embeddings
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -62,6 +63,10 @@ class Settings:
     @property
     def vae_folder(self) -> Path:
         return self.vae_dir or self.models_dir / "VAE"
+
+    @property
+    def embedding_folders(self) -> list[Path]:
+        return list(self.embeddings_dirs) or [self.models_dir / "embeddings"]
 
     @property
     def hash_cache_file(self) -> Path:

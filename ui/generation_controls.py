@@ -33,6 +33,11 @@ class Controls:
     seed: gr.Number
     batch_count: gr.Slider
     batch_size: gr.Slider
+    subseed: gr.Number
+    subseed_strength: gr.Slider
+    seed_resize_from_w: gr.Slider
+    seed_resize_from_h: gr.Slider
+    tiling: gr.Checkbox
 
     def all(self) -> set:
         return {w for w in vars(self).values() if not isinstance(w, gr.Button)}
@@ -72,8 +77,20 @@ def build_controls(tab: str) -> Controls:
         seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{tab}_seed")
         random_seed = gr.Button("🎲 Random", elem_id=f"{tab}_random_seed", size="sm")
         reuse_seed = gr.Button("♻ Reuse last seed", elem_id=f"{tab}_reuse_seed", size="sm")
+    with gr.Accordion("Extra", open=False, elem_id=f"{tab}_seed_extras"):
+        with gr.Row():
+            subseed = gr.Number(value=-1, precision=0, label="Variation seed", elem_id=f"{tab}_subseed")
+            subseed_strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                         elem_id=f"{tab}_subseed_strength")
+        with gr.Row():
+            resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                 elem_id=f"{tab}_seed_resize_from_w")
+            resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                 elem_id=f"{tab}_seed_resize_from_h")
+        tiling = gr.Checkbox(label="Tiling (seamless)", elem_id=f"{tab}_tiling")
     random_seed.click(lambda: -1, outputs=seed)
-    controls = Controls(prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count, batch_size)
+    controls = Controls(prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count, batch_size,
+                        subseed, subseed_strength, resize_w, resize_h, tiling)
     controls.reuse_seed_button = reuse_seed  # wired by the tab, which owns the info box
     return controls
 
@@ -101,6 +118,11 @@ def request_fields(values: dict, c: Controls) -> dict:
         seed=int(values[c.seed]) if values[c.seed] is not None else -1,
         n_iter=int(values[c.batch_count]),
         batch_size=int(values[c.batch_size]),
+        subseed=int(values[c.subseed]) if values[c.subseed] is not None else -1,
+        subseed_strength=float(values[c.subseed_strength] or 0),
+        seed_resize_from_w=int(values[c.seed_resize_from_w] or 0),
+        seed_resize_from_h=int(values[c.seed_resize_from_h] or 0),
+        tiling=bool(values[c.tiling]),
     )
 
 
@@ -162,7 +184,12 @@ def fields_from_infotext(text: str) -> dict[str, object]:
     mapping = {"Steps": ("steps", int), "Sampler": ("sampler", str), "Schedule type": ("schedule", str),
                "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Size-1": ("width", int),
                "Size-2": ("height", int), "Denoising strength": ("denoising_strength", float),
-               "Mask blur": ("mask_blur", int)}
+               "Mask blur": ("mask_blur", int), "Variation seed": ("subseed", int),
+               "Variation seed strength": ("subseed_strength", float),
+               "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int),
+               "Tiling": ("tiling", lambda v: str(v).lower() == "true")}
+    if "Steps" in parsed:  # a full parameter line: what it does not mention is off, as when it was made
+        values.update(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0, tiling=False)
     for key, (name, cast) in mapping.items():
         if key in parsed:
             try:

@@ -164,6 +164,8 @@ class SdApi:
         r("/refresh-vae", self.refresh_checkpoints, ["POST"])
         r("/png-info", self.png_info, ["POST"], PngInfoBody)
         r("/scripts", self.scripts, ["GET"])
+        r("/embeddings", self.embeddings, ["GET"])
+        r("/refresh-embeddings", self.refresh_embeddings, ["POST"])
         r("/memory", self.memory, ["GET"])
 
     def txt2img(self, body: Txt2ImgBody) -> dict:
@@ -244,6 +246,15 @@ class SdApi:
         return {"info": text, "items": {"parameters": text} if text else {},
                 "parameters": infotext.parse(text) if text else {}}
 
+    def embeddings(self) -> dict:
+        loaded, skipped = self.service.embedding_lists()
+        return {"loaded": {n: _embedding_item(e) for n, e in loaded.items()},
+                "skipped": {n: _embedding_item(e) for n, e in skipped.items()}}
+
+    def refresh_embeddings(self) -> dict:
+        self.service.refresh_embeddings()
+        return {}
+
     def scripts(self) -> dict:
         return {"txt2img": [], "img2img": []}
 
@@ -259,6 +270,11 @@ class SdApi:
                            "peak": stats.get("active_bytes.all.peak", 0)},
                 "allocated": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()}}
         return {"ram": ram, "cuda": cuda}
+
+
+def _embedding_item(e) -> dict:
+    return {"step": e.step, "sd_checkpoint": e.checkpoint, "sd_checkpoint_name": e.checkpoint_name,
+            "shape": e.width, "vectors": e.count}
 
 
 def parse_json(raw: bytes) -> dict:

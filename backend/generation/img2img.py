@@ -14,6 +14,7 @@ from backend.errors import InvalidRequest
 from backend.generation import image_ops, loop, sampling
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
 from backend.loading.loader import LoadedModel
+from backend.prompts.embeddings import EmbeddingLibrary
 from backend.samplers import ResolvedSampler
 
 GRAY = (127, 127, 127)
@@ -38,38 +39,38 @@ class InpaintWork:
         return image_ops.composite(self.overlay_base, canvas, self.overlay_mask)
 
 
-def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                    seeds: list[int]) -> sampling.BatchWork:
+def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+                    embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
     if req.mask is not None:
-        return prepare_inpaint_batch(model, req, sampler, seeds)
+        return prepare_inpaint_batch(model, req, sampler, seeds, embeddings)
     if model.is_inpainting:
         image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
         white = Image.new("L", image.size, 255)
-        return _inpainting_model_work(model, req, sampler, seeds, image, white)
+        return _inpainting_model_work(model, req, sampler, seeds, image, white, embeddings=embeddings)
     return sampling.BatchWork(lambda hooks: _sample_regular(model, req, sampler, seeds, _init_latents(model, req),
-                                                            None, hooks))
+                                                            None, hooks, embeddings))
 
 
 def txt2img_with_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                                  seeds: list[int]) -> sampling.BatchWork:
+                                  seeds: list[int], embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
     """A 9-channel model makes a txt2img image as an inpainting of a blank picture with everything masked."""
     blank = Image.new("RGB", (req.width, req.height), GRAY)
     white = Image.new("L", blank.size, 255)
-    return _inpainting_model_work(model, req, sampler, seeds, blank, white, strength=1.0)
+    return _inpainting_model_work(model, req, sampler, seeds, blank, white, strength=1.0, embeddings=embeddings)
 
 
 def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                          seeds: list[int]) -> sampling.BatchWork:
+                          seeds: list[int], embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
     work = prepare_inpaint(req)
     if model.is_inpainting:
         image = _masked_content_pixels(work, req.inpainting_fill, seeds[0])
-        batch = _inpainting_model_work(model, req, sampler, seeds, image, work.mask)
+        batch = _inpainting_model_work(model, req, sampler, seeds, image, work.mask, embeddings=embeddings)
     else:
         def denoise(hooks: sampling.Hooks):
             latents = sampling.encode_image(model, work.image)
             latent_mask = _latent_mask(work.mask, latents.shape[-2:]).to(latents.device)
             latents = _masked_content_latents(latents, latent_mask, req.inpainting_fill, seeds)
-            return _sample_regular(model, req, sampler, seeds, latents, latent_mask, hooks)
+            return _sample_regular(model, req, sampler, seeds, latents, latent_mask, hooks, embeddings)
 
         batch = sampling.BatchWork(denoise)
     batch.finish = lambda images: [work.paste_back(image) for image in images]
@@ -149,7 +150,8 @@ def _start_latents(model: LoadedModel, scheduler, timesteps: torch.Tensor, init:
 
 
 def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                    latents: torch.Tensor, latent_mask: torch.Tensor | None, hooks: sampling.Hooks) -> torch.Tensor:
+                    latents: torch.Tensor, latent_mask: torch.Tensor | None, hooks: sampling.Hooks,
+                    embeddings: EmbeddingLibrary | None = None) -> torch.Tensor:
     """img2img on a 4-channel model; with `latent_mask`, everything outside it is held to the original."""
     latents = latents.repeat(len(seeds) // latents.shape[0], 1, 1, 1)
     if _steps_to_run(req) < 1:
@@ -157,7 +159,7 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     rng = sampling.image_noise(req, seeds)
     h, w = latents.shape[-2:]
     noise = rng.first((latents.shape[1], h, w))
-    denoiser = sampling.make_denoiser(model, req, hooks)
+    denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings)
     scheduler = sampling.make_scheduler(model, sampler)
     timesteps = loop.schedule_timesteps(scheduler, req.steps, model.execution_device, req.denoising_strength)
     start = _start_latents(model, scheduler, timesteps, latents, noise)
@@ -183,7 +185,8 @@ def _holding_unmasked(scheduler, timesteps: torch.Tensor, original: torch.Tensor
 
 
 def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                          image: Image.Image, mask: Image.Image, strength: float | None = None) -> sampling.BatchWork:
+                          image: Image.Image, mask: Image.Image, strength: float | None = None,
+                          embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
     """9-channel models: the UNet also sees the mask and the latents of the picture with the masked area
     blanked, concatenated to its input."""
     strength = req.denoising_strength if strength is None else strength
@@ -194,7 +197,7 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
         channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
-        denoiser = sampling.make_denoiser(model, req, hooks, channels)
+        denoiser = sampling.make_denoiser(model, req, hooks, channels, embeddings)
         scheduler = sampling.make_scheduler(model, sampler)
         device = model.execution_device
         if strength >= 1.0:

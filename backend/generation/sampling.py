@@ -15,6 +15,7 @@ from backend.generation import loop
 from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
+from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.encode import encoder_for
 from backend.samplers import ResolvedSampler
 
@@ -83,9 +84,10 @@ def initial_noise(generators: list[torch.Generator], height: int, width: int, ch
 
 
 def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
-                  inpaint_channels: torch.Tensor | None = None) -> loop.Denoiser:
-    """The request's prompts (weights, schedules, AND) as per-step conditioning over the model's UNet."""
-    encoder = encoder_for(model, req.emphasis)
+                  inpaint_channels: torch.Tensor | None = None,
+                  embeddings: EmbeddingLibrary | None = None) -> loop.Denoiser:
+    """The request's prompts (weights, schedules, AND, embeddings) as per-step conditioning over the UNet."""
+    encoder = encoder_for(model, req.emphasis, embeddings)
     cond, uncond = loop.build_conds(encoder, req.prompt, req.negative_prompt, req.steps, req.clip_skip,
                                     hooks.check_interrupt)
     sdxl_size = (req.height, req.width) if model.family is Family.SDXL else None

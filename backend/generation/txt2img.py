@@ -6,18 +6,19 @@ from backend.generation import loop, sampling
 from backend.generation.img2img import txt2img_with_inpainting_model
 from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
+from backend.prompts.embeddings import EmbeddingLibrary
 from backend.samplers import ResolvedSampler
 
 
-def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                    seeds: list[int]) -> sampling.BatchWork:
+def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+                    embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
     if model.is_inpainting:
-        return txt2img_with_inpainting_model(model, req, sampler, seeds)
+        return txt2img_with_inpainting_model(model, req, sampler, seeds, embeddings)
 
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
-        denoiser = sampling.make_denoiser(model, req, hooks)
+        denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings)
         scheduler = sampling.make_scheduler(model, sampler)
         timesteps = loop.schedule_timesteps(scheduler, req.steps, model.execution_device)
         latents = noise.to(model.execution_device, model.dtype) * scheduler.init_noise_sigma

@@ -103,7 +103,7 @@ def open_checkpoint(path: Path) -> CheckpointTensors:
     if suffix == ".safetensors":
         return _SafetensorsFile(path).tensors()
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        tensors = _unwrap(_read_pickle(path), path)  # memory-mapped where the file is a zip archive
+        tensors = _unwrap(read_pickle(path), path)  # memory-mapped where the file is a zip archive
         infos = {name: TensorInfo(tuple(t.shape), t.dtype) for name, t in tensors.items()}
         return CheckpointTensors(infos, tensors.__getitem__)
     raise CheckpointError(f"{path.name}: unsupported checkpoint type '{suffix}'")
@@ -190,7 +190,7 @@ def _a1111_safe_globals() -> list:
     multiarray = np._core.multiarray
     dtype_classes = [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes)
                      if n.endswith("DType") and isinstance(getattr(numpy.dtypes, n), type)]
-    return [_LightningCheckpointStandIn, (multiarray.scalar, "numpy.core.multiarray.scalar"),
+    return [_LightningCheckpointStandIn, torch.nn.ParameterDict, (multiarray.scalar, "numpy.core.multiarray.scalar"),
             (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), np.dtype, np.ndarray,
             _codecs.encode, *dtype_classes]
 
@@ -200,7 +200,7 @@ _UNSAFE_MARKERS = ("unsupported global", "unsupported operand", "not an allowed 
                    "is blocked", "allowlist")
 
 
-def _read_pickle(path: Path) -> object:
+def read_pickle(path: Path) -> object:
     # weights_only=True uses torch's restricted unpickler: only tensors, plain containers and the globals
     # listed above are built; any other global (os.system, eval, ...) makes it raise before anything runs.
     is_zip = _is_zip(path)

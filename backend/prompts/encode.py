@@ -4,6 +4,7 @@ and SDXL's two encoders with the pooled output of the first chunk."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from backend.loading.detect import Family
+from backend.prompts.embeddings import Embedding, EmbeddingLibrary, EmbeddingMatcher
 from backend.prompts.parse import Fragment, parse_emphasis
 
 CHUNK = 75  # tokens per chunk, plus start and end tokens = 77 positions
@@ -19,10 +21,12 @@ COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack: a chunk is cut at a com
 
 @dataclass
 class Chunk:
-    """75 prompt tokens at most (without start/end) and each token's emphasis weight."""
+    """75 prompt tokens at most (without start/end), each token's emphasis weight, and where embeddings'
+    vectors go (offset in `tokens`, embedding; their places hold token 0 until the vectors replace them)."""
 
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, Embedding]] = field(default_factory=list)
 
 
 @dataclass
@@ -49,10 +53,11 @@ class ConditioningCache:
         return value
 
 
-def make_chunks(fragments: list[Fragment], tokenize: Callable[[str], list[int]], comma: int) -> list[Chunk]:
+def make_chunks(fragments: list[Fragment], tokenize: Callable[[str], list[int]], comma: int,
+                matcher: EmbeddingMatcher | None = None) -> list[Chunk]:
     """Weighted fragments -> chunks, as A1111 cuts them: a full chunk starts a new one, but when the last comma
     is at most COMMA_BACKTRACK tokens back, the chunk is cut after that comma and the rest moves on; BREAK
-    closes the chunk (even an empty one)."""
+    closes the chunk (even an empty one); an embedding that would not fit in the chunk starts the next."""
     chunks: list[Chunk] = []
     chunk = Chunk()
     last_comma = -1
@@ -66,19 +71,35 @@ def make_chunks(fragments: list[Fragment], tokenize: Callable[[str], list[int]],
         if fragment.is_break:
             close()
             continue
-        for token in tokenize(fragment.text):
+        tokens = tokenize(fragment.text)
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
             if token == comma:
                 last_comma = len(chunk.tokens)
             elif len(chunk.tokens) == CHUNK and last_comma != -1 and CHUNK - last_comma <= COMMA_BACKTRACK:
                 cut = last_comma + 1
-                moved = Chunk(chunk.tokens[cut:], chunk.weights[cut:])
+                moved = Chunk(chunk.tokens[cut:], chunk.weights[cut:],
+                              [(offset - cut, e) for offset, e in chunk.fixes if offset >= cut])
                 chunk.tokens, chunk.weights = chunk.tokens[:cut], chunk.weights[:cut]
+                chunk.fixes = [(offset, e) for offset, e in chunk.fixes if offset < cut]
                 close()
                 chunk = moved
             if len(chunk.tokens) == CHUNK:
                 close()
-            chunk.tokens.append(token)
-            chunk.weights.append(fragment.weight)
+            found = matcher.match(tokens, position) if matcher else None
+            if found is None:
+                chunk.tokens.append(token)
+                chunk.weights.append(fragment.weight)
+                position += 1
+                continue
+            embedding, name_length = found
+            if len(chunk.tokens) + embedding.count > CHUNK:
+                close()
+            chunk.fixes.append((len(chunk.tokens), embedding))
+            chunk.tokens += [0] * embedding.count
+            chunk.weights += [fragment.weight] * embedding.count
+            position += name_length
     if chunk.tokens or not chunks:
         close()
     return chunks
@@ -97,7 +118,8 @@ def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, mode: str) -> to
 
 class PromptEncoder:
     def __init__(self, family: Family, tokenizers: list, text_encoders: list, device: torch.device,
-                 cache: ConditioningCache | None = None, emphasis: str = "Original"):
+                 cache: ConditioningCache | None = None, emphasis: str = "Original",
+                 embeddings: dict[str, Embedding] | None = None, embeddings_version: int = 0):
         self.family = family
         self.device = device  # where the encoders run (their weights may sit in RAM while offloaded)
         self.tokenizers = tokenizers
@@ -106,15 +128,22 @@ class PromptEncoder:
         self.emphasis = emphasis
         vocab = tokenizers[0].get_vocab()
         self.comma = vocab.get(",</w>")
+        self.matcher = EmbeddingMatcher.build(embeddings or {}, self._tokenize, embeddings_version)
+
+    def _tokenize(self, text: str) -> list[int]:
+        # every SD text encoder uses the same vocabulary
+        return self.tokenizers[0](text, add_special_tokens=False, truncation=False).input_ids if text else []
 
     def chunks(self, prompt: str) -> list[Chunk]:
-        """The prompt's weighted token chunks (without start/end tokens)."""
-        tokenizer = self.tokenizers[0]  # every SD text encoder uses the same vocabulary
+        """The prompt's weighted token chunks (without start/end tokens), with embeddings placed."""
+        return make_chunks(parse_emphasis(prompt), self._tokenize, self.comma, self.matcher)
 
-        def tokenize(text: str) -> list[int]:
-            return tokenizer(text, add_special_tokens=False, truncation=False).input_ids if text else []
-
-        return make_chunks(parse_emphasis(prompt), tokenize, self.comma)
+    def embeddings_used(self, prompt: str) -> list[Embedding]:
+        used = {}
+        for chunk in self.chunks(prompt):
+            for _, embedding in chunk.fixes:
+                used.setdefault(embedding.name, embedding)
+        return list(used.values())
 
     def token_chunks(self, prompt: str) -> list[list[int]]:
         return [c.tokens for c in self.chunks(prompt)]
@@ -136,7 +165,8 @@ class PromptEncoder:
         return Conditioning(torch.zeros_like(like.embeds).repeat(batch, 1, 1), pooled)
 
     def _cached_one(self, prompt: str, clip_skip: int, chunks: int, check_interrupt) -> Conditioning:
-        key = (prompt, self._effective_clip_skip(clip_skip), chunks, self.emphasis, str(self.device))
+        key = (prompt, self._effective_clip_skip(clip_skip), chunks, self.emphasis, self.matcher.version,
+               str(self.device))
         return self.cache.get(key, lambda: self._encode_one(prompt, clip_skip, chunks, check_interrupt))
 
     def _effective_clip_skip(self, clip_skip: int) -> int:
@@ -151,9 +181,10 @@ class PromptEncoder:
                 check_interrupt()
             weights = torch.tensor([1.0, *chunk.weights] + [1.0] * (CHUNK + 1 - len(chunk.weights)))
             per_encoder = []
-            for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+            for index, (tokenizer, encoder) in enumerate(zip(self.tokenizers, self.text_encoders, strict=True)):
                 ids = _chunk_ids(chunk.tokens, tokenizer).to(self.device)
-                hidden, chunk_pooled = self._run_encoder(encoder, ids, self._effective_clip_skip(clip_skip))
+                with _embedding_vectors(encoder, chunk.fixes, ENCODER_KEYS[index], len(self.text_encoders) == 1):
+                    hidden, chunk_pooled = self._run_encoder(encoder, ids, self._effective_clip_skip(clip_skip))
                 per_encoder.append(apply_emphasis(hidden, weights, self.emphasis))
                 if i == 0 and chunk_pooled is not None:
                     pooled = chunk_pooled  # SDXL pools the first chunk, as A1111 does; never weighted
@@ -167,6 +198,38 @@ class PromptEncoder:
         if clip_skip <= 1:
             return out.last_hidden_state, None
         return _final_layer_norm(encoder)(out.hidden_states[-clip_skip]), None
+
+
+ENCODER_KEYS = ("clip_l", "clip_g")  # SDXL embeddings' vectors per text encoder
+
+
+@contextlib.contextmanager
+def _embedding_vectors(encoder, fixes: list[tuple[int, Embedding]], key: str, single: bool):
+    """While the encoder runs, its token embeddings at the fixes' places are the embeddings' vectors (after
+    the start token, before the position embeddings are added)."""
+    if not fixes:
+        yield
+        return
+    text_model = getattr(encoder, "text_model", encoder)
+
+    def replace(module, args, output):
+        output = output.clone()
+        for offset, embedding in fixes:
+            vectors = embedding.for_encoder(key, single).to(output.device, output.dtype)
+            count = min(output.shape[1] - offset - 1, vectors.shape[0])
+            output[:, offset + 1 : offset + 1 + count] = vectors[:count]
+        return output
+
+    handle = text_model.embeddings.token_embedding.register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def text_width(model) -> int:
+    """What an embedding must measure to fit the model: the text encoders' token widths together."""
+    return sum(getattr(e, "text_model", e).embeddings.token_embedding.weight.shape[1] for e in model.text_encoders)
 
 
 def _chunk_ids(tokens: list[int], tokenizer) -> torch.Tensor:
@@ -187,8 +250,10 @@ def chunk_count(encoder: PromptEncoder, prompts: list[str]) -> int:
     return max(len(encoder.chunks(p)) for p in prompts)
 
 
-def encoder_for(model, emphasis: str = "Original") -> PromptEncoder:
-    """The prompt encoder of a loaded model (generation builds it; loading only returns the modules)."""
+def encoder_for(model, emphasis: str = "Original", library: EmbeddingLibrary | None = None) -> PromptEncoder:
+    """The prompt encoder of a loaded model (generation builds it; loading only returns the modules), with the
+    library's embeddings that fit the model."""
     cache = model.caches.setdefault("conditioning", ConditioningCache())
+    embeddings = library.split_by_fit(text_width(model))[0] if library else {}
     return PromptEncoder(model.family, model.tokenizers, model.text_encoders, model.execution_device, cache,
-                         emphasis)
+                         emphasis, embeddings, library.version if library else 0)

@@ -6,6 +6,7 @@ import pytest
 from backend.errors import Interrupted, InvalidRequest
 from backend.generation.requests import GenerationRequest
 from backend.options import Options
+from backend.prompts.encode import encoder_for
 from backend.settings import Limits
 from tests.conftest import build_backend
 
@@ -83,7 +84,7 @@ def test_text_encoding_stops_when_interrupted(svc):
 
     try:
         with pytest.raises(Interrupted):
-            model.prompt_encoder.encode(["an uncached prompt " * 40], 1, 3, interrupted)
+            encoder_for(model).encode(["an uncached prompt " * 40], 1, 3, interrupted)
     finally:
         hook.remove()
     assert calls == []

@@ -30,7 +30,8 @@ def test_infotext_fills_the_fields():
                                   "CFG scale: 5.5, Seed: 42, Size: 640x384, Denoising strength: 0.4, Mask blur: 8")
     assert values == {"prompt": "a cat", "negative_prompt": "dog", "steps": 12, "sampler": "Euler a",
                       "schedule": "Karras", "cfg_scale": 5.5, "seed": 42, "width": 640, "height": 384,
-                      "denoising_strength": 0.4, "mask_blur": 8}
+                      "denoising_strength": 0.4, "mask_blur": 8, "subseed_strength": 0.0, "seed_resize_from_w": 0,
+                      "seed_resize_from_h": 0, "tiling": False}
 
 
 def test_png_info_reads_parameters():
@@ -50,3 +51,10 @@ def test_masked_content_labels_match_the_backend_order():
     from ui.tabs import MASKED_CONTENT
 
     assert [MaskedContent(i).name.lower().replace("_", " ") for i in range(4)] == MASKED_CONTENT
+
+
+def test_infotext_fills_variation_seed_resize_and_tiling():
+    values = fields_from_infotext("p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Variation seed: 9, "
+                                  "Variation seed strength: 0.25, Seed resize from: 128x96, Tiling: True")
+    assert (values["subseed"], values["subseed_strength"]) == (9, 0.25)
+    assert (values["seed_resize_from_w"], values["seed_resize_from_h"], values["tiling"]) == (128, 96, True)
