@@ -170,7 +170,7 @@ class PromptEncoder:
         return self.cache.get(key, lambda: self._encode_one(prompt, clip_skip, chunks, check_interrupt))
 
     def _effective_clip_skip(self, clip_skip: int) -> int:
-        return 1 if self.family is Family.SDXL else clip_skip  # SDXL ignores clip skip, as in A1111
+        return clip_skip if self.family is Family.SD1 else 1  # SD2 and SDXL ignore clip skip, as in A1111
 
     def _encode_one(self, prompt: str, clip_skip: int, chunks: int, check_interrupt) -> Conditioning:
         prompt_chunks = self.chunks(prompt)

@@ -1,0 +1,278 @@
+"""The k-diffusion samplers A1111 1.10 runs, written from their published update rules (Karras et al. 2022;
+DPM-Solver++, Lu et al. 2022), over a denoiser `model(x, sigma) -> denoised` in sigma space.
+
+Extra noise comes from the caller: `noise()` for ancestral samplers (A1111 draws it from each image's own
+CPU generator, continuing after the initial noise) and `brownian(sigma, sigma_next)` for the SDE samplers (a
+Brownian tree seeded with each image's seed). `on_step(i, x)` is called once per step; it may raise to stop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from scipy import integrate
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Extras:
+    on_step: Callable[[int, torch.Tensor], None]
+    noise: Callable[[], torch.Tensor] | None = None  # ancestral noise like x
+    brownian: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    eta: float = 1.0
+    s_noise: float = 1.0
+
+
+def _slope(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """dx/dsigma of the probability-flow ODE."""
+    return (x - denoised) / sigma
+
+
+def _ancestral_split(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float):
+    """(sigma to step down to deterministically, noise to add back) for one ancestral step."""
+    if not eta:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    return (sigma_next**2 - up**2) ** 0.5, up
+
+
+def _log_time(sigma: torch.Tensor) -> torch.Tensor:
+    return -sigma.log()
+
+
+def _sigma_of(t: torch.Tensor) -> torch.Tensor:
+    return (-t).exp()
+
+
+def euler(model: Model, x, sigmas, ex: Extras):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ex.on_step(i, x)
+        x = x + _slope(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def euler_ancestral(model: Model, x, sigmas, ex: Extras):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        down, up = _ancestral_split(sigmas[i], sigmas[i + 1], ex.eta)
+        ex.on_step(i, x)
+        x = x + _slope(x, sigmas[i], denoised) * (down - sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + ex.noise() * ex.s_noise * up
+    return x
+
+
+def heun(model: Model, x, sigmas, ex: Extras):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ex.on_step(i, x)
+        d = _slope(x, sigmas[i], denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+            continue
+        x_2 = x + d * dt
+        d_2 = _slope(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1]))
+        x = x + (d + d_2) / 2 * dt
+    return x
+
+
+def _midpoint(sigma: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return sigma.log().lerp(target.log(), 0.5).exp()
+
+
+def dpm_2(model: Model, x, sigmas, ex: Extras):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ex.on_step(i, x)
+        d = _slope(x, sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+            continue
+        mid = _midpoint(sigmas[i], sigmas[i + 1])
+        x_2 = x + d * (mid - sigmas[i])
+        x = x + _slope(x_2, mid, model(x_2, mid)) * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def dpm_2_ancestral(model: Model, x, sigmas, ex: Extras):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        down, up = _ancestral_split(sigmas[i], sigmas[i + 1], ex.eta)
+        ex.on_step(i, x)
+        d = _slope(x, sigmas[i], denoised)
+        if down == 0:
+            x = x + d * (down - sigmas[i])
+            continue
+        mid = _midpoint(sigmas[i], down)
+        x_2 = x + d * (mid - sigmas[i])
+        x = x + _slope(x_2, mid, model(x_2, mid)) * (down - sigmas[i])
+        x = x + ex.noise() * ex.s_noise * up
+    return x
+
+
+def _lms_coefficient(order: int, t, i: int, j: int) -> float:
+    def basis(tau):
+        product = 1.0
+        for k in range(order):
+            if k != j:
+                product *= (tau - t[i - k]) / (t[i - j] - t[i - k])
+        return product
+
+    return integrate.quad(basis, t[i], t[i + 1], epsrel=1e-4)[0]
+
+
+def lms(model: Model, x, sigmas, ex: Extras, order: int = 4):
+    sigmas_np = sigmas.detach().cpu().numpy()
+    slopes: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ex.on_step(i, x)
+        slopes = [*slopes, _slope(x, sigmas[i], denoised)][-order:]
+        current = min(i + 1, order)
+        coefficients = [_lms_coefficient(current, sigmas_np, i, j) for j in range(current)]
+        x = x + sum(c * d for c, d in zip(coefficients, reversed(slopes), strict=False))
+    return x
+
+
+def dpmpp_2s_ancestral(model: Model, x, sigmas, ex: Extras):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        down, up = _ancestral_split(sigmas[i], sigmas[i + 1], ex.eta)
+        ex.on_step(i, x)
+        if down == 0:
+            x = x + _slope(x, sigmas[i], denoised) * (down - sigmas[i])
+        else:
+            t, t_next = _log_time(sigmas[i]), _log_time(down)
+            h = t_next - t
+            s = t + h / 2
+            x_2 = (_sigma_of(s) / _sigma_of(t)) * x - (-h / 2).expm1() * denoised
+            denoised_2 = model(x_2, _sigma_of(s))
+            x = (_sigma_of(t_next) / _sigma_of(t)) * x - (-h).expm1() * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + ex.noise() * ex.s_noise * up
+    return x
+
+
+def dpmpp_sde(model: Model, x, sigmas, ex: Extras, r: float = 0.5):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ex.on_step(i, x)
+        if sigmas[i + 1] == 0:
+            x = x + _slope(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+            continue
+        t, t_next = _log_time(sigmas[i]), _log_time(sigmas[i + 1])
+        h = t_next - t
+        s = t + h * r
+        down, up = _ancestral_split(_sigma_of(t), _sigma_of(s), ex.eta)
+        s_down = _log_time(down)
+        x_2 = (_sigma_of(s_down) / _sigma_of(t)) * x - (t - s_down).expm1() * denoised
+        x_2 = x_2 + ex.brownian(_sigma_of(t), _sigma_of(s)) * ex.s_noise * up
+        denoised_2 = model(x_2, _sigma_of(s))
+        down, up = _ancestral_split(_sigma_of(t), _sigma_of(t_next), ex.eta)
+        t_down = _log_time(down)
+        blend = 1 / (2 * r)
+        mixed = (1 - blend) * denoised + blend * denoised_2
+        x = (_sigma_of(t_down) / _sigma_of(t)) * x - (t - t_down).expm1() * mixed
+        x = x + ex.brownian(_sigma_of(t), _sigma_of(t_next)) * ex.s_noise * up
+    return x
+
+
+def dpmpp_2m(model: Model, x, sigmas, ex: Extras):
+    previous = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ex.on_step(i, x)
+        t, t_next = _log_time(sigmas[i]), _log_time(sigmas[i + 1])
+        h = t_next - t
+        if previous is None or sigmas[i + 1] == 0:
+            estimate = denoised
+        else:
+            r = (t - _log_time(sigmas[i - 1])) / h
+            estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+        x = (_sigma_of(t_next) / _sigma_of(t)) * x - (-h).expm1() * estimate
+        previous = denoised
+    return x
+
+
+def dpmpp_2m_sde(model: Model, x, sigmas, ex: Extras, solver: str = "midpoint"):
+    previous, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ex.on_step(i, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            h = _log_time(sigmas[i + 1]) - _log_time(sigmas[i])
+            eta_h = ex.eta * h
+            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
+            if previous is not None:
+                r = h_last / h
+                if solver == "heun":
+                    x = x + ((-h - eta_h).expm1().neg() / (-h - eta_h) + 1) * (1 / r) * (denoised - previous)
+                else:
+                    x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - previous)
+            if ex.eta:
+                noise = ex.brownian(sigmas[i], sigmas[i + 1])
+                x = x + noise * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * ex.s_noise
+            h_last = h
+        previous = denoised
+    return x
+
+
+def dpmpp_2m_sde_heun(model: Model, x, sigmas, ex: Extras):
+    return dpmpp_2m_sde(model, x, sigmas, ex, solver="heun")
+
+
+def dpmpp_3m_sde(model: Model, x, sigmas, ex: Extras):
+    d_1 = d_2 = h_1 = h_2 = None  # the last two denoised estimates and step sizes
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ex.on_step(i, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            h = _log_time(sigmas[i + 1]) - _log_time(sigmas[i])
+            h_eta = h * (ex.eta + 1)
+            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
+            phi_2 = h_eta.neg().expm1() / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                slope_0, slope_1 = (denoised - d_1) / r0, (d_1 - d_2) / r1
+                first = slope_0 + (slope_0 - slope_1) * r0 / (r0 + r1)
+                second = (slope_0 - slope_1) / (r0 + r1)
+                x = x + phi_2 * first - (phi_2 / h_eta - 0.5) * second
+            elif h_1 is not None:
+                x = x + phi_2 * (denoised - d_1) / (h_1 / h)
+            if ex.eta:
+                noise = ex.brownian(sigmas[i], sigmas[i + 1])
+                x = x + noise * sigmas[i + 1] * (-2 * h * ex.eta).expm1().neg().sqrt() * ex.s_noise
+            h_1, h_2 = h, h_1
+        d_1, d_2 = denoised, d_1
+    return x
+
+
+class BrownianNoise:
+    """A1111's noise for SDE samplers: one torchsde Brownian tree per image, seeded with the image's seed,
+    over [smallest non-zero sigma, largest sigma]; noise between two sigmas is the tree's increment over them,
+    normalised by the square root of their distance."""
+
+    def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int]):
+        import torchsde  # only the SDE samplers need it
+
+        low, high = sigmas[sigmas > 0].min(), sigmas.max()
+        self.sign = 1 if low < high else -1
+        self.low, self.high = min(low, high), max(low, high)
+        w0 = torch.zeros_like(x[0])
+        self.trees = [torchsde.BrownianTree(self.low, w0, self.high, entropy=seed) for seed in seeds]
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        sign = self.sign
+        if t0 > t1:
+            t0, t1, sign = t1, t0, -sign
+        w = torch.stack([tree(t0, t1) for tree in self.trees]) * sign
+        return w / (torch.as_tensor(sigma_next) - torch.as_tensor(sigma)).abs().sqrt()

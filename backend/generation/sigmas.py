@@ -1,0 +1,86 @@
+"""The noise levels (sigmas) A1111's k-diffusion samplers step through, for SD's discrete training schedule.
+
+SD was trained on 1000 timesteps with scaled-linear betas; sigma(t) = sqrt((1 - alpha_bar) / alpha_bar). Going
+between sigma and a (fractional) timestep interpolates log-sigma linearly between neighbouring timesteps, as
+k-diffusion's DiscreteSchedule does; the UNet is then called with that fractional timestep."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+TRAIN_STEPS = 1000
+BETA_START, BETA_END = 0.00085, 0.012
+
+
+class DiscreteSchedule:
+    def __init__(self):
+        betas = np.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=np.float64) ** 2
+        alphas_cumprod = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
+        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> float:
+        return self.sigmas[0].item()
+
+    @property
+    def sigma_max(self) -> float:
+        return self.sigmas[-1].item()
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The fractional timestep of `sigma` (log-sigma interpolation between the two nearest timesteps)."""
+        log_sigma = sigma.log()
+        dists = log_sigma - self.log_sigmas.to(sigma.device)[:, None]
+        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        high = low + 1
+        log_low, log_high = self.log_sigmas.to(sigma.device)[low], self.log_sigmas.to(sigma.device)[high]
+        w = ((log_low - log_sigma) / (log_low - log_high)).clamp(0, 1)
+        return ((1 - w) * low + w * high).view(sigma.shape)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+
+
+def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def uniform(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
+    """Timesteps evenly from the last to 0, as sigmas (k-diffusion's `get_sigmas`)."""
+    t = torch.linspace(TRAIN_STEPS - 1, 0, n)
+    return _append_zero(schedule.t_to_sigma(t))
+
+
+def karras(schedule: DiscreteSchedule, n: int, rho: float = 7.0) -> torch.Tensor:
+    ramp = torch.linspace(0, 1, n)
+    low, high = schedule.sigma_min ** (1 / rho), schedule.sigma_max ** (1 / rho)
+    return _append_zero((high + ramp * (low - high)) ** rho)
+
+
+def exponential(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
+    return _append_zero(torch.linspace(math.log(schedule.sigma_max), math.log(schedule.sigma_min), n).exp())
+
+
+def sgm_uniform(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
+    """Evenly spaced timesteps from sigma_max's down to sigma_min's, without the last (A1111's SGM Uniform)."""
+    start = schedule.sigma_to_t(torch.tensor(schedule.sigma_max))
+    end = schedule.sigma_to_t(torch.tensor(schedule.sigma_min))
+    sigmas = [schedule.t_to_sigma(t) for t in torch.linspace(start, end, n + 1)[:-1]]
+    return torch.FloatTensor([*[s.item() for s in sigmas], 0.0])
+
+
+SCHEDULE_FUNCTIONS = {"Uniform": uniform, "Karras": karras, "Exponential": exponential, "SGM Uniform": sgm_uniform}
+
+
+def sigmas_for(schedule: DiscreteSchedule, label: str, steps: int, discard_penultimate: bool = False) -> torch.Tensor:
+    """steps + 1 sigmas ending in 0. Samplers that discard the next-to-last sigma are given one step more
+    first, so they still take `steps` steps (as A1111 does)."""
+    if discard_penultimate:
+        sigmas = SCHEDULE_FUNCTIONS[label](schedule, steps + 1)
+        return torch.cat([sigmas[:-2], sigmas[-1:]])
+    return SCHEDULE_FUNCTIONS[label](schedule, steps)
