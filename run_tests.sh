@@ -12,6 +12,8 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -r requirements-test.txt
 # sd-prompt-reader is a desktop app; its reader module works with pillow + piexif, without its GUI dependencies.
 python -m pip install -q --no-deps sd-prompt-reader==1.3.5
+# k-diffusion's package imports torchvision (not available here); the tests load its sampling.py file alone.
+python -m pip install -q --no-deps k-diffusion==0.1.1.post1
 # The browser tests drive Debian's chromium (never `playwright install`).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \

@@ -2,65 +2,68 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSinglestepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDIMScheduler, LCMScheduler, PNDMScheduler, UniPCMultistepScheduler
 
 from backend.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
 class Sampler:
+    """An A1111 sampler. k-diffusion samplers (`k_function`, in backend/generation/kdiffusion.py) step
+    through sigmas; A1111's timestep samplers (DDIM, PLMS, UniPC, LCM) run a diffusers scheduler."""
+
     name: str
-    scheduler_class: type
-    options: dict = field(default_factory=dict)
+    k_function: str | None = None
+    scheduler_class: type | None = None
+    options: dict = field(default_factory=dict)  # diffusers scheduler options
     default_schedule: str = "Uniform"
     aliases: tuple[str, ...] = ()
+    noise: str = ""  # "ancestral": extra noise from each image's generator; "brownian": a seeded Brownian tree
+    discard_penultimate: bool = False  # drop the next-to-last sigma (DPM2, DPM2 a, DPM++ 3M SDE)
 
     @property
     def ancestral(self) -> bool:
-        """Adds fresh noise every step (from the image's continuing generator; ENSD reseeds it)."""
-        return self.name in ("Euler a", "DPM2 a")
+        """Adds fresh noise every step from the image's continuing generator (ENSD reseeds it)."""
+        return self.noise == "ancestral"
+
+    @property
+    def uses_eta(self) -> bool:
+        return bool(self.noise) or self.name == "DDIM"
 
 
 SAMPLERS = [
-    Sampler("DPM++ 2M", DPMSolverMultistepScheduler, {}, "Karras", ("k_dpmpp_2m",)),
-    Sampler("DPM++ SDE", DPMSolverSinglestepScheduler, {}, "Karras", ("k_dpmpp_sde",)),
-    Sampler("DPM++ 2M SDE", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}, "Exponential",
-            ("k_dpmpp_2m_sde",)),
-    Sampler("Euler a", EulerAncestralDiscreteScheduler, {}, "Uniform", ("k_euler_a", "k_euler_ancestral")),
-    Sampler("Euler", EulerDiscreteScheduler, {}, "Uniform", ("k_euler",)),
-    Sampler("LMS", LMSDiscreteScheduler, {}, "Uniform", ("k_lms",)),
-    Sampler("Heun", HeunDiscreteScheduler, {}, "Uniform", ("k_heun",)),
-    Sampler("DPM2", KDPM2DiscreteScheduler, {}, "Karras", ("k_dpm_2",)),
-    Sampler("DPM2 a", KDPM2AncestralDiscreteScheduler, {}, "Karras", ("k_dpm_2_a",)),
-    Sampler("DDIM", DDIMScheduler, {}, "Uniform", ("ddim",)),
-    Sampler("PLMS", PNDMScheduler, {"skip_prk_steps": True}, "Uniform", ("plms",)),
-    Sampler("UniPC", UniPCMultistepScheduler, {}, "Uniform", ("unipc",)),
-    Sampler("LCM", LCMScheduler, {}, "Uniform", ("k_lcm",)),
+    Sampler("DPM++ 2M", "dpmpp_2m", default_schedule="Karras", aliases=("k_dpmpp_2m",)),
+    Sampler("DPM++ SDE", "dpmpp_sde", default_schedule="Karras", aliases=("k_dpmpp_sde",), noise="brownian"),
+    Sampler("DPM++ 2M SDE", "dpmpp_2m_sde", default_schedule="Exponential", aliases=("k_dpmpp_2m_sde",),
+            noise="brownian"),
+    Sampler("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun", default_schedule="Exponential",
+            aliases=("k_dpmpp_2m_sde_heun",), noise="brownian"),
+    Sampler("DPM++ 2S a", "dpmpp_2s_ancestral", default_schedule="Karras", aliases=("k_dpmpp_2s_a",),
+            noise="ancestral"),
+    Sampler("DPM++ 3M SDE", "dpmpp_3m_sde", default_schedule="Exponential", aliases=("k_dpmpp_3m_sde",),
+            noise="brownian", discard_penultimate=True),
+    Sampler("Euler a", "euler_ancestral", aliases=("k_euler_a", "k_euler_ancestral"), noise="ancestral"),
+    Sampler("Euler", "euler", aliases=("k_euler",)),
+    Sampler("LMS", "lms", aliases=("k_lms",)),
+    Sampler("Heun", "heun", aliases=("k_heun",)),
+    Sampler("DPM2", "dpm_2", default_schedule="Karras", aliases=("k_dpm_2",), discard_penultimate=True),
+    Sampler("DPM2 a", "dpm_2_ancestral", default_schedule="Karras", aliases=("k_dpm_2_a",), noise="ancestral",
+            discard_penultimate=True),
+    Sampler("DDIM", scheduler_class=DDIMScheduler, aliases=("ddim",)),
+    Sampler("PLMS", scheduler_class=PNDMScheduler, options={"skip_prk_steps": True}, aliases=("plms",)),
+    Sampler("UniPC", scheduler_class=UniPCMultistepScheduler, aliases=("unipc",)),
+    Sampler("LCM", scheduler_class=LCMScheduler, aliases=("k_lcm",)),
 ]
 
-# Schedule type label -> (A1111 internal name, scheduler constructor overrides).
+# Schedule type label -> A1111's internal name (the sigmas are in backend/generation/sigmas.py).
 SCHEDULES = {
-    "Automatic": ("automatic", {}),
-    "Uniform": ("uniform", {}),
-    "Karras": ("karras", {"use_karras_sigmas": True}),
-    "Exponential": ("exponential", {"use_exponential_sigmas": True}),
-    "SGM Uniform": ("sgm_uniform", {"timestep_spacing": "trailing"}),
+    "Automatic": "automatic",
+    "Uniform": "uniform",
+    "Karras": "karras",
+    "Exponential": "exponential",
+    "SGM Uniform": "sgm_uniform",
 }
 
 
@@ -83,7 +86,7 @@ def find_schedule(name: str | None) -> str:
     if not name:
         return "Automatic"
     wanted = name.strip().lower()
-    for label, (internal, _) in SCHEDULES.items():
+    for label, internal in SCHEDULES.items():
         if wanted in (label.lower(), internal):
             return label
     raise InvalidRequest("scheduler", f"unknown schedule type '{name}'; choose one of {', '.join(SCHEDULES)}")
@@ -114,9 +117,8 @@ class ResolvedSampler:
     schedule: str  # the label actually used, never "Automatic"
 
     def make_scheduler(self, base_config: dict):
-        overrides = dict(self.sampler.options)
-        overrides.update(SCHEDULES[self.schedule][1])
-        return self.sampler.scheduler_class.from_config(base_config, **overrides)
+        """The diffusers scheduler of a timestep sampler (DDIM, PLMS, UniPC, LCM), on A1111's DDPM timesteps."""
+        return self.sampler.scheduler_class.from_config(base_config, **self.sampler.options)
 
 
 def resolve(sampler_name: str, schedule: str | None = None) -> ResolvedSampler:
@@ -132,5 +134,5 @@ def resolve(sampler_name: str, schedule: str | None = None) -> ResolvedSampler:
 
 
 def _supports(sampler: Sampler, schedule_label: str) -> bool:
-    params = inspect.signature(sampler.scheduler_class.__init__).parameters
-    return all(key in params for key in SCHEDULES[schedule_label][1])
+    """k-diffusion samplers take every schedule type; A1111's timestep samplers have their own timesteps."""
+    return sampler.k_function is not None or schedule_label == "Uniform"

@@ -209,8 +209,10 @@ class SdApi:
         return [{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in SAMPLERS]
 
     def schedulers(self) -> list[dict]:
-        return [{"name": internal, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-                for label, (internal, _) in SCHEDULES.items()]
+        return [{"name": internal, "label": label, "aliases": None,
+                 "default_rho": 7.0 if internal == "karras" else -1,
+                 "need_inner_model": internal in ("uniform", "sgm_uniform")}
+                for label, internal in SCHEDULES.items()]
 
     def progress(self, query: dict) -> dict:
         status = self.service.status()

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from backend.errors import InvalidRequest
-from backend.generation import image_ops, loop, sampling
+from backend.generation import image_ops, sampling
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from backend.generation.sample import Start, sample
 from backend.loading.loader import LoadedModel
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.samplers import ResolvedSampler
@@ -109,8 +110,9 @@ def _init_latents(model: LoadedModel, req: GenerationRequest) -> torch.Tensor:
 
 
 def _latent_mask(mask: Image.Image, size) -> torch.Tensor:
-    small = mask.resize((size[1], size[0]), image_ops.LANCZOS)
-    return torch.from_numpy(np.round(np.asarray(small, dtype=np.float32) / 255.0))[None, None]
+    """The (blurred) mask at latent size, rounded to 0/1 (1 = repaint), as A1111 makes it: a bicubic resize."""
+    small = mask.convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
+    return torch.from_numpy(np.round(np.asarray(small, dtype=np.float32)[..., 0] / 255.0))[None, None]
 
 
 def _masked_content_latents(latents: torch.Tensor, mask: torch.Tensor, content: MaskedContent,
@@ -141,47 +143,19 @@ def _steps_to_run(req: GenerationRequest) -> int:
     return int(req.steps * req.denoising_strength)
 
 
-def _start_latents(model: LoadedModel, scheduler, timesteps: torch.Tensor, init: torch.Tensor,
-                   noise: torch.Tensor) -> torch.Tensor:
-    """The picture's latents noised to the first step that runs."""
-    device = model.execution_device
-    start = timesteps[:1].repeat(init.shape[0])
-    return scheduler.add_noise(init.to(device, model.dtype), noise.to(device, model.dtype), start)
-
-
 def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                     latents: torch.Tensor, latent_mask: torch.Tensor | None, hooks: sampling.Hooks,
                     embeddings: EmbeddingLibrary | None = None) -> torch.Tensor:
-    """img2img on a 4-channel model; with `latent_mask`, everything outside it is held to the original."""
+    """img2img on a 4-channel model; with `latent_mask` (1 = repaint), everything else stays the picture."""
     latents = latents.repeat(len(seeds) // latents.shape[0], 1, 1, 1)
     if _steps_to_run(req) < 1:
         return latents  # strength 0: nothing to denoise
     rng = sampling.image_noise(req, seeds)
-    h, w = latents.shape[-2:]
-    noise = rng.first((latents.shape[1], h, w))
+    noise = rng.first(tuple(latents.shape[1:]))
     denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings)
-    scheduler = sampling.make_scheduler(model, sampler)
-    timesteps = loop.schedule_timesteps(scheduler, req.steps, model.execution_device, req.denoising_strength)
-    start = _start_latents(model, scheduler, timesteps, latents, noise)
-    hold = None if latent_mask is None else _holding_unmasked(scheduler, timesteps, latents, latent_mask, seeds)
-    return loop.denoise(denoiser, scheduler, timesteps, start, hooks, rng.generators, hold).float()
-
-
-def _holding_unmasked(scheduler, timesteps: torch.Tensor, original: torch.Tensor, mask: torch.Tensor,
-                      seeds: list[int]):
-    """After each step, put the original (noised to the level of the next step that runs, or clean after the
-    last) back outside the mask. Indexed by the schedule actually run, not the full one."""
-    h, w = original.shape[-2:]
-    noise = sampling.initial_noise(sampling.seeded_generators([s + 10_000 for s in seeds]), h * 8, w * 8)
-
-    def hold(latents: torch.Tensor, index: int) -> torch.Tensor:
-        target = original.to(latents.device, torch.float32)
-        if index + 1 < len(timesteps):
-            target = scheduler.add_noise(target, noise.to(target.device), timesteps[index + 1 : index + 2])
-        m = mask.to(latents.device)
-        return (target * (1 - m) + latents.float() * m).to(latents.dtype)
-
-    return hold
+    keep = None if latent_mask is None else 1 - latent_mask
+    return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks,
+                  Start(latents, req.denoising_strength, keep))
 
 
 def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
@@ -198,16 +172,10 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
         channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
         denoiser = sampling.make_denoiser(model, req, hooks, channels, embeddings)
-        scheduler = sampling.make_scheduler(model, sampler)
-        device = model.execution_device
-        if strength >= 1.0:
-            timesteps = loop.schedule_timesteps(scheduler, req.steps, device)
-            latents = noise.to(device, model.dtype) * scheduler.init_noise_sigma
-        else:
-            timesteps = loop.schedule_timesteps(scheduler, req.steps, device, strength)
-            init = sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1)
-            latents = _start_latents(model, scheduler, timesteps, init, noise)
-        return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.generators).float()
+        start = Start()
+        if strength < 1.0:
+            start = Start(sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1), strength)
+        return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start)
 
     return sampling.BatchWork(denoise)
 

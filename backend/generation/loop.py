@@ -2,9 +2,10 @@
 feature (weights, schedules, alternation, AND) runs through `denoise`.
 
 `PromptConds` says which conditioning each step uses; `Denoiser` runs the UNet with classifier-free guidance
-over them (cond and uncond in one batch when their lengths match, as separate calls when not); `denoise` steps
-a diffusers scheduler and lets an `after_step` hook hold masked areas, with progress and interrupts through
-`hooks`."""
+over them (cond and uncond in one batch when their lengths match, as separate calls when not). The samplers
+drive it: k-diffusion's in sigma space (sample.py, kdiffusion.py), and A1111's timestep samplers through
+`denoise`, which steps a diffusers scheduler and lets an `after_step` hook hold masked areas. Progress and
+interrupts go through `hooks`."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ class Denoiser:
         batch, copies = x.shape[0], len(embeds)
         context = torch.cat([e.expand(batch, -1, -1) for e in embeds]).to(x.device, self.dtype)
         sample = torch.cat([x] * copies)
+        t = torch.cat([t] * copies) if t.dim() else t  # a timestep per image (k-diffusion) or one for all
         if self.inpaint_channels is not None:
             sample = torch.cat([sample, torch.cat([self.inpaint_channels] * copies).to(sample)], dim=1)
         kwargs = {}
@@ -124,10 +126,10 @@ def schedule_timesteps(scheduler, steps: int, device: torch.device, strength: fl
 @torch.no_grad()
 def denoise(denoiser: Denoiser, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, hooks,
             generators: list[torch.Generator] | None = None,
-            after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
+            after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None, eta: float = 0.0) -> torch.Tensor:
     """Run the steps: scale the input, denoise with guidance, step the scheduler, hold what must be held,
     report (which may raise to stop)."""
-    step_kwargs = _step_kwargs(scheduler, generators)
+    step_kwargs = _step_kwargs(scheduler, generators, eta)
     for i, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
         output = denoiser(model_input, t, i)
@@ -138,11 +140,11 @@ def denoise(denoiser: Denoiser, scheduler, timesteps: torch.Tensor, latents: tor
     return latents
 
 
-def _step_kwargs(scheduler, generators) -> dict:
+def _step_kwargs(scheduler, generators, eta: float) -> dict:
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {}
     if "generator" in accepted:
         kwargs["generator"] = generators
     if "eta" in accepted:
-        kwargs["eta"] = 0.0
+        kwargs["eta"] = eta
     return kwargs

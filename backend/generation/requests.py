@@ -52,6 +52,7 @@ class GenerationRequest:
     seed_resize_from_h: int = 0
     eta_noise_seed_delta: int = 0  # A1111's ENSD option: reseeds ancestral samplers' extra noise
     tiling: bool = False  # seamless: circular padding in every convolution of the UNet and the VAE
+    eta: float | None = None  # noise multiplier of ancestral/SDE samplers (default 1) and DDIM (default 0)
     batch_size: int = 1
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model
@@ -97,6 +98,8 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     _check_int(req.seed_resize_from_w, "seed_resize_from_w", -1, limits.max_width)
     _check_int(req.seed_resize_from_h, "seed_resize_from_h", -1, limits.max_height)
     _check_int(req.eta_noise_seed_delta, "eta_noise_seed_delta", 0, MAX_SEED)
+    if req.eta is not None:
+        _check_number(req.eta, "eta", 0.0, 10.0)
     _check_int(req.clip_skip, "clip_skip", 1, 12)
     if req.emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {req.emphasis!r}")

@@ -94,10 +94,6 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
     return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels)
 
 
-def make_scheduler(model: LoadedModel, sampler: ResolvedSampler):
-    return sampler.make_scheduler(model.scheduler_config)
-
-
 @torch.no_grad()
 def decode_latents(model: LoadedModel, latents: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Latents -> pixels in -1..1, decoded in the VAE's dtype (or `dtype`, which the VAE is cast to for this)."""
@@ -114,9 +110,9 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor, dtype: torch.dtype
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    """(-1..1) NCHW -> PIL images, rounded like diffusers' image processor."""
-    array = (pixels.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
+    """(-1..1) NCHW -> PIL images, converted to 8 bits by truncation as A1111 does (astype, not rounding)."""
+    array = ((pixels.float() + 1) / 2).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray((255.0 * a).astype(np.uint8)) for a in array]
 
 
 @torch.no_grad()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from backend.generation import loop, sampling
+from backend.generation import sampling
 from backend.generation.img2img import txt2img_with_inpainting_model
 from backend.generation.requests import GenerationRequest
+from backend.generation.sample import Start, sample
 from backend.loading.loader import LoadedModel
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.samplers import ResolvedSampler
@@ -19,9 +20,6 @@ def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
         denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings)
-        scheduler = sampling.make_scheduler(model, sampler)
-        timesteps = loop.schedule_timesteps(scheduler, req.steps, model.execution_device)
-        latents = noise.to(model.execution_device, model.dtype) * scheduler.init_noise_sigma
-        return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.generators).float()
+        return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, Start())
 
     return sampling.BatchWork(denoise)

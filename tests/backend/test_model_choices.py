@@ -13,7 +13,8 @@ from backend.generation import sampling
 from backend.generation.requests import GenerationRequest
 from tests.conftest import build_backend
 from tests.fixtures import tiny_models
-from tests.fixtures.reference import reference_pipeline
+from tests.fixtures.a1111_reference import a1111_txt2img
+from tests.fixtures.reference import reference_conds
 
 
 def _req(**kw):
@@ -68,14 +69,10 @@ def test_vae_file_and_sidecar_change_the_decode(svc):
 
 def test_prediction_type_override_wins_over_the_sidecar(svc, tiny):
     ours = svc.generate(_req(checkpoint="sd2.safetensors")).images[0]
-    tiny["sd2"].v_prediction = False
-    try:
-        expected = reference_pipeline(tiny["sd2"], "Euler", None)(
-            prompt="a cat", num_inference_steps=3, width=64, height=64, guidance_scale=7.0,
-            generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
-    finally:
-        tiny["sd2"].v_prediction = True
-    assert np.abs(_px(ours) - _px(expected)).max() <= 2
+    cond, uncond = reference_conds(tiny["sd2"], "a cat", "")
+    expected = a1111_txt2img(tiny["sd2"].unet, tiny["sd2"].vae, cond, uncond, "Euler", None, 3, 7.0, [4], 64, 64,
+                             v_prediction=False)[0]
+    assert np.abs(_px(ours) - _px(expected)).max() <= 3
 
 
 def test_fp16_checkpoint_loads_and_generates(svc):

@@ -1,0 +1,115 @@
+"""Running one batch's sampler, as A1111 does: k-diffusion samplers step through sigmas over a denoiser that
+turns the UNet's guided output into a denoised estimate; A1111's timestep samplers (DDIM, PLMS, UniPC, LCM)
+run a diffusers scheduler. txt2img starts from noise; img2img from the picture's latents noised to where the
+shortened schedule starts; inpainting holds what is outside the mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from backend.generation import kdiffusion, loop
+from backend.generation.noise import ImageNoise
+from backend.generation.requests import GenerationRequest
+from backend.generation.sigmas import DiscreteSchedule, sigmas_for
+from backend.loading.loader import LoadedModel
+from backend.samplers import ResolvedSampler
+
+
+@dataclass
+class Start:
+    """Where sampling starts: from noise (txt2img), or from `init` latents at `strength` (img2img); `keep` is
+    the latent mask of what stays the picture (1 = keep), for inpainting with a regular model."""
+
+    init: torch.Tensor | None = None
+    strength: float = 1.0
+    keep: torch.Tensor | None = None
+
+
+class SigmaDenoiser:
+    """(x, sigma) -> denoised x: scales the input, calls the guided UNet at sigma's fractional timestep, and
+    turns its epsilon or v prediction into the denoised estimate; inpainting blends the original back in."""
+
+    def __init__(self, denoiser: loop.Denoiser, schedule: DiscreteSchedule, prediction_type: str,
+                 dtype: torch.dtype, start: Start):
+        self.denoiser, self.schedule, self.v = denoiser, schedule, prediction_type == "v_prediction"
+        self.dtype, self.start, self.calls = dtype, start, 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        c_in = 1 / (sigma**2 + 1) ** 0.5
+        t = self.schedule.sigma_to_t(sigma.reshape(1)).expand(x.shape[0]).to(x.device)
+        out = self.denoiser((x * c_in).to(self.dtype), t, self.calls).float()
+        self.calls += 1  # prompt schedules count model calls, as A1111's denoiser does
+        if self.v:
+            denoised = x / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
+        else:
+            denoised = x - out * sigma
+        keep = self.start.keep
+        if keep is not None:
+            denoised = denoised * (1 - keep) + self.start.init * keep
+        return denoised
+
+
+def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+           rng: ImageNoise, noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
+    """The batch's final latents (float32)."""
+    if sampler.sampler.k_function is None:
+        return _sample_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
+    device = model.execution_device
+    schedule = DiscreteSchedule()
+    sigmas = sigmas_for(schedule, sampler.schedule, req.steps, sampler.sampler.discard_penultimate).to(device)
+    noise = noise.to(device, torch.float32)
+    if start.init is None:
+        run, x = sigmas, noise * sigmas[0]
+    else:
+        start = Start(start.init.to(device, torch.float32), start.strength,
+                      None if start.keep is None else start.keep.to(device, torch.float32))
+        kept_steps = int(min(start.strength, 0.999) * req.steps)
+        run = sigmas[req.steps - kept_steps - 1 :]
+        x = start.init + noise * run[0]
+    extras = kdiffusion.Extras(
+        on_step=lambda i, x: hooks.report_step(i + 1, len(run) - 1, x),
+        noise=lambda: torch.stack([torch.randn(x.shape[1:], generator=g) for g in rng.generators]).to(device),
+        brownian=kdiffusion.BrownianNoise(x, sigmas.cpu(), seeds) if sampler.sampler.noise == "brownian" else None,
+        eta=1.0 if req.eta is None else req.eta)
+    function = getattr(kdiffusion, sampler.sampler.k_function)
+    with torch.no_grad():
+        x = function(SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start), x, run, extras)
+    if start.keep is not None:
+        x = x * (1 - start.keep) + start.init * start.keep
+    return x.float()
+
+
+def _sample_timesteps(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, rng: ImageNoise,
+                      noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
+    device = model.execution_device
+    scheduler = sampler.make_scheduler(model.scheduler_config)
+    noise = noise.to(device, model.dtype)
+    if start.init is None:
+        timesteps = loop.schedule_timesteps(scheduler, req.steps, device)
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        timesteps = loop.schedule_timesteps(scheduler, req.steps, device, start.strength)
+        init = start.init.to(device, model.dtype)
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
+    hold = None if start.keep is None else _holding(scheduler, timesteps, start, rng.seeds)
+    eta = {"eta": req.eta} if req.eta is not None else {}
+    return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.generators, hold, **eta).float()
+
+
+def _holding(scheduler, timesteps: torch.Tensor, start: Start, seeds: list[int]):
+    """After each step, put the original (noised to the level of the next step that runs, or clean after the
+    last) back where `keep` is 1. Indexed by the schedule actually run, not the full one."""
+    original, keep = start.init, start.keep
+    h, w = original.shape[-2:]
+    noise = ImageNoise([s + 10_000 for s in seeds]).first((original.shape[1], h, w))
+
+    def hold(latents: torch.Tensor, index: int) -> torch.Tensor:
+        target = original.to(latents.device, torch.float32)
+        if index + 1 < len(timesteps):
+            target = scheduler.add_noise(target, noise.to(target.device), timesteps[index + 1 : index + 2])
+        k = keep.to(latents.device)
+        return (target * k + latents.float() * (1 - k)).to(latents.dtype)
+
+    return hold

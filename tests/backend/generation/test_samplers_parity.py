@@ -1,0 +1,61 @@
+"""Every k-diffusion sampler A1111 1.10 lists, with every schedule type, equals A1111's image: the reference runs
+k-diffusion's own sampling.py as A1111 drives it (tests/fixtures/a1111_reference.py), RNG source CPU."""
+
+import numpy as np
+import pytest
+
+from backend.generation.requests import GenerationRequest
+from tests.fixtures.a1111_reference import OPTIONS, a1111_txt2img
+from tests.fixtures.reference import reference_conds
+
+SCHEDULES = [None, "Uniform", "Karras", "Exponential", "SGM Uniform"]
+
+
+def _ours(service, checkpoint, sampler, schedule, seed=21, batch=1, **kw):
+    req = GenerationRequest(prompt="a lighthouse at dusk", negative_prompt="fog", steps=8, width=64, height=64,
+                            seed=seed, batch_size=batch, sampler_name=sampler, scheduler=schedule or "Automatic",
+                            checkpoint=checkpoint, save_images=False, **kw)
+    return service.generate(req)
+
+
+def _theirs(model, sampler, schedule, seeds):
+    cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
+    return a1111_txt2img(model.unet, model.vae, cond, uncond, sampler, schedule, 8, 7.0, seeds, 64, 64,
+                         v_prediction=model.v_prediction, sdxl=model.family == "sdxl")
+
+
+def _max_diff(a, b) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("sampler", list(OPTIONS))
+def test_sd1_sampler_and_schedule_equal_a1111(service, tiny, sampler, schedule):
+    ours = _ours(service, "sd1.safetensors", sampler, schedule)
+    assert _max_diff(ours.images[0], _theirs(tiny["sd1"], sampler, schedule, [21])[0]) <= 3
+    expected_label = schedule or OPTIONS[sampler][1]
+    assert f"Sampler: {sampler}, Schedule type: {expected_label}," in ours.infotexts[0]
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ SDE", "DPM++ 3M SDE", "DPM2 a"])
+def test_sdxl_and_sd2_equal_a1111(service, tiny, sampler):
+    for family, checkpoint in (("sdxl", "sdxl.safetensors"), ("sd2", "sd2-v.safetensors")):
+        ours = _ours(service, checkpoint, sampler, None)
+        assert _max_diff(ours.images[0], _theirs(tiny[family], sampler, None, [21])[0]) <= 3, family
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE"])
+def test_batches_use_each_images_own_noise(service, tiny, sampler):
+    ours = _ours(service, "sd1.safetensors", sampler, None, seed=40, batch=2)
+    theirs = _theirs(tiny["sd1"], sampler, None, [40, 41])
+    assert all(_max_diff(a, b) <= 3 for a, b in zip(ours.images, theirs, strict=True))
+
+
+def test_ancestral_noise_continues_the_images_generator(service):
+    """Reseeding the extra noise (ENSD) changes an ancestral image but not Euler's."""
+    plain = _ours(service, "sd1.safetensors", "Euler a", None)
+    ensd = _ours(service, "sd1.safetensors", "Euler a", None, eta_noise_seed_delta=31337)
+    assert _max_diff(plain.images[0], ensd.images[0]) > 3
+    euler = _ours(service, "sd1.safetensors", "Euler", None)
+    assert _max_diff(euler.images[0], _ours(service, "sd1.safetensors", "Euler", None,
+                                            eta_noise_seed_delta=31337).images[0]) == 0
