@@ -17,7 +17,6 @@ from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.encode import encoder_for
-from backend.samplers import ResolvedSampler
 
 log = logging.getLogger(__name__)
 
