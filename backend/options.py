@@ -21,13 +21,13 @@ OUR_DEFAULTS = {
 # them routinely) but has no effect yet: POST /options names them in its answer, and the API docs list them.
 IMPLEMENTED = frozenset({
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "return_grid", "samples_format",
-    "randn_source", "emphasis", "eta_noise_seed_delta",
+    "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim",
 })
 
 # The only values of these options that are implemented; another value is refused rather than pretended.
 SUPPORTED_VALUES = {
     "samples_format": ("png",),
-    "randn_source": ("CPU",),
+    "randn_source": ("CPU", "GPU", "NV"),
     "emphasis": ("Original", "No norm", "None"),
 }
 

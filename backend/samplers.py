@@ -32,6 +32,25 @@ class Sampler:
     def uses_eta(self) -> bool:
         return bool(self.noise) or self.name == "DDIM"
 
+    def a1111_options(self) -> dict:
+        """The `options` A1111's GET /sdapi/v1/samplers lists for this sampler."""
+        options: dict = {}
+        if self.k_function and self.default_schedule != "Uniform":
+            options["scheduler"] = SCHEDULES[self.default_schedule]
+        if self.discard_penultimate:
+            options["discard_next_to_last_sigma"] = True
+        if self.noise == "brownian":
+            options["brownian_noise"] = True
+        if self.noise == "ancestral":
+            options["uses_ensd"] = True
+        if self.k_function in ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"):
+            options["second_order"] = True
+        if self.k_function == "dpmpp_2m_sde_heun":
+            options["solver_type"] = "heun"
+        if self.name == "DDIM":
+            options["default_eta_is_0"] = True
+        return options
+
 
 SAMPLERS = [
     Sampler("DPM++ 2M", "dpmpp_2m", default_schedule="Karras", aliases=("k_dpmpp_2m",)),

@@ -375,9 +375,11 @@ class GenerationService:
             if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0 else None,
             "Denoising strength": req.denoising_strength if req.kind == "img2img" else None,
             "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
+            "Eta": req.eta if req.eta is not None and result.sampler.sampler.noise and req.eta != 1.0 else None,
+            "Eta DDIM": req.eta if req.eta and result.sampler.sampler.name == "DDIM" else None,
             "ENSD": req.eta_noise_seed_delta if req.eta_noise_seed_delta and result.sampler.sampler.ancestral
             else None,
-            "RNG": "CPU",
+            "RNG": req.rng_source if req.rng_source != "GPU" else None,
             "Tiling": "True" if req.tiling else None,
         }
         if req.is_inpainting:

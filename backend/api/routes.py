@@ -206,7 +206,7 @@ class SdApi:
         return self.service.set_options(body.model_dump())
 
     def samplers(self) -> list[dict]:
-        return [{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in SAMPLERS]
+        return [{"name": s.name, "aliases": list(s.aliases), "options": s.a1111_options()} for s in SAMPLERS]
 
     def schedulers(self) -> list[dict]:
         return [{"name": internal, "label": label, "aliases": None,

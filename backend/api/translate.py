@@ -17,7 +17,7 @@ from backend.settings import Limits
 # runs, and its answer says that the field had no effect (never a silent 200).
 UNIMPLEMENTED_FIELDS = {
     "enable_hr": lambda v: bool(v), "restore_faces": lambda v: bool(v), "styles": lambda v: bool(v),
-    "script_name": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v), "eta": lambda v: v is not None,
+    "script_name": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v),
     "s_churn": lambda v: bool(v), "s_noise": lambda v: v not in (None, 1, 1.0),
 }
 
@@ -34,6 +34,7 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         subseed=body.subseed, subseed_strength=body.subseed_strength, tiling=bool(body.tiling),
         seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
         eta_noise_seed_delta=_int_option(settings.get("eta_noise_seed_delta") or 0, "eta_noise_seed_delta"),
+        rng_source=settings.get("randn_source") or "CPU", eta=_eta(body, settings),
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
         clip_skip=_int_option(settings.get("CLIP_stop_at_last_layers", 1), "override_settings"),
         emphasis=settings.get("emphasis") or "Original",
@@ -42,6 +43,17 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
     if isinstance(body, Img2ImgBody):
         fields.update(_img2img_fields(body, limits))
     return GenerationRequest(**fields), _warnings(body, overrides)
+
+
+def _eta(body: Txt2ImgBody, settings: dict) -> float | None:
+    """The request's eta, else A1111's option for the sampler's kind (eta_ancestral 1.0, eta_ddim 0.0)."""
+    given = (body.model_extra or {}).get("eta")
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, (int, float)):
+            raise InvalidRequest("eta", f"expected a number, got {given!r}")
+        return float(given)
+    sampler = (body.sampler_name or body.sampler_index or "").strip()
+    return settings.get("eta_ddim") if sampler.upper() == "DDIM" else settings.get("eta_ancestral")
 
 
 def _warnings(body: Txt2ImgBody, overrides: dict) -> list[str]:

@@ -1,7 +1,10 @@
-"""Initial noise exactly as A1111 makes it with "RNG source: CPU" (modules/rng.py): per image a CPU generator
-seeded with the image's seed; variation seeds blended in with A1111's slerp; "seed resize from" drawing the
-noise at another size and pasting it centred; and the generators then continue for ancestral samplers'
-extra noise, reseeded with seed + ENSD when eta_noise_seed_delta is set."""
+"""Initial noise exactly as A1111 makes it (modules/rng.py): per image a generator seeded with the image's
+seed; variation seeds blended in with A1111's slerp; "seed resize from" drawing the noise at another size and
+pasting it centred; and the generators then continue for ancestral samplers' extra noise, reseeded with
+seed + ENSD when eta_noise_seed_delta is set.
+
+RNG sources (A1111's `randn_source`): CPU (torch's CPU generator; our default), NV (CUDA's Philox numbers
+computed on the CPU: the same as GPU on any machine) and GPU (torch's CUDA generator; needs CUDA)."""
 
 from __future__ import annotations
 
@@ -9,10 +12,35 @@ from dataclasses import dataclass, field
 
 import torch
 
+from backend.generation.philox import PhiloxGenerator
 
-def _randn(seed: int, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-    generator = generator or torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(shape, generator=generator)
+
+RNG_SOURCES = ("CPU", "GPU", "NV")
+
+
+class _TorchDraws:
+    def __init__(self, seed: int, device: str):
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.device = device
+
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, device=self.device).cpu()
+
+
+class _PhiloxDraws(PhiloxGenerator):
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.from_numpy(super().randn(shape))
+
+
+def make_generator(seed: int, source: str = "CPU"):
+    """A generator with `randn(shape) -> CPU tensor`, continuing from draw to draw."""
+    if source == "NV":
+        return _PhiloxDraws(seed)
+    return _TorchDraws(seed, "cuda" if source == "GPU" else "cpu")
+
+
+def _randn(seed: int, shape: tuple[int, ...], generator=None, source: str = "CPU") -> torch.Tensor:
+    return (generator or make_generator(seed, source)).randn(shape)
 
 
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -51,9 +79,19 @@ class ImageNoise:
     subseed_strength: float = 0.0
     resize_from: tuple[int, int] = (0, 0)  # (width, height) in pixels; 0 = off
     ensd: int = 0  # eta_noise_seed_delta
+    source: str = "CPU"
 
     def __post_init__(self):
-        self.generators = [torch.Generator("cpu").manual_seed(s) for s in self.seeds]
+        self.generators = [make_generator(s, self.source) for s in self.seeds]
+
+    @property
+    def torch_generators(self) -> list[torch.Generator] | None:
+        """For diffusers schedulers that draw noise themselves (CPU source only)."""
+        return [g.generator for g in self.generators] if self.source == "CPU" else None
+
+    def next(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The next draw of every image's generator (ancestral samplers' extra noise)."""
+        return torch.stack([g.randn(shape) for g in self.generators])
 
     def first(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """(batch, C, H, W) for latents of `shape` (C, H, W)."""
@@ -62,15 +100,15 @@ class ImageNoise:
         images = []
         for i, (seed, generator) in enumerate(zip(self.seeds, self.generators, strict=True)):
             if noise_shape != shape:
-                noise = _randn(seed, noise_shape)
+                noise = _randn(seed, noise_shape, source=self.source)
             else:
                 noise = _randn(seed, shape, generator)
             if self.subseed_strength != 0:
                 subseed = self.subseeds[i] if i < len(self.subseeds) else 0
-                noise = slerp(self.subseed_strength, noise, _randn(subseed, noise_shape))
+                noise = slerp(self.subseed_strength, noise, _randn(subseed, noise_shape, source=self.source))
             if noise_shape != shape:
                 noise = _paste_centred(noise, _randn(seed, shape, generator))
             images.append(noise)
         if self.ensd:
-            self.generators = [torch.Generator("cpu").manual_seed(s + self.ensd) for s in self.seeds]
+            self.generators = [make_generator(s + self.ensd, self.source) for s in self.seeds]
         return torch.stack(images)

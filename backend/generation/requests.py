@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import torch
 from PIL import Image
 
 from backend.errors import InvalidRequest
@@ -53,6 +54,7 @@ class GenerationRequest:
     eta_noise_seed_delta: int = 0  # A1111's ENSD option: reseeds ancestral samplers' extra noise
     tiling: bool = False  # seamless: circular padding in every convolution of the UNet and the VAE
     eta: float | None = None  # noise multiplier of ancestral/SDE samplers (default 1) and DDIM (default 0)
+    rng_source: str = "CPU"  # A1111's randn_source: CPU | GPU | NV
     batch_size: int = 1
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model
@@ -98,6 +100,11 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     _check_int(req.seed_resize_from_w, "seed_resize_from_w", -1, limits.max_width)
     _check_int(req.seed_resize_from_h, "seed_resize_from_h", -1, limits.max_height)
     _check_int(req.eta_noise_seed_delta, "eta_noise_seed_delta", 0, MAX_SEED)
+    if req.rng_source not in ("CPU", "GPU", "NV"):
+        raise InvalidRequest("randn_source", f"must be CPU, GPU or NV, got {req.rng_source!r}")
+    if req.rng_source == "GPU" and not torch.cuda.is_available():
+        raise InvalidRequest("randn_source", "GPU noise needs CUDA, which this machine lacks; NV gives the same "
+                                             "numbers on any machine")
     if req.eta is not None:
         _check_number(req.eta, "eta", 0.0, 10.0)
     _check_int(req.clip_skip, "clip_skip", 1, 12)

@@ -70,7 +70,7 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
         x = start.init + noise * run[0]
     extras = kdiffusion.Extras(
         on_step=lambda i, x: hooks.report_step(i + 1, len(run) - 1, x),
-        noise=lambda: torch.stack([torch.randn(x.shape[1:], generator=g) for g in rng.generators]).to(device),
+        noise=lambda: rng.next(tuple(x.shape[1:])).to(device),
         brownian=kdiffusion.BrownianNoise(x, sigmas.cpu(), seeds) if sampler.sampler.noise == "brownian" else None,
         eta=1.0 if req.eta is None else req.eta)
     function = getattr(kdiffusion, sampler.sampler.k_function)
@@ -95,7 +95,7 @@ def _sample_timesteps(model: LoadedModel, req: GenerationRequest, sampler: Resol
         latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
     hold = None if start.keep is None else _holding(scheduler, timesteps, start, rng.seeds)
     eta = {"eta": req.eta} if req.eta is not None else {}
-    return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.generators, hold, **eta).float()
+    return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.torch_generators, hold, **eta).float()
 
 
 def _holding(scheduler, timesteps: torch.Tensor, start: Start, seeds: list[int]):

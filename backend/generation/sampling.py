@@ -66,7 +66,7 @@ def image_noise(req: GenerationRequest, seeds: list[int]) -> ImageNoise:
     i's variation seed is the first variation seed + i, as A1111 counts."""
     subseeds = [req.subseed + (seed - req.seed) for seed in seeds]
     return ImageNoise(seeds, subseeds, req.subseed_strength, (req.seed_resize_from_w, req.seed_resize_from_h),
-                      req.eta_noise_seed_delta)
+                      req.eta_noise_seed_delta, req.rng_source)
 
 
 def latent_shape(model: LoadedModel, height: int, width: int) -> tuple[int, int, int]:

@@ -77,7 +77,11 @@ def test_img2img_with_data_url_and_mask(api):
 
 
 def test_listings(api):
-    assert {s["name"] for s in requests.get(f"{api}/samplers", timeout=30).json()} >= {"Euler a", "DPM++ 2M"}
+    samplers = {s["name"]: s for s in requests.get(f"{api}/samplers", timeout=30).json()}
+    assert set(samplers) >= {"Euler a", "DPM++ 2M", "DPM++ 2S a", "DPM++ 3M SDE", "DPM++ 2M SDE Heun", "DDIM"}
+    assert samplers["DPM++ 3M SDE"]["options"] == {"scheduler": "exponential", "discard_next_to_last_sigma": True,
+                                                   "brownian_noise": True}
+    assert samplers["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral"]
     assert {s["label"] for s in requests.get(f"{api}/schedulers", timeout=30).json()} >= {"Karras", "Uniform"}
     assert requests.get(f"{api}/sd-vae", timeout=30).json() == []
     assert requests.get(f"{api}/scripts", timeout=30).json() == {"txt2img": [], "img2img": []}

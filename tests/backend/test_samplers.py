@@ -8,8 +8,10 @@ from backend.samplers import SAMPLERS, SCHEDULES, resolve, scheduler_base_config
 @pytest.mark.parametrize("name", [s.name for s in SAMPLERS])
 def test_every_sampler_resolves_builds_and_runs(service, name):
     resolved = resolve(name)
-    scheduler = resolved.make_scheduler(scheduler_base_config("epsilon"))
-    assert isinstance(scheduler, resolved.sampler.scheduler_class)
+    if resolved.sampler.k_function is None:  # A1111's timestep samplers run a diffusers scheduler
+        scheduler = resolved.make_scheduler(scheduler_base_config("epsilon"))
+        assert isinstance(scheduler, resolved.sampler.scheduler_class)
+        assert scheduler.config.timestep_spacing == "leading" and scheduler.config.steps_offset == 1
     result = service.generate(GenerationRequest(prompt="x", sampler_name=name, steps=3, width=64, height=64,
                                                 seed=5, checkpoint="sd1.safetensors", save_images=False))
     assert result.images[0].size == (64, 64)
@@ -25,11 +27,8 @@ def test_automatic_schedule_resolves_to_the_samplers_default():
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_every_schedule_type_resolves(schedule):
     resolved = resolve("Euler", schedule)
-    scheduler = resolved.make_scheduler(scheduler_base_config("epsilon"))
-    if resolved.schedule == "Karras":
-        assert scheduler.config.use_karras_sigmas
-    if resolved.schedule == "SGM Uniform":
-        assert scheduler.config.timestep_spacing == "trailing"
+    assert resolved.schedule == ("Uniform" if schedule == "Automatic" else schedule)
+    assert resolve("DDIM", schedule).schedule == "Uniform"  # timestep samplers keep A1111's DDPM timesteps
 
 
 def test_legacy_combined_names_split():

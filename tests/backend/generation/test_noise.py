@@ -20,7 +20,7 @@ def test_plain_noise_is_the_seeds_cpu_randn_and_generators_continue():
     assert torch.equal(noise[0], _randn(3)) and torch.equal(noise[1], _randn(4))
     g = torch.Generator("cpu").manual_seed(3)
     torch.randn(SHAPE, generator=g)
-    assert torch.equal(torch.randn(SHAPE, generator=rng.generators[0]), torch.randn(SHAPE, generator=g))
+    assert torch.equal(rng.next(SHAPE)[0], torch.randn(SHAPE, generator=g))
 
 
 def test_variation_seed_is_a1111s_slerp():
@@ -47,7 +47,7 @@ def test_seed_resize_pastes_the_small_noise_in_the_middle():
 def test_ensd_reseeds_the_continuing_generators():
     rng = ImageNoise([3], ensd=31337)
     rng.first(SHAPE)
-    assert torch.equal(torch.randn(SHAPE, generator=rng.generators[0]), _randn(3 + 31337))
+    assert torch.equal(rng.next(SHAPE)[0], _randn(3 + 31337))
 
 
 def _req(**kw):
@@ -97,3 +97,30 @@ def test_seamless_decoder_wraps_around(service):
     with torch.no_grad():
         plain_rolled = model.vae.decode(torch.roll(latents, 3, dims=3)).sample
     assert not torch.allclose(plain_rolled, torch.roll(model.vae.decode(latents).sample, 24, dims=3), atol=1e-3)
+
+
+def test_nv_source_gives_cudas_randn_numbers():
+    """torch.manual_seed(0); torch.randn((3, 4), device="cuda") (documented in A1111's rng_philox.py)."""
+    from backend.generation.philox import PhiloxGenerator
+
+    cuda_seed_0 = np.array([[-0.92466259, -0.42534415, -2.6438457, 0.14518388],
+                            [-0.12086647, -0.57972564, -0.62285122, -0.32838709],
+                            [-1.07454231, -0.36314407, -1.67105067, 2.26550497]])
+    generator = PhiloxGenerator(0)
+    assert np.abs(generator.randn((3, 4)) - cuda_seed_0).max() < 1e-6
+    assert not np.allclose(generator.randn((3, 4)), cuda_seed_0)  # the next draw continues the stream
+    noise = ImageNoise([0], source="NV").first((1, 3, 4))[0, 0].numpy()
+    assert np.abs(noise - cuda_seed_0).max() < 1e-6
+
+
+def test_rng_source_reaches_the_image_and_the_infotext(service):
+    import pytest
+
+    from backend.errors import InvalidRequest
+
+    cpu, nv = service.generate(_req()), service.generate(_req(rng_source="NV"))
+    assert "RNG: CPU" in cpu.infotexts[0] and "RNG: NV" in nv.infotexts[0]
+    assert not np.array_equal(_px(cpu), _px(nv))
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidRequest, match="NV gives the same"):
+            service.submit(_req(rng_source="GPU"))
