@@ -21,7 +21,8 @@ OUR_DEFAULTS = {
 # them routinely) but has no effect yet: POST /options names them in its answer, and the API docs list them.
 IMPLEMENTED = frozenset({
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "return_grid", "samples_format",
-    "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim",
+    "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin",
+    "s_tmax", "s_noise",
 })
 
 # The only values of these options that are implemented; another value is refused rather than pretended.

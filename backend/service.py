@@ -377,6 +377,7 @@ class GenerationService:
             "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
             "Eta": req.eta if req.eta is not None and result.sampler.sampler.noise and req.eta != 1.0 else None,
             "Eta DDIM": req.eta if req.eta and result.sampler.sampler.name == "DDIM" else None,
+            **_sigma_options(req, result.sampler.sampler),
             "ENSD": req.eta_noise_seed_delta if req.eta_noise_seed_delta and result.sampler.sampler.ancestral
             else None,
             "RNG": req.rng_source if req.rng_source != "GPU" else None,
@@ -403,3 +404,13 @@ class GenerationService:
 def _uses_brackets(req: GenerationRequest) -> bool:
     """A1111 writes `Emphasis` only when a prompt could use it."""
     return any("(" in text or "[" in text for text in (req.prompt, req.negative_prompt))
+
+
+def _sigma_options(req: GenerationRequest, sampler) -> dict:
+    """A1111's `Sigma churn/tmin/tmax/noise` infotext keys: written when the sampler uses them and they are not
+    the defaults."""
+    churns = sampler.k_function in ("euler", "heun", "dpm_2")
+    return {"Sigma churn": req.s_churn if churns and req.s_churn else None,
+            "Sigma tmin": req.s_tmin if churns and req.s_tmin else None,
+            "Sigma tmax": req.s_tmax if churns and req.s_tmax else None,
+            "Sigma noise": req.s_noise if (churns or sampler.noise) and req.s_noise != 1.0 else None}

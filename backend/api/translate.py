@@ -18,8 +18,9 @@ from backend.settings import Limits
 UNIMPLEMENTED_FIELDS = {
     "enable_hr": lambda v: bool(v), "restore_faces": lambda v: bool(v), "styles": lambda v: bool(v),
     "script_name": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v),
-    "s_churn": lambda v: bool(v), "s_noise": lambda v: v not in (None, 1, 1.0),
 }
+# Request fields A1111 accepts but overrides with its options (so they have no effect there either).
+OPTION_FIELDS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
 def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits) -> tuple[GenerationRequest, list]:
@@ -35,6 +36,9 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
         eta_noise_seed_delta=_int_option(settings.get("eta_noise_seed_delta") or 0, "eta_noise_seed_delta"),
         rng_source=settings.get("randn_source") or "CPU", eta=_eta(body, settings),
+        # A1111 takes these from its options, whatever the request's own s_* fields say
+        s_churn=float(settings.get("s_churn") or 0.0), s_tmin=float(settings.get("s_tmin") or 0.0),
+        s_tmax=float(settings.get("s_tmax") or 0.0), s_noise=float(settings.get("s_noise", 1.0)),
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
         clip_skip=_int_option(settings.get("CLIP_stop_at_last_layers", 1), "override_settings"),
         emphasis=settings.get("emphasis") or "Original",
@@ -60,6 +64,10 @@ def _warnings(body: Txt2ImgBody, overrides: dict) -> list[str]:
     given = body.model_dump()
     ignored = [name for name, is_set in UNIMPLEMENTED_FIELDS.items() if name in given and is_set(given[name])]
     warnings = [f"not implemented yet, had no effect: {', '.join(ignored)}"] if ignored else []
+    from_options = [name for name in OPTION_FIELDS if given.get(name) is not None]
+    if from_options:
+        warnings.append(f"{', '.join(from_options)}: as in A1111, these come from the options (POST /options or "
+                        "override_settings), not from the request")
     inactive = sorted(k for k in overrides if k not in IMPLEMENTED)
     if inactive:
         warnings.append(f"override_settings not implemented yet, had no effect: {', '.join(inactive)}")

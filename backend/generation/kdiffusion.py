@@ -23,6 +23,21 @@ class Extras:
     brownian: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     eta: float = 1.0
     s_noise: float = 1.0
+    s_churn: float = 0.0  # Euler, Heun, DPM2: "churn" noise added before each step between s_tmin and s_tmax
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+
+    def churn(self, x: torch.Tensor, sigma: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x with churn noise added, the raised sigma). A draw is taken every step, as k-diffusion does, so
+        the noise stream stays aligned whichever steps churn."""
+        if not self.s_churn:
+            return x, sigma
+        gamma = min(self.s_churn / steps, 2**0.5 - 1) if self.s_tmin <= sigma <= self.s_tmax else 0.0
+        eps = self.noise() * self.s_noise
+        sigma_hat = sigma * (gamma + 1)
+        if gamma > 0:
+            x = x + eps * (sigma_hat**2 - sigma**2) ** 0.5
+        return x, sigma_hat
 
 
 def _slope(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
@@ -48,9 +63,10 @@ def _sigma_of(t: torch.Tensor) -> torch.Tensor:
 
 def euler(model: Model, x, sigmas, ex: Extras):
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i])
+        x, sigma = ex.churn(x, sigmas[i], len(sigmas) - 1)
+        denoised = model(x, sigma)
         ex.on_step(i, x)
-        x = x + _slope(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        x = x + _slope(x, sigma, denoised) * (sigmas[i + 1] - sigma)
     return x
 
 
@@ -67,10 +83,11 @@ def euler_ancestral(model: Model, x, sigmas, ex: Extras):
 
 def heun(model: Model, x, sigmas, ex: Extras):
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i])
+        x, sigma = ex.churn(x, sigmas[i], len(sigmas) - 1)
+        denoised = model(x, sigma)
         ex.on_step(i, x)
-        d = _slope(x, sigmas[i], denoised)
-        dt = sigmas[i + 1] - sigmas[i]
+        d = _slope(x, sigma, denoised)
+        dt = sigmas[i + 1] - sigma
         if sigmas[i + 1] == 0:
             x = x + d * dt
             continue
@@ -86,15 +103,16 @@ def _midpoint(sigma: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def dpm_2(model: Model, x, sigmas, ex: Extras):
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i])
+        x, sigma = ex.churn(x, sigmas[i], len(sigmas) - 1)
+        denoised = model(x, sigma)
         ex.on_step(i, x)
-        d = _slope(x, sigmas[i], denoised)
+        d = _slope(x, sigma, denoised)
         if sigmas[i + 1] == 0:
-            x = x + d * (sigmas[i + 1] - sigmas[i])
+            x = x + d * (sigmas[i + 1] - sigma)
             continue
-        mid = _midpoint(sigmas[i], sigmas[i + 1])
-        x_2 = x + d * (mid - sigmas[i])
-        x = x + _slope(x_2, mid, model(x_2, mid)) * (sigmas[i + 1] - sigmas[i])
+        mid = _midpoint(sigma, sigmas[i + 1])
+        x_2 = x + d * (mid - sigma)
+        x = x + _slope(x_2, mid, model(x_2, mid)) * (sigmas[i + 1] - sigma)
     return x
 
 

@@ -55,6 +55,10 @@ class GenerationRequest:
     tiling: bool = False  # seamless: circular padding in every convolution of the UNet and the VAE
     eta: float | None = None  # noise multiplier of ancestral/SDE samplers (default 1) and DDIM (default 0)
     rng_source: str = "CPU"  # A1111's randn_source: CPU | GPU | NV
+    s_churn: float = 0.0  # A1111's sigma churn options (Euler, Heun, DPM2); s_noise also for ancestral/SDE
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0 = infinity
+    s_noise: float = 1.0
     batch_size: int = 1
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model
@@ -107,6 +111,8 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
                                              "numbers on any machine")
     if req.eta is not None:
         _check_number(req.eta, "eta", 0.0, 10.0)
+    for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
+        _check_number(getattr(req, name), name, 0.0, 1000.0)
     _check_int(req.clip_skip, "clip_skip", 1, 12)
     if req.emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {req.emphasis!r}")

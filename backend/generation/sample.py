@@ -72,7 +72,8 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
         on_step=lambda i, x: hooks.report_step(i + 1, len(run) - 1, x),
         noise=lambda: rng.next(tuple(x.shape[1:])).to(device),
         brownian=kdiffusion.BrownianNoise(x, sigmas.cpu(), seeds) if sampler.sampler.noise == "brownian" else None,
-        eta=1.0 if req.eta is None else req.eta)
+        eta=1.0 if req.eta is None else req.eta, s_noise=req.s_noise, s_churn=req.s_churn, s_tmin=req.s_tmin,
+        s_tmax=req.s_tmax or float("inf"))
     function = getattr(kdiffusion, sampler.sampler.k_function)
     with torch.no_grad():
         x = function(SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start), x, run, extras)

@@ -18,10 +18,10 @@ def _ours(service, checkpoint, sampler, schedule, seed=21, batch=1, **kw):
     return service.generate(req)
 
 
-def _theirs(model, sampler, schedule, seeds):
+def _theirs(model, sampler, schedule, seeds, **kwargs):
     cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
     return a1111_txt2img(model.unet, model.vae, cond, uncond, sampler, schedule, 8, 7.0, seeds, 64, 64,
-                         v_prediction=model.v_prediction, sdxl=model.family == "sdxl")
+                         v_prediction=model.v_prediction, sdxl=model.family == "sdxl", **kwargs)
 
 
 def _max_diff(a, b) -> int:
@@ -59,3 +59,19 @@ def test_ancestral_noise_continues_the_images_generator(service):
     euler = _ours(service, "sd1.safetensors", "Euler", None)
     assert _max_diff(euler.images[0], _ours(service, "sd1.safetensors", "Euler", None,
                                             eta_noise_seed_delta=31337).images[0]) == 0
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM2"])
+def test_sigma_churn_options_equal_a1111(service, tiny, sampler):
+    options = dict(s_churn=0.8, s_tmin=0.3, s_tmax=9.0, s_noise=1.01)
+    ours = _ours(service, "sd1.safetensors", sampler, None, **options)
+    assert _max_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [21], **options)[0]) <= 3
+    assert "Sigma churn: 0.8, Sigma tmin: 0.3, Sigma tmax: 9.0, Sigma noise: 1.01" in ours.infotexts[0]
+    assert _max_diff(ours.images[0], _ours(service, "sd1.safetensors", sampler, None).images[0]) > 3
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ SDE"])
+def test_eta_and_s_noise_equal_a1111(service, tiny, sampler):
+    ours = _ours(service, "sd1.safetensors", sampler, None, eta=0.6, s_noise=0.97)
+    assert _max_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [21], eta=0.6, s_noise=0.97)[0]) <= 3
+    assert "Eta: 0.6" in ours.infotexts[0] and "Sigma noise: 0.97" in ours.infotexts[0]

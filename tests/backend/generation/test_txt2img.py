@@ -159,3 +159,26 @@ def test_sdxl_empty_negative_prompt_is_zeros(service, tiny):
     expected = _a1111(tiny["sdxl"], negative="", negative_zeros=True)
     ours = service.generate(_request(checkpoint=FILES["sdxl"], sampler_name="Euler", negative_prompt="")).images[0]
     assert np.abs(_pixels(ours) - _pixels(expected)).max() <= 3
+
+
+def test_sdxl_emphasis_weights_each_encoder_separately_and_never_the_pooled(service, tiny):
+    model = tiny["sdxl"]
+    pipe = reference_pipeline(model)
+    ids = pipe.tokenizer("a red fox", add_special_tokens=False).input_ids
+    weights = torch.tensor([1.0, 1.0, 1.3, 1.0] + [1.0] * 73)
+
+    def one_encoder(encoder, pad):
+        tokens = torch.tensor([[49406, *ids, 49407] + [pad] * (75 - len(ids))])
+        out = encoder(tokens, output_hidden_states=True)
+        hidden = out.hidden_states[-2]
+        weighted = hidden * weights[None, :, None]
+        return weighted * (hidden.mean() / weighted.mean()), getattr(out, "text_embeds", None)
+
+    with torch.no_grad():
+        l_hidden, _ = one_encoder(model.text_encoders[0], 49407)
+        g_hidden, pooled = one_encoder(model.text_encoders[1], 0)
+        cond = {"context": torch.cat([l_hidden, g_hidden], dim=-1), "pooled": pooled}
+        _, uncond = reference_conds(model, "x", "blurry")
+    expected = a1111_txt2img(model.unet, model.vae, cond, uncond, "Euler", None, 4, 7.0, [1234], 64, 64, sdxl=True)[0]
+    ours = service.generate(_request(checkpoint=FILES["sdxl"], sampler_name="Euler", prompt="a (red:1.3) fox"))
+    assert np.abs(_pixels(ours.images[0]) - _pixels(expected)).max() <= 3
