@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embeddings-dir", type=Path, default=None,
                    help="textual-inversion embeddings (default: MODELS_DIR/embeddings, and DATA_DIR/embeddings "
                         "where it exists, as A1111 keeps them)")
+    p.add_argument("--lora-dir", type=Path, default=None, help="LoRA networks (default MODELS_DIR/Lora)")
     p.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default DATA_DIR/outputs)")
     p.add_argument("--ckpt", default=None, help="checkpoint to load first (name or title)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu", "mps"], default="auto")
@@ -84,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     models_dir = args.models_dir or args.data_dir / "models"
     return Settings(
         embeddings_dirs=embeddings_dirs(args, models_dir),
+        lora_dir=args.lora_dir,
         models_dir=models_dir,
         outputs_dir=args.outputs_dir or args.data_dir / "outputs",
         ckpt_dir=args.ckpt_dir,
@@ -137,6 +139,7 @@ def build_service(settings: Settings):
     from backend.memory import policy
     from backend.memory.facts import probe_device_facts
     from backend.model_manager import CacheLimits, ModelManager, Placement
+    from backend.networks.library import NetworkLibrary
     from backend.outputs import OutputWriter
     from backend.prompts.embeddings import EmbeddingLibrary
     from backend.registry import HashCache, ModelRegistry
@@ -155,7 +158,9 @@ def build_service(settings: Settings):
     registry = ModelRegistry(settings.checkpoint_dir, settings.vae_folder, HashCache(settings.hash_cache_file))
     models = ModelManager(registry, placement, cache, settings.prediction_overrides)
     embeddings = EmbeddingLibrary(settings.embedding_folders)
-    return GenerationService(settings, models, OutputWriter(settings.outputs_dir), embeddings=embeddings)
+    networks = NetworkLibrary([settings.lora_folder])
+    return GenerationService(settings, models, OutputWriter(settings.outputs_dir), embeddings=embeddings,
+                             networks=networks)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,10 @@ from backend.memory.fallback import decode_with_fallbacks, run_with_fallbacks
 from backend.memory.policy import Measures
 from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
+from backend.networks.library import NetworkFile, NetworkLibrary
+from backend.networks.patch import NetworkPatcher, WantedNetwork
 from backend.prompts.embeddings import EmbeddingLibrary
+from backend.prompts.extra_networks import LORA_KINDS, parse_tags
 from backend.prompts.encode import encoder_for, text_width
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
@@ -55,6 +58,7 @@ class GenerationResult:
     job_timestamp: str = ""
     warnings: list[str] = field(default_factory=list)  # shown to the user: the images are fine, something else not
     embeddings: list = field(default_factory=list)  # textual-inversion embeddings the prompts used
+    networks: list = field(default_factory=list)  # LoRAs merged for this job (WantedNetwork)
 
     @property
     def gallery(self) -> list[Image.Image]:
@@ -83,9 +87,11 @@ class GenerationService:
     """The facade the UI and the REST API call. They never reach into the queue, registry or model cache."""
 
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter,
-                 options: Options | None = None, embeddings: EmbeddingLibrary | None = None):
+                 options: Options | None = None, embeddings: EmbeddingLibrary | None = None,
+                 networks: NetworkLibrary | None = None):
         self.settings = settings
         self.embeddings = embeddings or EmbeddingLibrary([])
+        self.networks = networks or NetworkLibrary([])
         self.models = models
         self.registry = models.registry
         self.outputs = outputs
@@ -160,6 +166,14 @@ class GenerationService:
 
     def refresh_embeddings(self) -> None:
         self.embeddings.refresh()
+
+    # ---------------------------------------------------------------- LoRA networks
+
+    def loras(self) -> list[NetworkFile]:
+        return self.networks.all()
+
+    def refresh_loras(self) -> None:
+        self.networks.refresh()
 
     # ---------------------------------------------------------------- options
 
@@ -247,6 +261,7 @@ class GenerationService:
         req = dataclasses.replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed))
         result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
+        req = self._apply_networks(model, req, result)  # the prompt loses its <lora:...> tags for encoding
         self._check_prompts(model, req, result)
         measures = self.models.plan.for_request(req.width, req.height, req.batch_size)
         with seamless([model.unet, model.vae], req.tiling):
@@ -283,6 +298,26 @@ class GenerationService:
             if interrupted:
                 result.interrupted = True
                 break
+
+    def _apply_networks(self, model: LoadedModel, req: GenerationRequest,
+                        result: GenerationResult) -> GenerationRequest:
+        """Merge the prompt's LoRAs into the model (or restore it when there are none); unknown names and kinds
+        are reported, and the image is made without them, as A1111 does."""
+        parsed = parse_tags(req.prompt)
+        wanted = []
+        for tag in parsed.tags:
+            if tag.kind not in LORA_KINDS:
+                result.warnings.append(f"{tag.text}: {tag.kind} networks are not supported yet; the tag was ignored")
+                continue
+            found = self.networks.find(tag.name, dict(req.network_hashes).get(tag.name))
+            if found is None:
+                result.warnings.append(f"Lora not found: {tag.name}")
+                continue
+            wanted.append(WantedNetwork(found, tag.name, tag.te, tag.unet, tag.dyn))
+        patcher = model.caches.setdefault("networks", NetworkPatcher())
+        result.warnings += patcher.apply(model, wanted, self.networks)
+        result.networks = wanted
+        return dataclasses.replace(req, prompt=parsed.text)
 
     def _check_prompts(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
         """Length limits, and which embeddings the prompts use (for `TI hashes`)."""
@@ -333,7 +368,7 @@ class GenerationService:
     def _collect(self, result: GenerationResult, req: GenerationRequest, images: list[Image.Image],
                  seeds: list[int], measures: Measures, save: bool) -> None:
         for image, seed in zip(images, seeds, strict=True):
-            text = self.infotext(req, result, seed, measures)
+            text = self.infotext(result.request, result, seed, measures)
             result.images.append(image)
             result.seeds.append(seed)
             result.infotexts.append(text)
@@ -391,6 +426,8 @@ class GenerationService:
             params["Masked content"] = MASKED_CONTENT_LABELS[req.inpainting_fill]
             if req.inpainting_mask_invert:
                 params["Mask mode"] = "Inpaint not masked"
+        if result.networks:
+            params["Lora hashes"] = ", ".join(f"{w.typed_name}: {w.network.short_hash}" for w in result.networks)
         if result.embeddings:
             params["TI hashes"] = ", ".join(f"{e.name}: {e.short_hash}" for e in result.embeddings)
         if req.emphasis != "Original" and _uses_brackets(req):

@@ -54,6 +54,7 @@ class Settings:
     default_checkpoint: str | None = None
     prediction_overrides: dict[str, str] = field(default_factory=dict)  # checkpoint name -> epsilon | v_prediction
     embeddings_dirs: tuple[Path, ...] = ()  # default: models_dir/embeddings
+    lora_dir: Path | None = None  # default: models_dir/Lora
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -63,6 +64,10 @@ class Settings:
     @property
     def vae_folder(self) -> Path:
         return self.vae_dir or self.models_dir / "VAE"
+
+    @property
+    def lora_folder(self) -> Path:
+        return self.lora_dir or self.models_dir / "Lora"
 
     @property
     def embedding_folders(self) -> list[Path]:

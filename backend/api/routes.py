@@ -165,6 +165,8 @@ class SdApi:
         r("/png-info", self.png_info, ["POST"], PngInfoBody)
         r("/scripts", self.scripts, ["GET"])
         r("/embeddings", self.embeddings, ["GET"])
+        r("/loras", self.loras, ["GET"])
+        r("/refresh-loras", self.refresh_loras, ["POST"])
         r("/refresh-embeddings", self.refresh_embeddings, ["POST"])
         r("/memory", self.memory, ["GET"])
 
@@ -252,6 +254,14 @@ class SdApi:
         loaded, skipped = self.service.embedding_lists()
         return {"loaded": {n: _embedding_item(e) for n, e in loaded.items()},
                 "skipped": {n: _embedding_item(e) for n, e in skipped.items()}}
+
+    def loras(self) -> list[dict]:
+        return [{"name": n.name, "alias": n.alias, "path": str(n.path), "metadata": n.metadata}
+                for n in self.service.loras()]
+
+    def refresh_loras(self) -> dict:
+        self.service.refresh_loras()
+        return {}
 
     def refresh_embeddings(self) -> dict:
         self.service.refresh_embeddings()

@@ -59,6 +59,7 @@ class GenerationRequest:
     s_tmin: float = 0.0
     s_tmax: float = 0.0  # 0 = infinity
     s_noise: float = 1.0
+    network_hashes: tuple[tuple[str, str], ...] = ()  # (name, short hash) from a pasted infotext's `Lora hashes`
     batch_size: int = 1
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model

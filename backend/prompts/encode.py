@@ -129,6 +129,7 @@ class PromptEncoder:
         vocab = tokenizers[0].get_vocab()
         self.comma = vocab.get(",</w>")
         self.matcher = EmbeddingMatcher.build(embeddings or {}, self._tokenize, embeddings_version)
+        self.weights_key: tuple = ()  # which networks are merged into the text encoders (part of the cache key)
 
     def _tokenize(self, text: str) -> list[int]:
         # every SD text encoder uses the same vocabulary
@@ -166,7 +167,7 @@ class PromptEncoder:
 
     def _cached_one(self, prompt: str, clip_skip: int, chunks: int, check_interrupt) -> Conditioning:
         key = (prompt, self._effective_clip_skip(clip_skip), chunks, self.emphasis, self.matcher.version,
-               str(self.device))
+               self.weights_key, str(self.device))
         return self.cache.get(key, lambda: self._encode_one(prompt, clip_skip, chunks, check_interrupt))
 
     def _effective_clip_skip(self, clip_skip: int) -> int:
@@ -255,5 +256,8 @@ def encoder_for(model, emphasis: str = "Original", library: EmbeddingLibrary | N
     library's embeddings that fit the model."""
     cache = model.caches.setdefault("conditioning", ConditioningCache())
     embeddings = library.split_by_fit(text_width(model))[0] if library else {}
-    return PromptEncoder(model.family, model.tokenizers, model.text_encoders, model.execution_device, cache,
-                         emphasis, embeddings, library.version if library else 0)
+    encoder = PromptEncoder(model.family, model.tokenizers, model.text_encoders, model.execution_device, cache,
+                            emphasis, embeddings, library.version if library else 0)
+    patcher = model.caches.get("networks")
+    encoder.weights_key = patcher.signature if patcher is not None else ()
+    return encoder
