@@ -88,7 +88,8 @@ def _sdxl_file():
     return t
 
 
-SDXL_NAMES = {"input_blocks.3.1.transformer_blocks.0.attn1.to_q": "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+SDXL_NAMES = {"input_blocks.3.1.transformer_blocks.0.attn1.to_q":
+              "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
               "middle_block.1.proj_in": "mid_block.attentions.0.proj_in",
               "output_blocks.1.0.in_layers.2": "up_blocks.0.resnets.1.conv1",
               "output_blocks.1.2.conv": "up_blocks.0.upsamplers.0.conv"}
