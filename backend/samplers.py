@@ -29,6 +29,11 @@ class Sampler:
         return self.noise == "ancestral"
 
     @property
+    def second_order(self) -> bool:
+        """Calls the model twice per step (A1111 counts prompt-schedule steps per call)."""
+        return self.k_function in ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde")
+
+    @property
     def uses_eta(self) -> bool:
         return bool(self.noise) or self.name == "DDIM"
 
@@ -43,7 +48,7 @@ class Sampler:
             options["brownian_noise"] = True
         if self.noise == "ancestral":
             options["uses_ensd"] = True
-        if self.k_function in ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"):
+        if self.second_order:
             options["second_order"] = True
         if self.k_function == "dpmpp_2m_sde_heun":
             options["solver_type"] = "heun"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from backend import infotext
 from backend.errors import Interrupted, InvalidRequest, ModelNotFound
-from backend.generation import sampling
+from backend.generation import hires, sampling
 from backend.generation.img2img import prepare_img2img
 from backend.generation.preview import latent_preview
 from backend.generation.requests import (MASKED_CONTENT_LABELS, GenerationRequest, check_prompt_chunks,
@@ -263,7 +263,9 @@ class GenerationService:
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
         req = self._apply_networks(model, req, result)  # the prompt loses its <lora:...> tags for encoding
         self._check_prompts(model, req, result)
-        measures = self.models.plan.for_request(req.width, req.height, req.batch_size)
+        width, height = hires.target(req).final_size if req.enable_hr and req.kind == "txt2img" else (req.width,
+                                                                                                     req.height)
+        measures = self.models.plan.for_request(width, height, req.batch_size)
         with seamless([model.unet, model.vae], req.tiling):
             self._run_batches(job, model, req, sampler, result, measures)
         if len(result.images) > 1:
@@ -393,6 +395,7 @@ class GenerationService:
     def infotext(self, req: GenerationRequest, result: GenerationResult, seed: int,
                  measures: Measures | None = None) -> str:
         checkpoint, vae = result.checkpoint, self.models.current_vae
+        hires_fix = req.enable_hr and req.kind == "txt2img"
         params: dict[str, object] = {
             "Steps": req.steps,
             "Sampler": result.sampler.sampler.name,
@@ -408,7 +411,7 @@ class GenerationService:
             "Variation seed strength": req.subseed_strength or None,
             "Seed resize from": f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
             if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0 else None,
-            "Denoising strength": req.denoising_strength if req.kind == "img2img" else None,
+            "Denoising strength": req.denoising_strength if req.kind == "img2img" or hires_fix else None,
             "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
             "Eta": req.eta if req.eta is not None and result.sampler.sampler.noise and req.eta != 1.0 else None,
             "Eta DDIM": req.eta if req.eta and result.sampler.sampler.name == "DDIM" else None,
@@ -418,6 +421,8 @@ class GenerationService:
             "RNG": req.rng_source if req.rng_source != "GPU" else None,
             "Tiling": "True" if req.tiling else None,
         }
+        if hires_fix:
+            params.update(_hires_params(req))
         if req.is_inpainting:
             params["Mask blur"] = req.mask_blur
             if req.inpaint_full_res:
@@ -451,3 +456,25 @@ def _sigma_options(req: GenerationRequest, sampler) -> dict:
             "Sigma tmin": req.s_tmin if churns and req.s_tmin else None,
             "Sigma tmax": req.s_tmax if churns and req.s_tmax else None,
             "Sigma noise": req.s_noise if (churns or sampler.noise) and req.s_noise != 1.0 else None}
+
+
+def _hires_params(req: GenerationRequest) -> dict:
+    """A1111's hires fix infotext keys, in its order."""
+    params: dict[str, object] = {}
+    if req.hr_prompt and req.hr_prompt != req.prompt:
+        params["Hires prompt"] = req.hr_prompt
+    if req.hr_negative_prompt and req.hr_negative_prompt != req.negative_prompt:
+        params["Hires negative prompt"] = req.hr_negative_prompt
+    if req.hr_resize_x == 0 and req.hr_resize_y == 0:
+        params["Hires upscale"] = req.hr_scale
+    else:
+        params["Hires resize"] = f"{req.hr_resize_x}x{req.hr_resize_y}"
+    if req.hr_second_pass_steps:
+        params["Hires steps"] = req.hr_second_pass_steps
+    if req.hr_upscaler is not None:
+        params["Hires upscaler"] = req.hr_upscaler
+    if req.hr_sampler_name and req.hr_sampler_name != req.sampler_name:
+        params["Hires sampler"] = req.hr_sampler_name
+    if req.hr_scheduler and req.hr_scheduler != req.scheduler:
+        params["Hires schedule type"] = req.hr_scheduler
+    return params

@@ -187,9 +187,14 @@ def fields_from_infotext(text: str) -> dict[str, object]:
                "Mask blur": ("mask_blur", int), "Variation seed": ("subseed", int),
                "Variation seed strength": ("subseed_strength", float),
                "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int),
-               "Tiling": ("tiling", lambda v: str(v).lower() == "true")}
+               "Tiling": ("tiling", lambda v: str(v).lower() == "true"),
+               "Hires upscale": ("hr_scale", float), "Hires resize-1": ("hr_resize_x", int),
+               "Hires resize-2": ("hr_resize_y", int), "Hires steps": ("hr_second_pass_steps", int),
+               "Hires upscaler": ("hr_upscaler", str)}
     if "Steps" in parsed:  # a full parameter line: what it does not mention is off, as when it was made
-        values.update(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0, tiling=False)
+        values.update(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0, tiling=False,
+                      enable_hr=any(key.startswith("Hires ") for key in parsed), hr_second_pass_steps=0,
+                      hr_resize_x=0, hr_resize_y=0)
     for key, (name, cast) in mapping.items():
         if key in parsed:
             try:

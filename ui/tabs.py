@@ -10,6 +10,7 @@ from PIL import Image
 
 from backend.errors import BackendError, InvalidRequest
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from backend.generation.hires import upscaler_names
 from ui.context import UiContext
 from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
                                     request_fields, run_job)
@@ -55,6 +56,23 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
 
 def _build_extra(name: str) -> dict:
     extra: dict = {}
+    if name == "txt2img":
+        with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+            extra["enable_hr"] = gr.Checkbox(label="Hires. fix", elem_id="txt2img_enable_hr")
+            with gr.Row():
+                extra["hr_upscaler"] = gr.Dropdown(upscaler_names(), value="Latent", label="Upscaler",
+                                                   elem_id="txt2img_hr_upscaler")
+                extra["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                          elem_id="txt2img_hires_steps")
+                extra["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                                        elem_id="txt2img_denoising_strength")
+            with gr.Row():
+                extra["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
+                                              elem_id="txt2img_hr_scale")
+                extra["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                                 elem_id="txt2img_hr_resize_x")
+                extra["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                                 elem_id="txt2img_hr_resize_y")
     if name == "img2img":
         extra["init_image"] = gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", height=320)
     if name == "inpaint":
@@ -86,6 +104,12 @@ def make_request(tab: Tab, values: dict, top: dict) -> GenerationRequest:
     fields = request_fields(values, tab.controls)
     fields.update(checkpoint=values[top["checkpoint"]] or None, vae=values[top["vae"]])
     extra = tab.extra
+    if tab.name == "txt2img" and values[extra["enable_hr"]]:
+        fields.update(enable_hr=True, hr_upscaler=values[extra["hr_upscaler"]],
+                      hr_second_pass_steps=int(values[extra["hr_second_pass_steps"]]),
+                      denoising_strength=float(values[extra["denoising_strength"]]),
+                      hr_scale=float(values[extra["hr_scale"]]), hr_resize_x=int(values[extra["hr_resize_x"]]),
+                      hr_resize_y=int(values[extra["hr_resize_y"]]))
     if tab.name == "img2img":
         fields.update(init_image=values[extra["init_image"]])
     if tab.name == "inpaint":
@@ -154,7 +178,9 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
 
 def _fillable(tab: Tab) -> list[tuple[str, gr.components.Component]]:
     """(name, widget) of every field infotext can fill on `tab`, in a fixed order."""
-    named = list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in ("denoising_strength", "mask_blur")]
+    extras = ("denoising_strength", "mask_blur", "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale",
+              "hr_resize_x", "hr_resize_y")
+    named = list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in extras]
     return [(name, w) for name, w in named if isinstance(w, gr.components.Component) and not isinstance(w, gr.Button)]
 
 

@@ -33,6 +33,15 @@ class Txt2ImgBody(BaseModel):
     save_images: bool = False
     enable_hr: bool = False
     denoising_strength: float | None = None
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
 
 
 class Img2ImgBody(Txt2ImgBody):

@@ -26,6 +26,7 @@ from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import Img2ImgBody, PngInfoBody, Txt2ImgBody
 from backend.api.translate import to_request, to_response
 from backend.errors import BackendError, CheckpointError, Interrupted, InvalidRequest, ModelNotFound, OutOfMemory
+from backend.generation import hires
 from backend.jobs import Job
 from backend.options import docs_text
 from backend.outputs import read_infotext
@@ -166,6 +167,8 @@ class SdApi:
         r("/scripts", self.scripts, ["GET"])
         r("/embeddings", self.embeddings, ["GET"])
         r("/loras", self.loras, ["GET"])
+        r("/upscalers", self.upscalers, ["GET"])
+        r("/latent-upscale-modes", self.latent_upscale_modes, ["GET"])
         r("/refresh-loras", self.refresh_loras, ["POST"])
         r("/refresh-embeddings", self.refresh_embeddings, ["POST"])
         r("/memory", self.memory, ["GET"])
@@ -254,6 +257,14 @@ class SdApi:
         loaded, skipped = self.service.embedding_lists()
         return {"loaded": {n: _embedding_item(e) for n, e in loaded.items()},
                 "skipped": {n: _embedding_item(e) for n, e in skipped.items()}}
+
+    def upscalers(self) -> list[dict]:
+        """A1111's shape: None, Lanczos, Nearest first (model upscalers are not supported yet)."""
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None,
+                 "scale": 4 if name != "None" else 1} for name in hires.IMAGE_UPSCALERS]
+
+    def latent_upscale_modes(self) -> list[dict]:
+        return [{"name": name} for name in hires.LATENT_MODES]
 
     def loras(self) -> list[dict]:
         return [{"name": n.name, "alias": n.alias, "path": str(n.path), "metadata": n.metadata}

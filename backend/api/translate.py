@@ -16,7 +16,7 @@ from backend.settings import Limits
 # A1111 request fields this project accepts but does not implement yet: a request that turns one on still
 # runs, and its answer says that the field had no effect (never a silent 200).
 UNIMPLEMENTED_FIELDS = {
-    "enable_hr": lambda v: bool(v), "restore_faces": lambda v: bool(v), "styles": lambda v: bool(v),
+    "restore_faces": lambda v: bool(v), "styles": lambda v: bool(v),
     "script_name": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v),
 }
 # Request fields A1111 accepts but overrides with its options (so they have no effect there either).
@@ -46,7 +46,18 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
     )
     if isinstance(body, Img2ImgBody):
         fields.update(_img2img_fields(body, limits))
+    elif body.enable_hr:
+        fields.update(_hires_fields(body))
     return GenerationRequest(**fields), _warnings(body, overrides)
+
+
+def _hires_fields(body: Txt2ImgBody) -> dict:
+    return dict(enable_hr=True, hr_scale=body.hr_scale, hr_upscaler=body.hr_upscaler,
+                hr_second_pass_steps=body.hr_second_pass_steps, hr_resize_x=body.hr_resize_x,
+                hr_resize_y=body.hr_resize_y, hr_sampler_name=body.hr_sampler_name or None,
+                hr_scheduler=body.hr_scheduler or None, hr_prompt=body.hr_prompt or "",
+                hr_negative_prompt=body.hr_negative_prompt or "",
+                denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)
 
 
 def _eta(body: Txt2ImgBody, settings: dict) -> float | None:
@@ -134,7 +145,7 @@ def _info(req: GenerationRequest, result: GenerationResult, first: int, infotext
         "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": checkpoint.model_name if checkpoint else None,
         "sd_model_hash": checkpoint.short_hash if checkpoint else None,
-        "denoising_strength": req.denoising_strength if req.kind == "img2img" else 0,
+        "denoising_strength": req.denoising_strength if req.kind == "img2img" or req.enable_hr else 0,
         "clip_skip": req.clip_skip, "extra_generation_params": {},
         "index_of_first_image": first, "infotexts": infotexts, "styles": [],
         "job_timestamp": result.job_timestamp, "is_using_inpainting_conditioning": False,

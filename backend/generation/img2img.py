@@ -152,7 +152,7 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         return latents  # strength 0: nothing to denoise
     rng = sampling.image_noise(req, seeds)
     noise = rng.first(tuple(latents.shape[1:]))
-    denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings)
+    denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings, sampler=sampler)
     keep = None if latent_mask is None else 1 - latent_mask
     return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks,
                   Start(latents, req.denoising_strength, keep))
@@ -171,7 +171,7 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
         channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
-        denoiser = sampling.make_denoiser(model, req, hooks, channels, embeddings)
+        denoiser = sampling.make_denoiser(model, req, hooks, channels, embeddings, sampler)
         start = Start()
         if strength < 1.0:
             start = Start(sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1), strength)

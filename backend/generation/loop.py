@@ -39,23 +39,25 @@ def _pick(schedule: CondSchedule, step: int) -> Conditioning:
 
 
 def encode_schedule(encoder: PromptEncoder, text: str, steps: int, clip_skip: int,
-                    check_interrupt: Callable[[], None] | None) -> CondSchedule:
+                    check_interrupt: Callable[[], None] | None, first_pass_steps: int | None = None) -> CondSchedule:
     """Each distinct text of the prompt's edit/alternation schedule, encoded once (the encoder caches)."""
     return [(last, encoder.encode([part], clip_skip, len(encoder.chunks(part)), check_interrupt))
-            for last, part in prompt_schedule(text, steps)]
+            for last, part in prompt_schedule(text, steps, first_pass_steps)]
 
 
 def build_conds(encoder: PromptEncoder, prompt: str, negative: str, steps: int, clip_skip: int,
-                check_interrupt: Callable[[], None] | None = None) -> tuple[PromptConds, PromptConds]:
+                check_interrupt: Callable[[], None] | None = None,
+                first_pass_steps: int | None = None) -> tuple[PromptConds, PromptConds]:
     """(cond, uncond) as A1111 builds them: the prompt is split at AND (each part with its `:weight`), every
     part gets its schedule; the negative prompt has a schedule but no AND. SDXL with an empty negative prompt
     is conditioned on zeros."""
-    cond = PromptConds([(weight, encode_schedule(encoder, text, steps, clip_skip, check_interrupt))
+    cond = PromptConds([(weight, encode_schedule(encoder, text, steps, clip_skip, check_interrupt, first_pass_steps))
                         for text, weight in split_and(prompt)])
     if encoder.family is Family.SDXL and negative == "":
         uncond = PromptConds([(1.0, [(steps, encoder.zeros(1, 1))])])
     else:
-        uncond = PromptConds([(1.0, encode_schedule(encoder, negative, steps, clip_skip, check_interrupt))])
+        uncond = PromptConds([(1.0, encode_schedule(encoder, negative, steps, clip_skip, check_interrupt,
+                                                    first_pass_steps))])
     return cond, uncond
 
 
@@ -112,12 +114,16 @@ class Denoiser:
         return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
 
 
-def schedule_timesteps(scheduler, steps: int, device: torch.device, strength: float | None = None) -> torch.Tensor:
-    """Set the scheduler up for `steps` steps; with `strength` (img2img), the last int(steps * strength) of them."""
+def schedule_timesteps(scheduler, steps: int, device: torch.device, strength: float | None = None,
+                       run_steps: int | None = None) -> torch.Tensor:
+    """Set the scheduler up for `steps` steps; for img2img only the last `run_steps` of them run (by default
+    int(steps * strength))."""
     scheduler.set_timesteps(steps, device=device)
-    if strength is None:
+    if strength is None and run_steps is None:
         return scheduler.timesteps
-    start = max(steps - min(int(steps * strength), steps), 0) * scheduler.order
+    if run_steps is None:
+        run_steps = min(int(steps * strength), steps)
+    start = max(steps - run_steps, 0) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return scheduler.timesteps[start:]

@@ -59,7 +59,18 @@ class GenerationRequest:
     s_tmin: float = 0.0
     s_tmax: float = 0.0  # 0 = infinity
     s_noise: float = 1.0
-    network_hashes: tuple[tuple[str, str], ...] = ()  # (name, short hash) from a pasted infotext's `Lora hashes`
+    network_hashes: tuple[tuple[str, str], ...] = ()
+    # hires fix (txt2img)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str | None = None  # None: "Latent", and no `Hires upscaler` in the infotext (A1111)
+    hr_second_pass_steps: int = 0  # 0 = same as steps
+    hr_sampler_name: str | None = None  # None: the first pass's
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""  # "": the first pass's
+    hr_negative_prompt: str = ""  # (name, short hash) from a pasted infotext's `Lora hashes`
     batch_size: int = 1
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model
@@ -123,6 +134,8 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
                                        f"of {limits.max_upload_pixels} pixels")
     if req.mask is not None and req.init_image is None:
         raise InvalidRequest("init_image", "inpainting needs an image to paint on")
+    if req.enable_hr and req.init_image is None:
+        _check_hires(req, limits)
     if req.init_image is not None:
         _check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
         _check_int(int(req.resize_mode), "resize_mode", 0, 3)
@@ -142,6 +155,24 @@ def _check_text(value, name: str, max_chars: int) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
         raise InvalidRequest(name, "contains characters that are not valid Unicode (a lone surrogate)") from err
+
+
+def _check_hires(req: GenerationRequest, limits: Limits) -> None:
+    from backend.generation import hires  # here: hires imports this module
+
+    _check_number(req.hr_scale, "hr_scale", 1.0, 8.0)
+    _check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
+    _check_int(req.hr_second_pass_steps, "hr_second_pass_steps", 0, limits.max_steps)
+    _check_int(req.hr_resize_x, "hr_resize_x", 0, limits.max_width)
+    _check_int(req.hr_resize_y, "hr_resize_y", 0, limits.max_height)
+    if req.hr_upscaler is not None:
+        hires.check_upscaler(req.hr_upscaler)
+    to = hires.target(req)
+    if to.width > limits.max_width or to.height > limits.max_height:
+        raise InvalidRequest("hr_scale", f"the hires size {to.width}x{to.height} is larger than the configured "
+                                         f"maximum of {limits.max_width}x{limits.max_height}")
+    for name in ("hr_prompt", "hr_negative_prompt"):
+        _check_text(getattr(req, name), name, limits.max_prompt_chars)
 
 
 def check_prompt_chunks(chunks: int, name: str, max_chunks: int) -> None:

@@ -25,6 +25,14 @@ class Start:
     init: torch.Tensor | None = None
     strength: float = 1.0
     keep: torch.Tensor | None = None
+    total_steps: int | None = None  # hires fix: a schedule of this many steps ...
+    run_steps: int | None = None  # ... of which the last this many run (else the strength decides)
+
+    def steps(self, requested: int) -> tuple[int, int]:
+        """(steps in the schedule, steps that run) for an img2img start."""
+        if self.total_steps is not None:
+            return self.total_steps, self.run_steps
+        return requested, int(min(self.strength, 0.999) * requested) + 1
 
 
 class SigmaDenoiser:
@@ -58,15 +66,15 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
         return _sample_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
     device = model.execution_device
     schedule = DiscreteSchedule()
-    sigmas = sigmas_for(schedule, sampler.schedule, req.steps, sampler.sampler.discard_penultimate).to(device)
+    steps, run_steps = (req.steps, req.steps) if start.init is None else start.steps(req.steps)
+    sigmas = sigmas_for(schedule, sampler.schedule, steps, sampler.sampler.discard_penultimate).to(device)
     noise = noise.to(device, torch.float32)
     if start.init is None:
         run, x = sigmas, noise * sigmas[0]
     else:
         start = Start(start.init.to(device, torch.float32), start.strength,
                       None if start.keep is None else start.keep.to(device, torch.float32))
-        kept_steps = int(min(start.strength, 0.999) * req.steps)
-        run = sigmas[req.steps - kept_steps - 1 :]
+        run = sigmas[steps - run_steps :]  # A1111: sigmas[steps - t_enc - 1:]
         x = start.init + noise * run[0]
     extras = kdiffusion.Extras(
         on_step=lambda i, x: hooks.report_step(i + 1, len(run) - 1, x),
@@ -91,7 +99,8 @@ def _sample_timesteps(model: LoadedModel, req: GenerationRequest, sampler: Resol
         timesteps = loop.schedule_timesteps(scheduler, req.steps, device)
         latents = noise * scheduler.init_noise_sigma
     else:
-        timesteps = loop.schedule_timesteps(scheduler, req.steps, device, start.strength)
+        steps, run_steps = start.steps(req.steps) if start.total_steps else (req.steps, None)
+        timesteps = loop.schedule_timesteps(scheduler, steps, device, start.strength, run_steps)
         init = start.init.to(device, model.dtype)
         latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
     hold = None if start.keep is None else _holding(scheduler, timesteps, start, rng.seeds)

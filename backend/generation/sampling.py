@@ -17,6 +17,7 @@ from backend.generation.requests import GenerationRequest
 from backend.loading.loader import LoadedModel
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.encode import encoder_for
+from backend.samplers import ResolvedSampler
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,17 @@ class Hooks(Protocol):
     def report_step(self, step: int, steps: int, latents: torch.Tensor | None = None) -> None: ...
 
     def check_interrupt(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class HiresPass:
+    """What the hires fix second pass conditions on: its prompts, its steps and the final size."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    width: int
+    height: int
 
 
 @dataclass
@@ -83,13 +95,22 @@ def initial_noise(generators: list[torch.Generator], height: int, width: int, ch
 
 
 def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
-                  inpaint_channels: torch.Tensor | None = None,
-                  embeddings: EmbeddingLibrary | None = None) -> loop.Denoiser:
-    """The request's prompts (weights, schedules, AND, embeddings) as per-step conditioning over the UNet."""
+                  inpaint_channels: torch.Tensor | None = None, embeddings: EmbeddingLibrary | None = None,
+                  sampler: ResolvedSampler | None = None, hires: HiresPass | None = None) -> loop.Denoiser:
+    """The request's prompts (weights, schedules, AND, embeddings) as per-step conditioning over the UNet.
+    Prompt schedules count model calls, so second-order samplers count two per step (as A1111)."""
     encoder = encoder_for(model, req.emphasis, embeddings)
-    cond, uncond = loop.build_conds(encoder, req.prompt, req.negative_prompt, req.steps, req.clip_skip,
-                                    hooks.check_interrupt)
-    sdxl_size = (req.height, req.width) if model.family is Family.SDXL else None
+    calls_per_step = 2 if sampler is not None and sampler.sampler.second_order else 1
+    first_pass = req.steps * calls_per_step
+    if hires is None:
+        cond, uncond = loop.build_conds(encoder, req.prompt, req.negative_prompt, first_pass, req.clip_skip,
+                                        hooks.check_interrupt)
+        size = (req.height, req.width)
+    else:
+        cond, uncond = loop.build_conds(encoder, hires.prompt, hires.negative_prompt, hires.steps * calls_per_step,
+                                        req.clip_skip, hooks.check_interrupt, first_pass_steps=first_pass)
+        size = (hires.height, hires.width)
+    sdxl_size = size if model.family is Family.SDXL else None
     return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels)
 
 

@@ -1,14 +1,21 @@
-"""txt2img: prompt -> latents, one batch at a time, through the one denoising loop."""
+"""txt2img: prompt -> latents, one batch at a time, through the one denoising loop; with hires fix, a second
+pass at the target size (backend/generation/hires.py)."""
 
 from __future__ import annotations
 
-from backend.generation import sampling
+import dataclasses
+
+import numpy as np
+import torch
+
+from backend.generation import hires, sampling
 from backend.generation.img2img import txt2img_with_inpainting_model
+from backend.generation.noise import make_generator
 from backend.generation.requests import GenerationRequest
 from backend.generation.sample import Start, sample
 from backend.loading.loader import LoadedModel
 from backend.prompts.embeddings import EmbeddingLibrary
-from backend.samplers import ResolvedSampler
+from backend.samplers import ResolvedSampler, resolve
 
 
 def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
@@ -19,7 +26,48 @@ def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
-        denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings)
-        return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, Start())
+        denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings, sampler=sampler)
+        latents = sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, Start())
+        if not req.enable_hr:
+            return latents
+        return _hires_pass(model, req, sampler, seeds, latents, hooks, embeddings)
 
     return sampling.BatchWork(denoise)
+
+
+def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+                latents: torch.Tensor, hooks: sampling.Hooks, embeddings: EmbeddingLibrary | None) -> torch.Tensor:
+    to = hires.target(req)
+    upscaler = req.hr_upscaler or "Latent"
+    if upscaler in hires.LATENT_MODES:
+        samples = hires.upscale_latents(latents, upscaler, to)
+    else:
+        hooks.check_interrupt()
+        images = hires.to_uint8_images(sampling.decode_latents(model, latents))
+        images = [hires.upscale_image(image, upscaler, to.width, to.height) for image in images]
+        samples = _encode_sampled(model, images, seeds, req.rng_source)
+    samples = hires.crop_latents(samples, to)
+    width, height = to.final_size
+    hr_req = dataclasses.replace(req, width=width, height=height)
+    hr_sampler = resolve(req.hr_sampler_name or req.sampler_name, req.hr_scheduler or req.scheduler)
+    total, run = hires.second_pass_steps(req)
+    second = sampling.HiresPass(req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt, run,
+                                width, height)
+    rng = sampling.image_noise(hr_req, seeds)
+    noise = rng.first(sampling.latent_shape(model, height, width))
+    denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings, sampler=hr_sampler, hires=second)
+    start = Start(samples, req.denoising_strength, total_steps=total, run_steps=run)
+    return sample(model, hr_req, hr_sampler, seeds, rng, noise, denoiser, hooks, start)
+
+
+@torch.no_grad()
+def _encode_sampled(model: LoadedModel, images, seeds: list[int], source: str) -> torch.Tensor:
+    """Images -> latents, taking a sample of the VAE's latent distribution as A1111 does (mean + std * noise),
+    the noise being each image's seed's noise at the latent shape."""
+    vae = model.vae
+    pixels = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) / 255.0 for i in images])).permute(0, 3, 1, 2)
+    pixels = (pixels * 2 - 1).to(model.execution_device, vae.dtype)
+    dist = vae.encode(pixels).latent_dist
+    noise = torch.stack([make_generator(seed, source).randn(tuple(dist.mean.shape[1:])) for seed in seeds])
+    latents = dist.mean.float() + dist.std.float() * noise.to(dist.mean.device)
+    return latents * vae.config.scaling_factor

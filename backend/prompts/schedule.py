@@ -124,46 +124,62 @@ class _Parser:
         return pos + 1
 
 
-def _when(node: Scheduled, steps: int) -> int:
-    value = float(node.when_text)
-    return min(steps, int(value * steps if "." in node.when_text else value))
+@dataclass(frozen=True)
+class _Clock:
+    """How `when` numbers count: a fraction of `steps`, or a step number. In a hires fix second pass the
+    numbers continue past the first pass (A1111): 1.5 is half-way through the second pass, and a step number
+    counts from the first pass's end."""
+
+    steps: int
+    int_offset: int = 0
+    fraction_offset: float = 0.0
+
+    def when(self, node: Scheduled) -> int:
+        value = float(node.when_text)
+        if "." in node.when_text:
+            value = (value - self.fraction_offset) * self.steps
+        else:
+            value = value - self.int_offset
+        return min(self.steps, int(value))
 
 
-def _switch_steps(nodes: list, steps: int, found: set[int]) -> None:
+def _switch_steps(nodes: list, clock: _Clock, found: set[int]) -> None:
     for node in nodes:
         if isinstance(node, Scheduled):
-            when = _when(node, steps)
+            when = clock.when(node)
             if when >= 1:
                 found.add(when)
-            _switch_steps(node.before, steps, found)
-            _switch_steps(node.after, steps, found)
+            _switch_steps(node.before, clock, found)
+            _switch_steps(node.after, clock, found)
         elif isinstance(node, Alternate):
-            found.update(range(1, steps + 1))
+            found.update(range(1, clock.steps + 1))
             for option in node.options:
-                _switch_steps(option, steps, found)
+                _switch_steps(option, clock, found)
 
 
-def _text_at(nodes: list, step: int, steps: int) -> str:
+def _text_at(nodes: list, step: int, clock: _Clock) -> str:
     parts = []
     for node in nodes:
         if isinstance(node, Scheduled):
-            parts.append(_text_at(node.before if step <= _when(node, steps) else node.after, step, steps))
+            parts.append(_text_at(node.before if step <= clock.when(node) else node.after, step, clock))
         elif isinstance(node, Alternate):
-            parts.append(_text_at(node.options[(step - 1) % len(node.options)], step, steps))
+            parts.append(_text_at(node.options[(step - 1) % len(node.options)], step, clock))
         else:
             parts.append(node)
     return "".join(parts)
 
 
-def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
-    """[(last step it is used at, text), ...] in step order; the last entry's step is `steps`."""
+def prompt_schedule(prompt: str, steps: int, first_pass_steps: int | None = None) -> list[tuple[int, str]]:
+    """[(last step it is used at, text), ...] in step order; the last entry's step is `steps`. For a hires fix
+    second pass, `first_pass_steps` is the first pass's step count."""
+    clock = _Clock(steps) if first_pass_steps is None else _Clock(steps, first_pass_steps, 1.0)
     try:
         nodes = _Parser(prompt).top()
     except _NoParse:
         return [(steps, prompt)]
     switch = {steps}
-    _switch_steps(nodes, steps, switch)
-    return [(step, _text_at(nodes, step, steps)) for step in sorted(switch)]
+    _switch_steps(nodes, clock, switch)
+    return [(step, _text_at(nodes, step, clock)) for step in sorted(switch)]
 
 
 def text_at_step(schedule: list[tuple[int, str]], step_index: int) -> str:

@@ -31,7 +31,8 @@ def test_infotext_fills_the_fields():
     assert values == {"prompt": "a cat", "negative_prompt": "dog", "steps": 12, "sampler": "Euler a",
                       "schedule": "Karras", "cfg_scale": 5.5, "seed": 42, "width": 640, "height": 384,
                       "denoising_strength": 0.4, "mask_blur": 8, "subseed_strength": 0.0, "seed_resize_from_w": 0,
-                      "seed_resize_from_h": 0, "tiling": False}
+                      "seed_resize_from_h": 0, "tiling": False, "enable_hr": False, "hr_second_pass_steps": 0,
+                      "hr_resize_x": 0, "hr_resize_y": 0}
 
 
 def test_png_info_reads_parameters():
@@ -58,3 +59,11 @@ def test_infotext_fills_variation_seed_resize_and_tiling():
                                   "Variation seed strength: 0.25, Seed resize from: 128x96, Tiling: True")
     assert (values["subseed"], values["subseed_strength"]) == (9, 0.25)
     assert (values["seed_resize_from_w"], values["seed_resize_from_h"], values["tiling"]) == (128, 96, True)
+
+
+def test_infotext_fills_hires_fix():
+    values = fields_from_infotext("p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.55, "
+                                  "Hires resize: 128x96, Hires steps: 5, Hires upscaler: Lanczos")
+    assert values["enable_hr"] is True and values["denoising_strength"] == 0.55
+    assert (values["hr_resize_x"], values["hr_resize_y"], values["hr_second_pass_steps"]) == (128, 96, 5)
+    assert values["hr_upscaler"] == "Lanczos"

@@ -67,3 +67,9 @@ def test_prompt_schedules_equal_a1111(prompt):
 def test_text_at_step_uses_from_until_the_switch_step():
     schedule = prompt_schedule("[cat:dog:0.5]", 10)
     assert [text_at_step(schedule, i) for i in range(10)] == ["cat"] * 6 + ["dog"] * 4
+
+
+def test_hires_pass_schedule_continues_past_the_first_pass():
+    """A1111's doctest: with 10 first-pass and 10 hires steps, [b:.5] is already b, [b:1.5] switches half-way."""
+    assert [list(e) for e in prompt_schedule("a [b:.5] c", 10, first_pass_steps=10)] == [[10, "a b c"]]
+    assert [list(e) for e in prompt_schedule("a [b:1.5] c", 10, first_pass_steps=10)] == [[5, "a  c"], [10, "a b c"]]

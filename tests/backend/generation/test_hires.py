@@ -1,0 +1,74 @@
+"""Hires fix against A1111's rules: latent and image upscalers, the second pass's schedule and noise, the
+resize box crop, infotext, and refusals."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from backend.errors import InvalidRequest
+from backend.generation.requests import GenerationRequest
+from tests.fixtures.a1111_reference import a1111_latents, decode_truncated
+from tests.fixtures.reference import reference_conds
+
+
+def _req(**kw):
+    base = dict(prompt="a castle", negative_prompt="blur", steps=4, width=64, height=64, seed=77,
+                sampler_name="Euler", checkpoint="sd1.safetensors", save_images=False, enable_hr=True,
+                denoising_strength=0.6)
+    return GenerationRequest(**{**base, **kw})
+
+
+def _diff(a, b):
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+def _a1111_hires(model, upscale, hr_steps=4, seed=77):
+    cond, uncond = reference_conds(model, "a castle", "blur")
+    first = a1111_latents(model.unet, cond, uncond, "Euler", None, 4, 7.0, [seed], 64, 64)
+    init = upscale(first)
+    second = a1111_latents(model.unet, cond, uncond, "Euler", None, hr_steps, 7.0, [seed], 128, 128,
+                           init=init, denoising_strength=0.6)
+    return decode_truncated(model.vae, second)[0]
+
+
+def test_latent_hires_equals_a1111(service, tiny):
+    ours = service.generate(_req(hr_upscaler="Latent"))
+    expected = _a1111_hires(tiny["sd1"], lambda x: F.interpolate(x, size=(16, 16), mode="bilinear", antialias=False))
+    assert ours.images[0].size == (128, 128) and _diff(ours.images[0], expected) <= 3
+    text = ours.infotexts[0]
+    assert "Size: 64x64," in text
+    assert "Denoising strength: 0.6, " in text and text.index("Hires upscale: 2.0") < text.index("Hires upscaler: Latent")
+
+
+def test_lanczos_hires_equals_a1111(service, tiny):
+    model = tiny["sd1"]
+
+    def through_pixels(latents):
+        first = decode_truncated(model.vae, latents)[0].resize((128, 128), Image.LANCZOS)
+        pixels = torch.from_numpy(np.asarray(first, dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
+        with torch.no_grad():
+            dist = model.vae.encode(pixels).latent_dist
+        noise = torch.randn((4, 16, 16), generator=torch.Generator().manual_seed(77))[None]
+        return (dist.mean + dist.std * noise) * model.vae.config.scaling_factor
+
+    ours = service.generate(_req(hr_upscaler="Lanczos", hr_second_pass_steps=3))
+    assert _diff(ours.images[0], _a1111_hires(model, through_pixels, hr_steps=3)) <= 3
+    assert "Hires steps: 3, Hires upscaler: Lanczos" in ours.infotexts[0]
+
+
+def test_resize_box_crops_the_latents_and_keeps_the_first_pass_size(service):
+    result = service.generate(_req(hr_resize_x=96, hr_resize_y=128, width=64, height=80))
+    # 64x80 covering 96x128: upscaled to 102x128 (128 * 64 // 80), i.e. 12x16 latents, none cropped here
+    assert result.images[0].size == (96, 128)
+    assert "Size: 64x80," in result.infotexts[0] and "Hires resize: 96x128" in result.infotexts[0]
+    cropped = service.generate(_req(hr_resize_x=128, hr_resize_y=96))  # 128x128 latents, 4 rows cropped
+    assert cropped.images[0].size == (128, 96)
+
+
+def test_unknown_upscaler_and_oversize_are_refused(service):
+    with pytest.raises(InvalidRequest, match="hr_upscaler: unknown upscaler 'ESRGAN_4x'"):
+        service.submit(_req(hr_upscaler="ESRGAN_4x"))
+    with pytest.raises(InvalidRequest, match="hr_scale"):
+        service.submit(_req(width=1024, height=1024, hr_scale=4.0))
