@@ -141,6 +141,7 @@ def build_service(settings: Settings):
     from backend.model_manager import CacheLimits, ModelManager, Placement
     from backend.networks.library import NetworkLibrary
     from backend.outputs import OutputWriter
+    from backend.upscale.models import UpscalerLibrary
     from backend.prompts.embeddings import EmbeddingLibrary
     from backend.registry import HashCache, ModelRegistry
     from backend.service import GenerationService
@@ -159,8 +160,9 @@ def build_service(settings: Settings):
     models = ModelManager(registry, placement, cache, settings.prediction_overrides)
     embeddings = EmbeddingLibrary(settings.embedding_folders)
     networks = NetworkLibrary([settings.lora_folder])
+    upscalers = UpscalerLibrary([settings.models_dir / "ESRGAN", settings.models_dir / "RealESRGAN"])
     return GenerationService(settings, models, OutputWriter(settings.outputs_dir), embeddings=embeddings,
-                             networks=networks)
+                             networks=networks, upscalers=upscalers)
 
 
 def main(argv: list[str] | None = None) -> None:

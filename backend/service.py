@@ -29,6 +29,7 @@ from backend.memory.policy import Measures
 from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
 from backend.networks.library import NetworkFile, NetworkLibrary
+from backend.upscale.models import UpscalerLibrary
 from backend.networks.patch import NetworkPatcher, WantedNetwork
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.extra_networks import LORA_KINDS, parse_tags
@@ -88,10 +89,12 @@ class GenerationService:
 
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter,
                  options: Options | None = None, embeddings: EmbeddingLibrary | None = None,
-                 networks: NetworkLibrary | None = None):
+                 networks: NetworkLibrary | None = None, upscalers: UpscalerLibrary | None = None):
         self.settings = settings
         self.embeddings = embeddings or EmbeddingLibrary([])
         self.networks = networks or NetworkLibrary([])
+        self.upscalers = upscalers or UpscalerLibrary([])
+        self.resources = sampling.Resources(self.embeddings, self.upscalers)
         self.models = models
         self.registry = models.registry
         self.outputs = outputs
@@ -107,6 +110,8 @@ class GenerationService:
         checkpoint gets the one selected now, so a later switch does not change what it runs on."""
         validate(request, self.settings.limits)
         resolve(request.sampler_name, request.scheduler)
+        if request.enable_hr and request.hr_upscaler is not None:
+            hires.check_upscaler(request.hr_upscaler, self.upscalers)
         checkpoint = self.registry.find_checkpoint(request.checkpoint) if request.checkpoint \
             else self._require_selected()
         if request.vae not in (None, AUTOMATIC_VAE, NO_VAE):
@@ -174,6 +179,14 @@ class GenerationService:
 
     def refresh_loras(self) -> None:
         self.networks.refresh()
+
+    # ---------------------------------------------------------------- upscalers
+
+    def upscaler_files(self) -> list:
+        return self.upscalers.all()
+
+    def upscaler_names(self) -> list[str]:
+        return hires.upscaler_names(self.upscalers)
 
     # ---------------------------------------------------------------- options
 
@@ -340,7 +353,7 @@ class GenerationService:
         size = -(-len(seeds) // measures.batch_split)
         parts = []
         for start in range(0, len(seeds), size):
-            work = prepare(model, req, sampler, seeds[start : start + size], self.embeddings)
+            work = prepare(model, req, sampler, seeds[start : start + size], self.resources)
             if work.ready_images is not None:
                 parts.append(_Denoised(work, None))
                 continue

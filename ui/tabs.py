@@ -10,7 +10,6 @@ from PIL import Image
 
 from backend.errors import BackendError, InvalidRequest
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
-from backend.generation.hires import upscaler_names
 from ui.context import UiContext
 from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
                                     request_fields, run_job)
@@ -38,7 +37,7 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     with gr.Row():
         with gr.Column(scale=3):
             controls = build_controls(name)
-            extra = _build_extra(name)
+            extra = _build_extra(name, ctx)
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{name}_generate")
@@ -54,13 +53,13 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     return tab
 
 
-def _build_extra(name: str) -> dict:
+def _build_extra(name: str, ctx: UiContext) -> dict:
     extra: dict = {}
     if name == "txt2img":
         with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
             extra["enable_hr"] = gr.Checkbox(label="Hires. fix", elem_id="txt2img_enable_hr")
             with gr.Row():
-                extra["hr_upscaler"] = gr.Dropdown(upscaler_names(), value="Latent", label="Upscaler",
+                extra["hr_upscaler"] = gr.Dropdown(ctx.service.upscaler_names(), value="Latent", label="Upscaler",
                                                    elem_id="txt2img_hr_upscaler")
                 extra["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
                                                           elem_id="txt2img_hires_steps")

@@ -259,9 +259,11 @@ class SdApi:
                 "skipped": {n: _embedding_item(e) for n, e in skipped.items()}}
 
     def upscalers(self) -> list[dict]:
-        """A1111's shape: None, Lanczos, Nearest first (model upscalers are not supported yet)."""
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None,
-                 "scale": 4 if name != "None" else 1} for name in hires.IMAGE_UPSCALERS]
+        """A1111's shape: None, Lanczos, Nearest first, then the model upscalers by lower-case name."""
+        builtin = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                   for name in hires.IMAGE_UPSCALERS]
+        return builtin + [{"name": f.name, "model_name": f.path.stem, "model_path": str(f.path), "model_url": None,
+                           "scale": f.scale} for f in self.service.upscaler_files()]
 
     def latent_upscale_modes(self) -> list[dict]:
         return [{"name": name} for name in hires.LATENT_MODES]

@@ -27,13 +27,14 @@ LATENT_MODES = {
 IMAGE_UPSCALERS = {"None": Image.LANCZOS, "Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
 
 
-def upscaler_names() -> list[str]:
-    return [*LATENT_MODES, *IMAGE_UPSCALERS]
+def upscaler_names(models=None) -> list[str]:
+    """Latent modes, then None/Lanczos/Nearest, then the model upscalers (an UpscalerLibrary) by name."""
+    return [*LATENT_MODES, *IMAGE_UPSCALERS, *([f.name for f in models.all()] if models else [])]
 
 
-def check_upscaler(name: str) -> None:
-    if name not in LATENT_MODES and name not in IMAGE_UPSCALERS:
-        raise InvalidRequest("hr_upscaler", f"unknown upscaler '{name}'; available: {', '.join(upscaler_names())}")
+def check_upscaler(name: str, models=None) -> None:
+    if name not in upscaler_names(models):
+        raise InvalidRequest("hr_upscaler", f"unknown upscaler '{name}'; available: {', '.join(upscaler_names(models))}")
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,16 @@ def to_uint8_images(pixels: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray((255.0 * a).astype(np.uint8)) for a in array]
 
 
-def upscale_image(image: Image.Image, name: str, width: int, height: int) -> Image.Image:
-    """A1111's resize_image(0, ...) with a PIL upscaler: "None" resizes straight to the size with LANCZOS;
-    Lanczos/Nearest scale to int(w * s) // 8 * 8 by the scale that covers the box, then LANCZOS to the size."""
+def upscale_image(image: Image.Image, name: str, width: int, height: int, models=None) -> Image.Image:
+    """A1111's resize_image(0, ...): "None" resizes straight to the size with LANCZOS; an upscaler scales to
+    int(w * s) // 8 * 8 by the scale that covers the box (a model in passes, see backend/upscale/models.py),
+    then LANCZOS to the size."""
     if name == "None":
         return image.resize((width, height), Image.LANCZOS)
     scale = max(width / image.width, height / image.height)
-    if scale > 1.0:
+    if scale > 1.0 and name not in IMAGE_UPSCALERS:
+        image = models.upscale(image, name, scale)
+    elif scale > 1.0:
         dest = (int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8))
         for _ in range(3):
             if image.width >= dest[0] and image.height >= dest[1]:

@@ -15,7 +15,6 @@ from backend.generation import image_ops, sampling
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
 from backend.generation.sample import Start, sample
 from backend.loading.loader import LoadedModel
-from backend.prompts.embeddings import EmbeddingLibrary
 from backend.samplers import ResolvedSampler
 
 GRAY = (127, 127, 127)
@@ -41,37 +40,37 @@ class InpaintWork:
 
 
 def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                    embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
+                    resources: sampling.Resources | None = None) -> sampling.BatchWork:
     if req.mask is not None:
-        return prepare_inpaint_batch(model, req, sampler, seeds, embeddings)
+        return prepare_inpaint_batch(model, req, sampler, seeds, resources)
     if model.is_inpainting:
         image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
         white = Image.new("L", image.size, 255)
-        return _inpainting_model_work(model, req, sampler, seeds, image, white, embeddings=embeddings)
+        return _inpainting_model_work(model, req, sampler, seeds, image, white, resources=resources)
     return sampling.BatchWork(lambda hooks: _sample_regular(model, req, sampler, seeds, _init_latents(model, req),
-                                                            None, hooks, embeddings))
+                                                            None, hooks, resources))
 
 
 def txt2img_with_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                                  seeds: list[int], embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
+                                  seeds: list[int], resources: sampling.Resources | None = None) -> sampling.BatchWork:
     """A 9-channel model makes a txt2img image as an inpainting of a blank picture with everything masked."""
     blank = Image.new("RGB", (req.width, req.height), GRAY)
     white = Image.new("L", blank.size, 255)
-    return _inpainting_model_work(model, req, sampler, seeds, blank, white, strength=1.0, embeddings=embeddings)
+    return _inpainting_model_work(model, req, sampler, seeds, blank, white, strength=1.0, resources=resources)
 
 
 def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                          seeds: list[int], embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
+                          seeds: list[int], resources: sampling.Resources | None = None) -> sampling.BatchWork:
     work = prepare_inpaint(req)
     if model.is_inpainting:
         image = _masked_content_pixels(work, req.inpainting_fill, seeds[0])
-        batch = _inpainting_model_work(model, req, sampler, seeds, image, work.mask, embeddings=embeddings)
+        batch = _inpainting_model_work(model, req, sampler, seeds, image, work.mask, resources=resources)
     else:
         def denoise(hooks: sampling.Hooks):
             latents = sampling.encode_image(model, work.image)
             latent_mask = _latent_mask(work.mask, latents.shape[-2:]).to(latents.device)
             latents = _masked_content_latents(latents, latent_mask, req.inpainting_fill, seeds)
-            return _sample_regular(model, req, sampler, seeds, latents, latent_mask, hooks, embeddings)
+            return _sample_regular(model, req, sampler, seeds, latents, latent_mask, hooks, resources)
 
         batch = sampling.BatchWork(denoise)
     batch.finish = lambda images: [work.paste_back(image) for image in images]
@@ -145,14 +144,14 @@ def _steps_to_run(req: GenerationRequest) -> int:
 
 def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                     latents: torch.Tensor, latent_mask: torch.Tensor | None, hooks: sampling.Hooks,
-                    embeddings: EmbeddingLibrary | None = None) -> torch.Tensor:
+                    resources: sampling.Resources | None = None) -> torch.Tensor:
     """img2img on a 4-channel model; with `latent_mask` (1 = repaint), everything else stays the picture."""
     latents = latents.repeat(len(seeds) // latents.shape[0], 1, 1, 1)
     if _steps_to_run(req) < 1:
         return latents  # strength 0: nothing to denoise
     rng = sampling.image_noise(req, seeds)
     noise = rng.first(tuple(latents.shape[1:]))
-    denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings, sampler=sampler)
+    denoiser = sampling.make_denoiser(model, req, hooks, resources=resources, sampler=sampler)
     keep = None if latent_mask is None else 1 - latent_mask
     return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks,
                   Start(latents, req.denoising_strength, keep))
@@ -160,7 +159,7 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
 
 def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                           image: Image.Image, mask: Image.Image, strength: float | None = None,
-                          embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
+                          resources: sampling.Resources | None = None) -> sampling.BatchWork:
     """9-channel models: the UNet also sees the mask and the latents of the picture with the masked area
     blanked, concatenated to its input."""
     strength = req.denoising_strength if strength is None else strength
@@ -171,7 +170,7 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
         channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
-        denoiser = sampling.make_denoiser(model, req, hooks, channels, embeddings, sampler)
+        denoiser = sampling.make_denoiser(model, req, hooks, channels, resources, sampler)
         start = Start()
         if strength < 1.0:
             start = Start(sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1), strength)

@@ -165,8 +165,6 @@ def _check_hires(req: GenerationRequest, limits: Limits) -> None:
     _check_int(req.hr_second_pass_steps, "hr_second_pass_steps", 0, limits.max_steps)
     _check_int(req.hr_resize_x, "hr_resize_x", 0, limits.max_width)
     _check_int(req.hr_resize_y, "hr_resize_y", 0, limits.max_height)
-    if req.hr_upscaler is not None:
-        hires.check_upscaler(req.hr_upscaler)
     to = hires.target(req)
     if to.width > limits.max_width or to.height > limits.max_height:
         raise InvalidRequest("hr_scale", f"the hires size {to.width}x{to.height} is larger than the configured "

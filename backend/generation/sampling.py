@@ -34,6 +34,14 @@ class Hooks(Protocol):
 
 
 @dataclass(frozen=True)
+class Resources:
+    """The libraries generation may draw on besides the model: textual-inversion embeddings and upscalers."""
+
+    embeddings: EmbeddingLibrary | None = None
+    upscalers: object | None = None  # backend.upscale.models.UpscalerLibrary
+
+
+@dataclass(frozen=True)
 class HiresPass:
     """What the hires fix second pass conditions on: its prompts, its steps and the final size."""
 
@@ -95,11 +103,11 @@ def initial_noise(generators: list[torch.Generator], height: int, width: int, ch
 
 
 def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
-                  inpaint_channels: torch.Tensor | None = None, embeddings: EmbeddingLibrary | None = None,
+                  inpaint_channels: torch.Tensor | None = None, resources: Resources | None = None,
                   sampler: ResolvedSampler | None = None, hires: HiresPass | None = None) -> loop.Denoiser:
     """The request's prompts (weights, schedules, AND, embeddings) as per-step conditioning over the UNet.
     Prompt schedules count model calls, so second-order samplers count two per step (as A1111)."""
-    encoder = encoder_for(model, req.emphasis, embeddings)
+    encoder = encoder_for(model, req.emphasis, resources.embeddings if resources else None)
     calls_per_step = 2 if sampler is not None and sampler.sampler.second_order else 1
     first_pass = req.steps * calls_per_step
     if hires is None:

@@ -14,29 +14,28 @@ from backend.generation.noise import make_generator
 from backend.generation.requests import GenerationRequest
 from backend.generation.sample import Start, sample
 from backend.loading.loader import LoadedModel
-from backend.prompts.embeddings import EmbeddingLibrary
 from backend.samplers import ResolvedSampler, resolve
 
 
 def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                    embeddings: EmbeddingLibrary | None = None) -> sampling.BatchWork:
+                    resources: sampling.Resources | None = None) -> sampling.BatchWork:
     if model.is_inpainting:
-        return txt2img_with_inpainting_model(model, req, sampler, seeds, embeddings)
+        return txt2img_with_inpainting_model(model, req, sampler, seeds, resources)
 
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
-        denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings, sampler=sampler)
+        denoiser = sampling.make_denoiser(model, req, hooks, resources=resources, sampler=sampler)
         latents = sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, Start())
         if not req.enable_hr:
             return latents
-        return _hires_pass(model, req, sampler, seeds, latents, hooks, embeddings)
+        return _hires_pass(model, req, sampler, seeds, latents, hooks, resources)
 
     return sampling.BatchWork(denoise)
 
 
 def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                latents: torch.Tensor, hooks: sampling.Hooks, embeddings: EmbeddingLibrary | None) -> torch.Tensor:
+                latents: torch.Tensor, hooks: sampling.Hooks, resources: sampling.Resources | None) -> torch.Tensor:
     to = hires.target(req)
     upscaler = req.hr_upscaler or "Latent"
     if upscaler in hires.LATENT_MODES:
@@ -44,7 +43,8 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSam
     else:
         hooks.check_interrupt()
         images = hires.to_uint8_images(sampling.decode_latents(model, latents))
-        images = [hires.upscale_image(image, upscaler, to.width, to.height) for image in images]
+        models = resources.upscalers if resources else None
+        images = [hires.upscale_image(image, upscaler, to.width, to.height, models) for image in images]
         samples = _encode_sampled(model, images, seeds, req.rng_source)
     samples = hires.crop_latents(samples, to)
     width, height = to.final_size
@@ -55,7 +55,7 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSam
                                 width, height)
     rng = sampling.image_noise(hr_req, seeds)
     noise = rng.first(sampling.latent_shape(model, height, width))
-    denoiser = sampling.make_denoiser(model, req, hooks, embeddings=embeddings, sampler=hr_sampler, hires=second)
+    denoiser = sampling.make_denoiser(model, req, hooks, resources=resources, sampler=hr_sampler, hires=second)
     start = Start(samples, req.denoising_strength, total_steps=total, run_steps=run)
     return sample(model, hr_req, hr_sampler, seeds, rng, noise, denoiser, hooks, start)
 

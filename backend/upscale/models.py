@@ -1,0 +1,170 @@
+"""Model upscalers from A1111's folders (models/ESRGAN, models/RealESRGAN), run as A1111 runs them: BGR input in
+0..1, output clamped, x255 and rounded; the image cut into tiles of 192 with an overlap of 8 and joined with
+linear blends over the overlaps (A1111's split_grid / combine_grid); a scale beyond the model's runs it again
+(up to 3 passes), then LANCZOS to the exact size."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backend.errors import CheckpointError
+from backend.loading.checkpoint_file import open_checkpoint, read_pickle
+from backend.upscale.nets import build_network
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".pth", ".pt", ".safetensors")
+TILE, OVERLAP = 192, 8  # A1111's ESRGAN_tile and ESRGAN_tile_overlap defaults
+# Real-ESRGAN release files -> the names A1111 lists them under
+RELEASE_NAMES = {"RealESRGAN_x4plus": "R-ESRGAN 4x+", "RealESRGAN_x4plus_anime_6B": "R-ESRGAN 4x+ Anime6B",
+                 "RealESRGAN_x2plus": "R-ESRGAN 2x+", "realesr-general-x4v3": "R-ESRGAN General 4xV3",
+                 "realesr-general-wdn-x4v3": "R-ESRGAN General WDN 4xV3",
+                 "realesr-animevideov3": "R-ESRGAN AnimeVideo"}
+
+
+@dataclass(frozen=True)
+class UpscalerFile:
+    name: str
+    path: Path
+    scale: int  # as listed (A1111 lists ESRGAN files as 4x)
+
+
+class UpscalerLibrary:
+    def __init__(self, folders: list[Path]):
+        self.folders = folders
+        self._lock = threading.Lock()
+        self._files: dict[str, UpscalerFile] = {}
+        self._loaded: dict[Path, torch.nn.Module] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        found = {}
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()):
+                name = RELEASE_NAMES.get(path.stem, path.stem)
+                found.setdefault(name, UpscalerFile(name, path, 2 if "x2" in path.stem.lower() else 4))
+        with self._lock:
+            self._files = found
+
+    def all(self) -> list[UpscalerFile]:
+        with self._lock:
+            return sorted(self._files.values(), key=lambda f: f.name.lower())
+
+    def find(self, name: str) -> UpscalerFile | None:
+        with self._lock:
+            return self._files.get(name)
+
+    def network(self, file: UpscalerFile) -> torch.nn.Module:
+        with self._lock:
+            if file.path in self._loaded:
+                return self._loaded[file.path]
+        if file.path.suffix.lower() == ".safetensors":
+            tensors = open_checkpoint(file.path)
+            state = {k: tensors[k] for k in tensors}
+        else:
+            state = read_pickle(file.path)
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{file.path.name} holds no tensors")
+        try:
+            net = build_network(state)
+        except CheckpointError as err:
+            raise CheckpointError(f"upscaler {file.name}: {err}") from err
+        with self._lock:
+            self._loaded = {file.path: net}  # one at a time: they are small, but not needed together
+        return net
+
+    def upscale(self, image: Image.Image, name: str, scale: float) -> Image.Image:
+        """A1111's Upscaler.upscale: passes of the model until the image covers int(size * scale) // 8 * 8."""
+        net = self.network(self.find(name))
+        dest = (int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8))
+        for _ in range(3):
+            if image.width >= dest[0] and image.height >= dest[1]:
+                break
+            before = image.size
+            image = upscale_tiled(net, image)
+            if image.size == before:
+                break
+        if image.size != dest:
+            image = image.resize(dest, Image.LANCZOS)
+        return image
+
+
+def _to_bgr_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1) / 255
+    return torch.from_numpy(np.ascontiguousarray(array))[None]
+
+
+def _from_bgr_tensor(tensor: torch.Tensor) -> Image.Image:
+    array = 255.0 * np.moveaxis(tensor[0].float().clamp(0, 1).numpy(), 0, 2)
+    return Image.fromarray(array.round().astype(np.uint8)[:, :, ::-1].copy(), "RGB")
+
+
+@torch.inference_mode()
+def run_network(net: torch.nn.Module, image: Image.Image) -> Image.Image:
+    param = next(net.parameters())
+    return _from_bgr_tensor(net(_to_bgr_tensor(image).to(param.device, param.dtype)).cpu())
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """A1111's grid: tiles evenly spread, the last flush with the far edge. An image smaller than a tile gets
+    one tile starting before it (the rest of the tile is black, as PIL crops beyond an image)."""
+    count = max(1, math.ceil((size - overlap) / (tile - overlap)))
+    step = (size - tile) / (count - 1) if count > 1 else 0
+    starts = []
+    for i in range(count):
+        start = int(i * step)
+        starts.append(size - tile if start + tile >= size else start)
+    return starts
+
+
+def upscale_tiled(net: torch.nn.Module, image: Image.Image, tile: int = TILE, overlap: int = OVERLAP) -> Image.Image:
+    """Run the network tile by tile and join the results, blending each overlap linearly into what is already
+    there (A1111's split_grid / combine_grid, always with whole tiles)."""
+    w, h = image.size
+    tw = th = tile
+    rows = []
+    scale = None
+    for y in _tile_starts(h, th, overlap):
+        row = []
+        for x in _tile_starts(w, tw, overlap):
+            out = run_network(net, image.crop((x, y, x + tw, y + th)))
+            scale = out.width // tw
+            row.append((x * scale, out))
+        rows.append((y * scale, row))
+    return _combine(rows, w * scale, h * scale, tw * scale, th * scale, overlap * scale)
+
+
+def _ramp(length: int, across: int, vertical: bool) -> Image.Image:
+    values = (np.arange(length, dtype=np.float32) * 255 / length).astype(np.uint8)
+    array = np.repeat(values[:, None], across, axis=1) if vertical else np.repeat(values[None, :], across, axis=0)
+    return Image.fromarray(array, "L")
+
+
+def _combine(rows, width: int, height: int, tile_w: int, tile_h: int, overlap: int) -> Image.Image:
+    across = _ramp(overlap, tile_h, vertical=False)
+    down = _ramp(overlap, width, vertical=True)
+    canvas = Image.new("RGB", (width, height))
+    for y, row in rows:
+        strip = Image.new("RGB", (width, tile_h))
+        for x, tile in row:
+            if x == 0:
+                strip.paste(tile, (0, 0))
+                continue
+            strip.paste(tile.crop((0, 0, overlap, tile_h)), (x, 0), mask=across)
+            strip.paste(tile.crop((overlap, 0, tile_w, tile_h)), (x + overlap, 0))
+        if y == 0:
+            canvas.paste(strip, (0, 0))
+            continue
+        canvas.paste(strip.crop((0, 0, width, overlap)), (0, y), mask=down)
+        canvas.paste(strip.crop((0, overlap, width, tile_h)), (0, y + overlap))
+    return canvas
