@@ -26,6 +26,11 @@ class OutputWriter:
         folder = self.folder(kind)
         return _save_numbered(image, folder, lambda n: f"{n:05d}-{seed}.png", infotext)
 
+    def save_extras(self, image: Image.Image, postprocessing: str) -> Path:
+        """Extras results go to outputs/extras-images/NNNNN.png (no date folder, as A1111)."""
+        return _save_numbered(image, self.root / "extras-images", lambda n: f"{n:05d}.png", postprocessing,
+                              key="postprocessing")
+
     def save_grid(self, image: Image.Image, kind: str, infotext: str) -> Path:
         folder = self.folder(kind, grid=True)
         return _save_numbered(image, folder, lambda n: f"grid-{n:04d}.png", infotext)
@@ -39,13 +44,13 @@ def next_number(folder: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-def png_info(infotext: str) -> PngImagePlugin.PngInfo:
+def png_info(infotext: str, key: str = "parameters") -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)
+    info.add_text(key, infotext)
     return info
 
 
-def _save_numbered(image: Image.Image, folder: Path, name_for, infotext: str) -> Path:
+def _save_numbered(image: Image.Image, folder: Path, name_for, infotext: str, key: str = "parameters") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     number = next_number(folder)
     # Write to a temporary file, then link it into place: link() fails instead of overwriting, so a file
@@ -53,7 +58,7 @@ def _save_numbered(image: Image.Image, folder: Path, name_for, infotext: str) ->
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=png_info(infotext))
+            image.save(f, format="PNG", pnginfo=png_info(infotext, key))
         while True:
             target = folder / name_for(number)
             try:

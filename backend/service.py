@@ -29,6 +29,8 @@ from backend.memory.policy import Measures
 from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
 from backend.networks.library import NetworkFile, NetworkLibrary
+from backend.upscale.extras import ExtrasRequest, run_extras
+from backend.upscale.extras import check as check_extras
 from backend.upscale.models import UpscalerLibrary
 from backend.networks.patch import NetworkPatcher, WantedNetwork
 from backend.prompts.embeddings import EmbeddingLibrary
@@ -65,6 +67,13 @@ class GenerationResult:
     def gallery(self) -> list[Image.Image]:
         """What a gallery shows: the grid first for batches, then each image."""
         return ([self.grid] if self.grid is not None else []) + self.images
+
+
+@dataclass
+class ExtrasResult:
+    images: list[Image.Image] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)  # `Postprocess upscale by: 2, Postprocess upscaler: ...`
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,11 @@ class GenerationService:
     def upscaler_names(self) -> list[str]:
         return hires.upscaler_names(self.upscalers)
 
+    def extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool = False) -> ExtrasResult:
+        """Upscale pictures (the Extras tab and API) on the worker that owns the device."""
+        check_extras(req, self.upscalers, self.settings.limits.max_upload_pixels * 4)
+        return self.queue.submit("extras", (images, req, save)).wait()
+
     # ---------------------------------------------------------------- options
 
     def get_options(self) -> dict:
@@ -254,6 +268,8 @@ class GenerationService:
     # ---------------------------------------------------------------- the worker
 
     def _run_job(self, job: Job):
+        if job.kind == "extras":
+            return self._run_extras(*job.payload)
         if job.kind == "load":
             checkpoint, previous = job.payload
             try:
@@ -265,6 +281,17 @@ class GenerationService:
                 raise
             return checkpoint
         return self._generate(job, job.payload)
+
+    def _run_extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool) -> ExtrasResult:
+        result = ExtrasResult()
+        for image in images:
+            upscaled, info = run_extras(image, req, self.upscalers)
+            text = ", ".join(f"{k}: {v}" for k, v in info.items())
+            result.images.append(upscaled)
+            result.infotexts.append(text)
+            if save:
+                self._save(result, lambda upscaled=upscaled, text=text: self.outputs.save_extras(upscaled, text))
+        return result
 
     def _generate(self, job: Job, req: GenerationRequest) -> GenerationResult:
         checkpoint = self.registry.find_checkpoint(req.checkpoint)

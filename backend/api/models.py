@@ -64,3 +64,34 @@ class PngInfoBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     image: str
+
+
+class ExtrasBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    resize_mode: int = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    upscale_first: bool = False
+
+
+class ExtrasSingleBody(ExtrasBody):
+    image: str = ""
+
+
+class ExtrasBatchItem(BaseModel):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchBody(ExtrasBody):
+    imageList: list[ExtrasBatchItem] = Field(default_factory=list)  # noqa: N815 - A1111's field name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import binascii
 import json
 import logging
@@ -23,7 +24,8 @@ from starlette.routing import Mount, Route
 
 from backend import infotext
 from backend.api.images import decode_b64_image, encode_png
-from backend.api.models import Img2ImgBody, PngInfoBody, Txt2ImgBody
+from backend.api.models import (ExtrasBatchBody, ExtrasBody, ExtrasSingleBody, Img2ImgBody, PngInfoBody,
+                                Txt2ImgBody)
 from backend.api.translate import to_request, to_response
 from backend.errors import BackendError, CheckpointError, Interrupted, InvalidRequest, ModelNotFound, OutOfMemory
 from backend.generation import hires
@@ -32,6 +34,7 @@ from backend.options import docs_text
 from backend.outputs import read_infotext
 from backend.samplers import SAMPLERS, SCHEDULES
 from backend.service import GenerationService
+from backend.upscale.extras import ExtrasRequest
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,10 @@ class SdApi:
         r("/embeddings", self.embeddings, ["GET"])
         r("/loras", self.loras, ["GET"])
         r("/upscalers", self.upscalers, ["GET"])
+        r("/realesrgan-models", self.realesrgan_models, ["GET"])
+        r("/face-restorers", self.face_restorers, ["GET"])
+        r("/extra-single-image", self.extra_single_image, ["POST"], ExtrasSingleBody)
+        r("/extra-batch-images", self.extra_batch_images, ["POST"], ExtrasBatchBody)
         r("/latent-upscale-modes", self.latent_upscale_modes, ["GET"])
         r("/refresh-loras", self.refresh_loras, ["POST"])
         r("/refresh-embeddings", self.refresh_embeddings, ["POST"])
@@ -265,6 +272,28 @@ class SdApi:
         return builtin + [{"name": f.name, "model_name": f.path.stem, "model_path": str(f.path), "model_url": None,
                            "scale": f.scale} for f in self.service.upscaler_files()]
 
+    def realesrgan_models(self) -> list[dict]:
+        return [{"name": f.name, "path": str(f.path), "scale": f.scale} for f in self.service.upscaler_files()
+                if f.name.startswith("R-ESRGAN")]
+
+    def face_restorers(self) -> list[dict]:
+        return []  # GFPGAN and CodeFormer need weights that cannot be downloaded here
+
+    def extra_single_image(self, body: ExtrasSingleBody) -> dict:
+        image = decode_b64_image(body.image, "image", self.service.settings.limits.max_upload_pixels)
+        result = self.service.extras([image], _extras_request(body))
+        return {"html_info": _html_info(result.infotexts[0]),
+                "image": encode_png(result.images[0], None) if body.show_extras_results else None}
+
+    def extra_batch_images(self, body: ExtrasBatchBody) -> dict:
+        limit = self.service.settings.limits.max_upload_pixels
+        images = [decode_b64_image(item.data, f"imageList.{i}.data", limit) for i, item in enumerate(body.imageList)]
+        if not images:
+            raise InvalidRequest("imageList", "at least one image is required")
+        result = self.service.extras(images, _extras_request(body))
+        return {"html_info": _html_info(result.infotexts[0]),
+                "images": [encode_png(i, None) for i in result.images] if body.show_extras_results else []}
+
     def latent_upscale_modes(self) -> list[dict]:
         return [{"name": name} for name in hires.LATENT_MODES]
 
@@ -295,6 +324,18 @@ class SdApi:
                            "peak": stats.get("active_bytes.all.peak", 0)},
                 "allocated": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()}}
         return {"ram": ram, "cuda": cuda}
+
+
+def _extras_request(body: ExtrasBody) -> ExtrasRequest:
+    return ExtrasRequest(resize_mode=body.resize_mode, upscaling_resize=body.upscaling_resize,
+                         upscaling_resize_w=body.upscaling_resize_w, upscaling_resize_h=body.upscaling_resize_h,
+                         upscaling_crop=body.upscaling_crop, upscaler_1=body.upscaler_1, upscaler_2=body.upscaler_2,
+                         upscaler_2_visibility=body.extras_upscaler_2_visibility,
+                         face_restoration=max(body.gfpgan_visibility, body.codeformer_visibility))
+
+
+def _html_info(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
 
 
 def _embedding_item(e) -> dict:

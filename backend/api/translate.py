@@ -16,8 +16,7 @@ from backend.settings import Limits
 # A1111 request fields this project accepts but does not implement yet: a request that turns one on still
 # runs, and its answer says that the field had no effect (never a silent 200).
 UNIMPLEMENTED_FIELDS = {
-    "restore_faces": lambda v: bool(v), "styles": lambda v: bool(v),
-    "script_name": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v),
+    "restore_faces": lambda v: bool(v), "styles": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v),
 }
 # Request fields A1111 accepts but overrides with its options (so they have no effect there either).
 OPTION_FIELDS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
@@ -25,7 +24,12 @@ OPTION_FIELDS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 
 def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits) -> tuple[GenerationRequest, list]:
     """The body with the current options and this request's (checked) override_settings -> a request, and
-    warnings about what it asked for that has no effect."""
+    warnings about what it asked for that has no effect. A script (script_name) is refused: none is available
+    (A1111 answers an unknown script with an error too)."""
+    script = (body.model_extra or {}).get("script_name")
+    if script:
+        raise InvalidRequest("script_name", f"script '{script}' is not available; GET /sdapi/v1/scripts lists the "
+                                            "scripts there are (none yet)")
     settings = {**options, **overrides}
     sampler = body.sampler_name or body.sampler_index or "Euler"
     fields = dict(

@@ -83,23 +83,30 @@ def to_uint8_images(pixels: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray((255.0 * a).astype(np.uint8)) for a in array]
 
 
+def upscale_by(image: Image.Image, name: str, scale: float, models=None) -> Image.Image:
+    """A1111's Upscaler.upscale: passes of the upscaler (Lanczos/Nearest: a PIL resize by `scale`; a model: its
+    own factor, see backend/upscale/models.py) until the image covers int(size * scale) // 8 * 8, then LANCZOS
+    to exactly that."""
+    if name not in IMAGE_UPSCALERS:
+        return models.upscale(image, name, scale)
+    dest = (int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8))
+    for _ in range(3):
+        if image.width >= dest[0] and image.height >= dest[1]:
+            break
+        image = image.resize((int(image.width * scale), int(image.height * scale)), IMAGE_UPSCALERS[name])
+    if image.size != dest:
+        image = image.resize(dest, Image.LANCZOS)
+    return image
+
+
 def upscale_image(image: Image.Image, name: str, width: int, height: int, models=None) -> Image.Image:
-    """A1111's resize_image(0, ...): "None" resizes straight to the size with LANCZOS; an upscaler scales to
-    int(w * s) // 8 * 8 by the scale that covers the box (a model in passes, see backend/upscale/models.py),
-    then LANCZOS to the size."""
+    """A1111's resize_image(0, ...): "None" resizes straight to the size with LANCZOS; an upscaler scales by
+    the factor that covers the box (`upscale_by`), then LANCZOS to the size."""
     if name == "None":
         return image.resize((width, height), Image.LANCZOS)
     scale = max(width / image.width, height / image.height)
-    if scale > 1.0 and name not in IMAGE_UPSCALERS:
-        image = models.upscale(image, name, scale)
-    elif scale > 1.0:
-        dest = (int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8))
-        for _ in range(3):
-            if image.width >= dest[0] and image.height >= dest[1]:
-                break
-            image = image.resize((int(image.width * scale), int(image.height * scale)), IMAGE_UPSCALERS[name])
-        if image.size != dest:
-            image = image.resize(dest, Image.LANCZOS)
+    if scale > 1.0:
+        image = upscale_by(image, name, scale, models)
     if image.size != (width, height):
         image = image.resize((width, height), Image.LANCZOS)
     return image

@@ -184,3 +184,31 @@ def test_openapi_docs(api):
     assert requests.get(f"{root}/docs", timeout=30).status_code == 200
     spec = requests.get(f"{root}/openapi.json", timeout=30).json()
     assert "/txt2img" in spec["paths"]
+
+
+def test_extras_endpoints_and_lists(api):
+    image = Image.new("RGB", (32, 16), "red")
+    r = requests.post(f"{api}/extra-single-image", json={"image": b64_png(image), "upscaler_1": "Lanczos",
+                                                         "upscaling_resize": 2}, timeout=60)
+    assert r.status_code == 200 and decode(r.json()["image"]).size == (64, 32)
+    assert "Postprocess upscaler: Lanczos" in r.json()["html_info"]
+    r = requests.post(f"{api}/extra-batch-images", json={"imageList": [{"data": b64_png(image), "name": "a"}] * 2,
+                                                         "upscaler_1": "Nearest"}, timeout=60)
+    assert r.status_code == 200 and len(r.json()["images"]) == 2
+    r = requests.post(f"{api}/extra-single-image", json={"image": b64_png(image), "upscaler_1": "nope"}, timeout=60)
+    assert r.status_code == 422 and r.json()["field"] == "upscaler_1"
+    names = [u["name"] for u in requests.get(f"{api}/upscalers", timeout=30).json()]
+    assert names[:3] == ["None", "Lanczos", "Nearest"]
+    assert [m["name"] for m in requests.get(f"{api}/latent-upscale-modes", timeout=30).json()][0] == "Latent"
+    assert requests.get(f"{api}/face-restorers", timeout=30).json() == []
+    r = requests.post(f"{api}/txt2img", json={**SMALL, "script_name": "outpainting mk2"}, timeout=60)
+    assert r.status_code == 422 and r.json()["field"] == "script_name"
+
+
+def test_hires_fix_through_the_api(api):
+    r = requests.post(f"{api}/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent",
+                                              "denoising_strength": 0.5}, timeout=120)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert decode(r.json()["images"][0]).size == (128, 128) and (info["width"], info["height"]) == (64, 64)
+    assert "Hires upscale: 2.0" in info["infotexts"][0]
