@@ -179,12 +179,12 @@ def main(argv: list[str] | None = None) -> None:
                     settings.checkpoint_dir)
 
     from ui.context import UiContext
-    from ui.layout import CSS, build_ui
+    from ui.layout import CSS, JS, build_ui
 
     demo = build_ui(UiContext(service))
     demo.queue(default_concurrency_limit=16)
     launch = dict(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, auth=auth,
-                  prevent_thread_lock=True, show_error=True, css=CSS, footer_links=[])
+                  prevent_thread_lock=True, show_error=True, css=CSS, js=JS, footer_links=[])
     try:
         app, local_url, share_url = demo.launch(share=args.share, **launch)
     except Exception as err:  # noqa: BLE001 - a share link needs the internet; keep serving locally without it

@@ -52,6 +52,8 @@ class Outputs:
     error: gr.Markdown
     job_id: gr.State
     seeds: gr.State
+    infotexts: gr.State  # one per gallery item (the grid shows the first image's)
+    selected: gr.State  # index of the selected gallery item, or None
 
     def all(self) -> list:
         return list(vars(self).values())
@@ -99,9 +101,19 @@ def build_outputs(tab: str) -> Outputs:
     error = gr.Markdown(elem_id=f"{tab}_error", elem_classes=["error-box"])
     progress = gr.Markdown(elem_id=f"{tab}_progress")
     preview = gr.Image(label="Preview", interactive=False, height=160, elem_id=f"{tab}_preview", visible=True)
-    gallery = gr.Gallery(label="Output", columns=4, height=420, elem_id=f"{tab}_gallery", format="png")
+    gallery = gr.Gallery(label="Output", columns=4, height=420, elem_id=f"{tab}_gallery", format="png",
+                         interactive=False, object_fit="contain")
     info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{tab}_info")
-    return Outputs(gallery, info, preview, progress, error, gr.State(None), gr.State([]))
+    outputs = Outputs(gallery, info, preview, progress, error, gr.State(None), gr.State([]), gr.State([]),
+                      gr.State(None))
+
+    def on_select(infotexts: list[str], event: gr.SelectData):
+        index = event.index if isinstance(event.index, int) else None
+        text = infotexts[index] if index is not None and index < len(infotexts) else gr.update()
+        return index, text
+
+    gallery.select(on_select, inputs=outputs.infotexts, outputs=[outputs.selected, info])
+    return outputs
 
 
 def request_fields(values: dict, c: Controls) -> dict:
@@ -154,15 +166,28 @@ def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs):
     note = " (interrupted)" if result.interrupted else ""
     for warning in result.warnings:
         gr.Warning(warning)
+    items, texts = gallery_items(result)
     yield {
         outputs.error: "".join(f"**Warning:** {w}  \n" for w in result.warnings),
-        outputs.gallery: result.gallery,
+        outputs.gallery: items,
+        outputs.infotexts: texts,
+        outputs.selected: None,
         outputs.info: result.infotexts[0] if result.infotexts else "",
         outputs.progress: f"Done{note}: {len(result.images)} image(s).",
         outputs.preview: None,
         outputs.seeds: result.seeds,
         outputs.job_id: None,
     }
+
+
+def gallery_items(result) -> tuple[list, list[str]]:
+    """What the gallery shows, and each item's infotext. Saved images are shown from their files, so what the
+    user opens, downloads or sends on is the PNG with its parameters; unsaved ones as pictures."""
+    grid = result.grid_path or result.grid
+    images = result.paths if len(result.paths) == len(result.images) else result.images
+    items = ([grid] if result.grid is not None else []) + list(images)
+    texts = ([result.infotexts[0]] if result.grid is not None else []) + list(result.infotexts)
+    return [str(i) if not hasattr(i, "size") else i for i in items], texts
 
 
 def progress_text(ctx: UiContext, job: Job) -> str:

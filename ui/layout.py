@@ -10,12 +10,32 @@ from backend.errors import BackendError
 from backend.model_manager import NO_CHECKPOINT_MESSAGE
 from ui.context import UiContext
 from ui.generation_controls import fields_from_infotext
+from ui.extras import build_extras_tab
 from ui.png_info import build_png_info_tab
 from ui.tabs import Tab, build_tab, fill_targets, fill_updates
 
 log = logging.getLogger(__name__)
 
 CSS = ".error-box { color: #c62828; font-weight: 600; }"
+
+# A1111's keyboard habits: Ctrl+Enter generates from a prompt box, Alt+Enter skips, Escape interrupts (in the
+# visible generation tab).
+JS = """
+() => {
+  const visibleTab = () => ["txt2img", "img2img", "inpaint"].find(
+      (t) => document.getElementById(`${t}_generate`)?.offsetParent !== null
+          || document.getElementById(`${t}_interrupt`)?.offsetParent !== null);
+  const press = (id) => { const b = document.getElementById(id); if (b && b.offsetParent !== null) b.click(); };
+  document.addEventListener("keydown", (e) => {
+    const tab = visibleTab();
+    if (!tab) return;
+    const inPrompt = e.target.closest && e.target.closest(`#${tab}_prompt, #${tab}_neg_prompt`);
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && inPrompt) { e.preventDefault(); press(`${tab}_generate`); }
+    else if (e.key === "Enter" && e.altKey) { e.preventDefault(); press(`${tab}_skip`); }
+    else if (e.key === "Escape") { press(`${tab}_interrupt`); }
+  });
+}
+"""
 
 
 def build_ui(ctx: UiContext) -> gr.Blocks:
@@ -26,9 +46,11 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             for name, label in (("txt2img", "txt2img"), ("img2img", "img2img"), ("inpaint", "Inpaint")):
                 with gr.Tab(label, id=name, elem_id=f"tab_{name}"):
                     tabs[name] = build_tab(ctx, name, top)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras_image = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_image, png_text, png_buttons = build_png_info_tab()
-        _wire_send_to(tabs, tab_group, png_image, png_text, png_buttons)
+        _wire_send_to(tabs, tab_group, png_image, png_text, png_buttons, extras_image)
     return demo
 
 
@@ -71,7 +93,7 @@ def _models_message(ctx: UiContext) -> str:
     return "⚠ " + NO_CHECKPOINT_MESSAGE.format(folder=ctx.service.checkpoint_folder_name())
 
 
-def _wire_send_to(tabs: dict[str, Tab], tab_group, png_image, png_text, png_buttons) -> None:
+def _wire_send_to(tabs: dict[str, Tab], tab_group, png_image, png_text, png_buttons, extras_image) -> None:
     for target_name, button in png_buttons.items():
         target = tabs[target_name]
         outputs = fill_targets(target) + [tab_group]
@@ -88,21 +110,25 @@ def _wire_send_to(tabs: dict[str, Tab], tab_group, png_image, png_text, png_butt
         button.click(send, inputs=[png_text, png_image], outputs=outputs)
 
     for source in tabs.values():
-        for target_name, button in (("img2img", source.send_to_img2img), ("inpaint", source.send_to_inpaint)):
-            target = tabs[target_name]
-            button.click(lambda gallery, name=target_name: (_last_image(gallery), gr.Tabs(selected=name)),
-                         inputs=source.outputs.gallery, outputs=[_image_target(target), tab_group])
+        for target_name, button in (("img2img", source.send_to_img2img), ("inpaint", source.send_to_inpaint),
+                                    ("extras", source.send_to_extras)):
+            image_target = extras_image if target_name == "extras" else _image_target(tabs[target_name])
+            button.click(lambda gallery, index, name=target_name: (_selected_image(gallery, index),
+                                                                   gr.Tabs(selected=name)),
+                         inputs=[source.outputs.gallery, source.outputs.selected],
+                         outputs=[image_target, tab_group])
 
 
 def _image_target(tab: Tab):
     return tab.extra.get("init_image") or tab.extra.get("editor")
 
 
-def _last_image(gallery):
-    """A gallery value is a list of (image, caption) items; the last one is a single image, never the grid."""
+def _selected_image(gallery, index: int | None):
+    """The selected picture of a gallery value (a list of (image, caption) items), loaded from its saved file
+    (pixel-exact); without a selection the last one, which is a single image, never the grid."""
     if not gallery:
         return None
-    item = gallery[-1]
+    item = gallery[index if index is not None and 0 <= index < len(gallery) else -1]
     image = item[0] if isinstance(item, (tuple, list)) else item
     if isinstance(image, dict):
         image = image.get("path") or image.get("image", {}).get("path")

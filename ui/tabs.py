@@ -31,6 +31,7 @@ class Tab:
     paste: gr.Button | None = None
     send_to_img2img: gr.Button | None = None
     send_to_inpaint: gr.Button | None = None
+    send_to_extras: gr.Button | None = None
 
 
 def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
@@ -48,7 +49,8 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
             with gr.Row():
                 to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{name}_send_to_img2img")
                 to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{name}_send_to_inpaint")
-    tab = Tab(name, controls, outputs, extra, generate, interrupt, skip, paste, to_img2img, to_inpaint)
+                to_extras = gr.Button("Send to extras", size="sm", elem_id=f"{name}_send_to_extras")
+    tab = Tab(name, controls, outputs, extra, generate, interrupt, skip, paste, to_img2img, to_inpaint, to_extras)
     _wire(ctx, tab, top_bar)
     return tab
 

@@ -134,3 +134,48 @@ def test_empty_models_folder_starts_and_says_where_to_put_checkpoints(browser, t
         page.wait_for_function("document.querySelector('#txt2img_error')?.innerText.includes('No checkpoint found')",
                                timeout=30_000)
         page.close()
+
+
+def test_ctrl_enter_generates_and_gallery_serves_the_saved_png_with_parameters(page, app_url):
+    import io
+
+    import requests
+    from PIL import Image
+
+    paste_parameters(page, "txt2img", "a red kite\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 9, Size: 64x64")
+    page.click("#txt2img_prompt textarea")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 9')",
+                           timeout=60_000)
+    src = page.get_attribute("#txt2img_gallery img", "src")
+    data = requests.get(src if src.startswith("http") else app_url + src, timeout=30).content
+    served = Image.open(io.BytesIO(data))
+    assert served.size == (64, 64) and "Seed: 9" in served.info.get("parameters", "")
+
+
+def test_generation_info_follows_the_selected_thumbnail_and_send_uses_it(page):
+    paste_parameters(page, "txt2img", "boats\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 20, Size: 64x64")
+    page.fill("#txt2img_batch_size input[type=number]", "2")
+    page.press("#txt2img_batch_size input[type=number]", "Enter")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 20')",
+                           timeout=60_000)
+    thumbnails = page.locator("#txt2img_gallery .thumbnail-item")
+    thumbnails.nth(2).click()  # grid, seed 20, seed 21
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 21')",
+                           timeout=30_000)
+    page.click("#txt2img_send_to_extras")
+    page.wait_for_selector("#extras_image img", timeout=30_000)
+    page.click("#extras_generate")
+    page.wait_for_function("document.querySelector('#extras_info textarea').value.includes('Postprocess upscaler')",
+                           timeout=60_000)
+    assert "Postprocess upscale by: 2" in page.input_value("#extras_info textarea")
+
+
+def test_hires_fix_from_the_ui(page):
+    paste_parameters(page, "txt2img", "a tower\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, "
+                                      "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Hires upscale: 2.0')",
+                           timeout=60_000)
+    page.wait_for_function("document.querySelector('#txt2img_gallery img')?.naturalWidth === 128", timeout=30_000)
