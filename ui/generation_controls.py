@@ -38,6 +38,7 @@ class Controls:
     seed_resize_from_w: gr.Slider
     seed_resize_from_h: gr.Slider
     tiling: gr.Checkbox
+    override_settings: gr.Dropdown  # A1111's "Override settings": options a pasted infotext carries
 
     def all(self) -> set:
         return {w for w in vars(self).values() if not isinstance(w, gr.Button)}
@@ -90,9 +91,11 @@ def build_controls(tab: str) -> Controls:
             resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
                                  elem_id=f"{tab}_seed_resize_from_h")
         tiling = gr.Checkbox(label="Tiling (seamless)", elem_id=f"{tab}_tiling")
+    overrides = gr.Dropdown([], value=[], multiselect=True, label="Override settings", allow_custom_value=True,
+                            elem_id=f"{tab}_override_settings")
     random_seed.click(lambda: -1, outputs=seed)
     controls = Controls(prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count, batch_size,
-                        subseed, subseed_strength, resize_w, resize_h, tiling)
+                        subseed, subseed_strength, resize_w, resize_h, tiling, overrides)
     controls.reuse_seed_button = reuse_seed  # wired by the tab, which owns the info box
     return controls
 
@@ -135,7 +138,29 @@ def request_fields(values: dict, c: Controls) -> dict:
         seed_resize_from_w=int(values[c.seed_resize_from_w] or 0),
         seed_resize_from_h=int(values[c.seed_resize_from_h] or 0),
         tiling=bool(values[c.tiling]),
+        **override_fields(values[c.override_settings] or []),
     )
+
+
+# Infotext keys that are settings (A1111 pastes them as "Override settings") -> request field and type
+OVERRIDE_KEYS = {"Clip skip": ("clip_skip", int), "ENSD": ("eta_noise_seed_delta", int), "Eta": ("eta", float),
+                 "Eta DDIM": ("eta", float), "Sigma churn": ("s_churn", float), "Sigma tmin": ("s_tmin", float),
+                 "Sigma tmax": ("s_tmax", float), "Sigma noise": ("s_noise", float), "RNG": ("rng_source", str),
+                 "Emphasis": ("emphasis", str)}
+
+
+def override_fields(entries: list[str]) -> dict:
+    """["ENSD: 31337", ...] -> request fields."""
+    fields = {}
+    for entry in entries:
+        key, _, value = str(entry).partition(": ")
+        if key in OVERRIDE_KEYS:
+            name, cast = OVERRIDE_KEYS[key]
+            try:
+                fields[name] = cast(value)
+            except ValueError:
+                continue
+    return fields
 
 
 def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs):
@@ -220,6 +245,8 @@ def fields_from_infotext(text: str) -> dict[str, object]:
         values.update(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0, tiling=False,
                       enable_hr=any(key.startswith("Hires ") for key in parsed), hr_second_pass_steps=0,
                       hr_resize_x=0, hr_resize_y=0)
+    if "Steps" in parsed:
+        values["override_settings"] = [f"{key}: {parsed[key]}" for key in OVERRIDE_KEYS if key in parsed]
     for key, (name, cast) in mapping.items():
         if key in parsed:
             try:

@@ -191,4 +191,10 @@ def fill_targets(tab: Tab) -> list:
 
 def fill_updates(tab: Tab, values: dict) -> list:
     """An update per fill target: the parsed value where the infotext had one, unchanged otherwise."""
-    return [gr.update(value=values[name]) if name in values else gr.update() for name, _ in _fillable(tab)]
+    return [_update(name, values[name]) if name in values else gr.update() for name, _ in _fillable(tab)]
+
+
+def _update(name: str, value):
+    if name == "override_settings":  # its choices are what the infotext carries
+        return gr.update(choices=value, value=value)
+    return gr.update(value=value)

@@ -179,3 +179,13 @@ def test_hires_fix_from_the_ui(page):
     page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Hires upscale: 2.0')",
                            timeout=60_000)
     page.wait_for_function("document.querySelector('#txt2img_gallery img')?.naturalWidth === 128", timeout=30_000)
+
+
+def test_pasted_settings_reach_the_image(page):
+    paste_parameters(page, "txt2img", "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 4, Size: 64x64, "
+                                      "ENSD: 31337, RNG: NV, Clip skip: 2")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 4')",
+                           timeout=60_000)
+    info = page.input_value("#txt2img_info textarea")
+    assert "Clip skip: 2" in info and "ENSD: 31337" in info and "RNG: NV" in info

@@ -32,7 +32,7 @@ def test_infotext_fills_the_fields():
                       "schedule": "Karras", "cfg_scale": 5.5, "seed": 42, "width": 640, "height": 384,
                       "denoising_strength": 0.4, "mask_blur": 8, "subseed_strength": 0.0, "seed_resize_from_w": 0,
                       "seed_resize_from_h": 0, "tiling": False, "enable_hr": False, "hr_second_pass_steps": 0,
-                      "hr_resize_x": 0, "hr_resize_y": 0}
+                      "hr_resize_x": 0, "hr_resize_y": 0, "override_settings": []}
 
 
 def test_png_info_reads_parameters():
@@ -67,3 +67,13 @@ def test_infotext_fills_hires_fix():
     assert values["enable_hr"] is True and values["denoising_strength"] == 0.55
     assert (values["hr_resize_x"], values["hr_resize_y"], values["hr_second_pass_steps"]) == (128, 96, 5)
     assert values["hr_upscaler"] == "Lanczos"
+
+
+def test_settings_in_an_infotext_become_override_settings():
+    from ui.generation_controls import override_fields
+
+    values = fields_from_infotext("p\nSteps: 3, Sampler: Euler a, Seed: 1, Size: 64x64, Clip skip: 2, ENSD: 31337, "
+                                  "Eta: 0.5, RNG: NV, Sigma noise: 0.98")
+    assert values["override_settings"] == ["Clip skip: 2", "ENSD: 31337", "Eta: 0.5", "Sigma noise: 0.98", "RNG: NV"]
+    assert override_fields(values["override_settings"]) == {"clip_skip": 2, "eta_noise_seed_delta": 31337, "eta": 0.5,
+                                                            "s_noise": 0.98, "rng_source": "NV"}
