@@ -116,7 +116,8 @@ class DiffusersFolderModel:
             index = json.loads((path / "model_index.json").read_text())
             encoder_config = json.loads((path / "text_encoder" / "config.json").read_text())
         except (OSError, ValueError) as err:
-            raise CheckpointError(f"{path.name}: not a loadable diffusers folder: {err}") from err
+            raise CheckpointError(f"{path.name}: not a loadable diffusers folder "
+                                  f"({type(err).__name__}: model_index.json or text_encoder/config.json)") from err
         family = Family.SDXL if "XL" in str(index.get("_class_name", "")) else Family.SD1
         if family is Family.SD1 and encoder_config.get("hidden_act") == "gelu":
             family = Family.SD2
@@ -146,7 +147,9 @@ class DiffusersFolderModel:
             try:
                 self._pipe = DiffusionPipeline.from_pretrained(str(self.path), torch_dtype=dtype, local_files_only=True)
             except (OSError, ValueError) as err:
-                raise CheckpointError(f"{self.path.name}: not a loadable diffusers folder: {err}") from err
+                log.warning("loading the diffusers folder %s failed: %s", self.path.name, err)
+                raise CheckpointError(f"{self.path.name}: not a loadable diffusers folder ({type(err).__name__}; "
+                                      "the server log has the details)") from err
         return self._pipe
 
     def _encoders(self, pipe) -> list:
