@@ -39,6 +39,7 @@ class Controls:
     seed_resize_from_h: gr.Slider
     tiling: gr.Checkbox
     override_settings: gr.Dropdown  # A1111's "Override settings": options a pasted infotext carries
+    network_hashes: gr.State  # a pasted infotext's `Lora hashes`, to find LoRAs by hash when names differ
 
     def all(self) -> set:
         return {w for w in vars(self).values() if not isinstance(w, gr.Button)}
@@ -95,7 +96,7 @@ def build_controls(tab: str) -> Controls:
                             elem_id=f"{tab}_override_settings")
     random_seed.click(lambda: -1, outputs=seed)
     controls = Controls(prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count, batch_size,
-                        subseed, subseed_strength, resize_w, resize_h, tiling, overrides)
+                        subseed, subseed_strength, resize_w, resize_h, tiling, overrides, gr.State([]))
     controls.reuse_seed_button = reuse_seed  # wired by the tab, which owns the info box
     return controls
 
@@ -139,6 +140,7 @@ def request_fields(values: dict, c: Controls) -> dict:
         seed_resize_from_h=int(values[c.seed_resize_from_h] or 0),
         tiling=bool(values[c.tiling]),
         **override_fields(values[c.override_settings] or []),
+        network_hashes=tuple(tuple(pair) for pair in values[c.network_hashes] or []),
     )
 
 
@@ -161,6 +163,16 @@ def override_fields(entries: list[str]) -> dict:
             except ValueError:
                 continue
     return fields
+
+
+def network_hashes(text: str) -> list[list[str]]:
+    """`name: 0123456789ab, other: ...` -> [[name, hash], ...]."""
+    pairs = []
+    for item in text.split(","):
+        name, _, digest = item.strip().rpartition(":")
+        if name.strip() and digest.strip():
+            pairs.append([name.strip(), digest.strip()])
+    return pairs
 
 
 def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs):
@@ -247,6 +259,7 @@ def fields_from_infotext(text: str) -> dict[str, object]:
                       hr_resize_x=0, hr_resize_y=0)
     if "Steps" in parsed:
         values["override_settings"] = [f"{key}: {parsed[key]}" for key in OVERRIDE_KEYS if key in parsed]
+        values["network_hashes"] = network_hashes(str(parsed.get("Lora hashes", "")))
     for key, (name, cast) in mapping.items():
         if key in parsed:
             try:

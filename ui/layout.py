@@ -16,12 +16,36 @@ from ui.tabs import Tab, build_tab, fill_targets, fill_updates
 
 log = logging.getLogger(__name__)
 
-CSS = ".error-box { color: #c62828; font-weight: 600; }"
+CSS = """.error-box { color: #c62828; font-weight: 600; }
+.extra-network-cards { display: flex; flex-wrap: wrap; gap: 8px; }
+.extra-network-card { width: 128px; cursor: pointer; border: 1px solid #8884; border-radius: 6px; padding: 4px; }
+.extra-network-card img, .extra-network-card .no-preview { width: 118px; height: 118px; object-fit: cover; }
+.extra-network-card .no-preview { background: #8882; }
+.extra-network-card .name { display: block; font-size: 12px; word-break: break-all; }
+.sd-hidden { display: none !important; }"""
 
 # A1111's keyboard habits: Ctrl+Enter generates from a prompt box, Alt+Enter skips, Escape interrupts (in the
 # visible generation tab).
-JS = """
+JS = r"""
 () => {
+  window.sdExtraNetworkClick = (card) => {
+    const tab = card.dataset.tab, kind = card.dataset.kind, value = card.dataset.value;
+    const set = (selector, text) => {
+      const box = document.querySelector(selector);
+      box.value = text;
+      box.dispatchEvent(new Event("input", { bubbles: true }));
+    };
+    if (kind === "checkpoint") {
+      set(`#${tab}_extra_checkpoint textarea, #${tab}_extra_checkpoint input`, value);
+      return;
+    }
+    const prompt = document.querySelector(`#${tab}_prompt textarea`);
+    const text = prompt.value;
+    // A1111: clicking a card that is already in the prompt takes it out again
+    const next = text.includes(value) ? text.replace(value, "").replace(/  +/g, " ").trim()
+                                      : (text.trim() ? text.replace(/\s*$/, " ") : "") + value;
+    set(`#${tab}_prompt textarea`, next);
+  };
   const visibleTab = () => ["txt2img", "img2img", "inpaint"].find(
       (t) => document.getElementById(`${t}_generate`)?.offsetParent !== null
           || document.getElementById(`${t}_interrupt`)?.offsetParent !== null);
@@ -51,7 +75,14 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_image, png_text, png_buttons = build_png_info_tab()
         _wire_send_to(tabs, tab_group, png_image, png_text, png_buttons, extras_image)
+        # Every page load shows the server's state now, not the state when the page was built.
+        demo.load(lambda: _server_state(ctx), outputs=[top["checkpoint"], top["vae"], top["status"]])
     return demo
+
+
+def _server_state(ctx: UiContext) -> tuple:
+    return (gr.update(choices=ctx.checkpoint_titles(), value=ctx.current_title()),
+            gr.update(choices=ctx.vae_choices()), _models_message(ctx))
 
 
 def _build_top_bar(ctx: UiContext) -> dict:
@@ -84,7 +115,7 @@ def _build_top_bar(ctx: UiContext) -> dict:
 
     refresh.click(on_refresh, inputs=checkpoint, outputs=[checkpoint, vae, status])
     checkpoint.input(on_change_checkpoint, inputs=checkpoint, outputs=status)
-    return {"checkpoint": checkpoint, "vae": vae}
+    return {"checkpoint": checkpoint, "vae": vae, "status": status}
 
 
 def _models_message(ctx: UiContext) -> str:

@@ -11,6 +11,7 @@ from PIL import Image
 from backend.errors import BackendError, InvalidRequest
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
 from ui.context import UiContext
+from ui.extra_networks import build_extra_networks
 from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
                                     request_fields, run_job)
 
@@ -38,6 +39,7 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     with gr.Row():
         with gr.Column(scale=3):
             controls = build_controls(name)
+            build_extra_networks(ctx, name, top_bar["checkpoint"])
             extra = _build_extra(name, ctx)
         with gr.Column(scale=2):
             with gr.Row():
@@ -197,4 +199,6 @@ def fill_updates(tab: Tab, values: dict) -> list:
 def _update(name: str, value):
     if name == "override_settings":  # its choices are what the infotext carries
         return gr.update(choices=value, value=value)
+    if name == "network_hashes":  # a gr.State takes the value itself
+        return value
     return gr.update(value=value)

@@ -189,3 +189,58 @@ def test_pasted_settings_reach_the_image(page):
                            timeout=60_000)
     info = page.input_value("#txt2img_info textarea")
     assert "Clip skip: 2" in info and "ENSD: 31337" in info and "RNG: NV" in info
+
+
+def test_after_a_reload_the_page_shows_the_servers_model_and_list(page, app_url, models_dir):
+    import requests
+
+    # Another user (or the API) switches the model; a model is added and the list refreshed.
+    extra = models_dir / "Stable-diffusion" / "added-later.safetensors"
+    extra.write_bytes((models_dir / "Stable-diffusion" / "sd1.safetensors").read_bytes())
+    try:
+        page.click("#refresh_checkpoints")
+        page.wait_for_timeout(1500)
+        page.reload()
+        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+        page.click("#setting_sd_model_checkpoint input")
+        page.wait_for_selector("text=added-later.safetensors", timeout=30_000)
+        page.keyboard.press("Escape")
+        value = page.input_value("#setting_sd_model_checkpoint input")
+        assert value.startswith("sd1.safetensors")
+        assert requests.get(app_url + "/", timeout=30).status_code == 200
+    finally:
+        extra.unlink()
+
+
+def test_extra_networks_cards_insert_and_remove_lora_tags(page, models_dir):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder = models_dir / "Lora"
+    folder.mkdir(exist_ok=True)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({key + ".lora_down.weight": torch.ones(4, 32) * 0.01, key + ".lora_up.weight": torch.ones(32, 4) * 0.01},
+              str(folder / "mystyle.safetensors"))
+    (folder / "mystyle.json").write_text(json.dumps({"preferred weight": 0.6, "activation text": "mystyle"}))
+    try:
+        page.click("#txt2img_extra_networks button >> nth=0")
+        page.click("#txt2img_extra_refresh")
+        card = page.locator("#txt2img_lora_cards .extra-network-card", has_text="mystyle")
+        card.wait_for(timeout=30_000)
+        page.fill("#txt2img_prompt textarea", "a garden")
+        card.click()
+        assert page.input_value("#txt2img_prompt textarea") == "a garden <lora:mystyle:0.6> mystyle"
+        page.fill("#txt2img_steps input[type=number]", "2")
+        page.fill("#txt2img_width input[type=number]", "64")
+        page.fill("#txt2img_height input[type=number]", "64")
+        page.click("#txt2img_generate")
+        page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Lora hashes')",
+                               timeout=120_000)
+        assert page.input_value("#txt2img_info textarea").startswith("a garden <lora:mystyle:0.6> mystyle\n")
+        card.click()
+        assert page.input_value("#txt2img_prompt textarea") == "a garden"
+    finally:
+        for name in ("mystyle.safetensors", "mystyle.json"):
+            (folder / name).unlink()

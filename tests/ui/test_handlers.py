@@ -32,7 +32,7 @@ def test_infotext_fills_the_fields():
                       "schedule": "Karras", "cfg_scale": 5.5, "seed": 42, "width": 640, "height": 384,
                       "denoising_strength": 0.4, "mask_blur": 8, "subseed_strength": 0.0, "seed_resize_from_w": 0,
                       "seed_resize_from_h": 0, "tiling": False, "enable_hr": False, "hr_second_pass_steps": 0,
-                      "hr_resize_x": 0, "hr_resize_y": 0, "override_settings": []}
+                      "hr_resize_x": 0, "hr_resize_y": 0, "override_settings": [], "network_hashes": []}
 
 
 def test_png_info_reads_parameters():
@@ -77,3 +77,9 @@ def test_settings_in_an_infotext_become_override_settings():
     assert values["override_settings"] == ["Clip skip: 2", "ENSD: 31337", "Eta: 0.5", "Sigma noise: 0.98", "RNG: NV"]
     assert override_fields(values["override_settings"]) == {"clip_skip": 2, "eta_noise_seed_delta": 31337, "eta": 0.5,
                                                             "s_noise": 0.98, "rng_source": "NV"}
+
+
+def test_lora_hashes_are_kept_for_finding_networks_by_hash():
+    values = fields_from_infotext('p <lora:old_name:1>\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, '
+                                  'Lora hashes: "old_name: 0123456789ab, b: ffffffffffff"')
+    assert values["network_hashes"] == [["old_name", "0123456789ab"], ["b", "ffffffffffff"]]
