@@ -139,6 +139,7 @@ def build_service(settings: Settings):
     from backend.memory import policy
     from backend.memory.facts import probe_device_facts
     from backend.model_manager import CacheLimits, ModelManager, Placement
+    from backend.networks.hypernetworks import HypernetLibrary
     from backend.networks.library import NetworkLibrary
     from backend.outputs import OutputWriter
     from backend.upscale.models import UpscalerLibrary
@@ -161,8 +162,9 @@ def build_service(settings: Settings):
     embeddings = EmbeddingLibrary(settings.embedding_folders)
     networks = NetworkLibrary([settings.lora_folder])
     upscalers = UpscalerLibrary([settings.models_dir / "ESRGAN", settings.models_dir / "RealESRGAN"])
+    hypernetworks = HypernetLibrary([settings.models_dir / "hypernetworks"])
     return GenerationService(settings, models, OutputWriter(settings.outputs_dir), embeddings=embeddings,
-                             networks=networks, upscalers=upscalers)
+                             networks=networks, upscalers=upscalers, hypernetworks=hypernetworks)
 
 
 def main(argv: list[str] | None = None) -> None:

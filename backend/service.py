@@ -28,6 +28,7 @@ from backend.memory.fallback import decode_with_fallbacks, run_with_fallbacks
 from backend.memory.policy import Measures
 from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
+from backend.networks.hypernetworks import HypernetLibrary, HypernetPatcher
 from backend.networks.library import NetworkFile, NetworkLibrary
 from backend.upscale.extras import ExtrasRequest, run_extras
 from backend.upscale.extras import check as check_extras
@@ -62,6 +63,7 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)  # shown to the user: the images are fine, something else not
     embeddings: list = field(default_factory=list)  # textual-inversion embeddings the prompts used
     networks: list = field(default_factory=list)  # LoRAs merged for this job (WantedNetwork)
+    hypernetworks: list = field(default_factory=list)  # (Hypernetwork, multiplier) used for this job
 
     @property
     def gallery(self) -> list[Image.Image]:
@@ -98,11 +100,13 @@ class GenerationService:
 
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter,
                  options: Options | None = None, embeddings: EmbeddingLibrary | None = None,
-                 networks: NetworkLibrary | None = None, upscalers: UpscalerLibrary | None = None):
+                 networks: NetworkLibrary | None = None, upscalers: UpscalerLibrary | None = None,
+                 hypernetworks: HypernetLibrary | None = None):
         self.settings = settings
         self.embeddings = embeddings or EmbeddingLibrary([])
         self.networks = networks or NetworkLibrary([])
         self.upscalers = upscalers or UpscalerLibrary([])
+        self.hypernetworks = hypernetworks or HypernetLibrary([])
         self.resources = sampling.Resources(self.embeddings, self.upscalers)
         self.models = models
         self.registry = models.registry
@@ -188,6 +192,10 @@ class GenerationService:
 
     def refresh_loras(self) -> None:
         self.networks.refresh()
+        self.hypernetworks.refresh()
+
+    def hypernetwork_files(self) -> dict:
+        return self.hypernetworks.names()
 
     # ---------------------------------------------------------------- upscalers
 
@@ -346,10 +354,17 @@ class GenerationService:
         """Merge the prompt's LoRAs into the model (or restore it when there are none); unknown names and kinds
         are reported, and the image is made without them, as A1111 does."""
         parsed = parse_tags(req.prompt)
-        wanted = []
+        wanted, hypernets = [], []
         for tag in parsed.tags:
+            if tag.kind == "hypernet":
+                hypernet = self.hypernetworks.load(tag.name)
+                if hypernet is None:
+                    result.warnings.append(f"Hypernetwork not found: {tag.name}")
+                else:
+                    hypernets.append((hypernet, tag.te))
+                continue
             if tag.kind not in LORA_KINDS:
-                result.warnings.append(f"{tag.text}: {tag.kind} networks are not supported yet; the tag was ignored")
+                result.warnings.append(f"{tag.text}: {tag.kind} networks are not supported; the tag was ignored")
                 continue
             found = self.networks.find(tag.name, dict(req.network_hashes).get(tag.name))
             if found is None:
@@ -359,6 +374,8 @@ class GenerationService:
         patcher = model.caches.setdefault("networks", NetworkPatcher())
         result.warnings += patcher.apply(model, wanted, self.networks)
         result.networks = wanted
+        model.caches.setdefault("hypernetworks", HypernetPatcher()).apply(model.unet, hypernets)
+        result.hypernetworks = hypernets
         return dataclasses.replace(req, prompt=parsed.text)
 
     def _check_prompts(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
@@ -471,6 +488,9 @@ class GenerationService:
             params["Masked content"] = MASKED_CONTENT_LABELS[req.inpainting_fill]
             if req.inpainting_mask_invert:
                 params["Mask mode"] = "Inpaint not masked"
+        if result.hypernetworks:
+            params["Hypernet"] = ", ".join(h.name for h, _ in result.hypernetworks)
+            params["Hypernet hash"] = ", ".join(h.short_hash for h, _ in result.hypernetworks)
         if result.networks:
             params["Lora hashes"] = ", ".join(f"{w.typed_name}: {w.network.short_hash}" for w in result.networks)
         if result.embeddings:

@@ -170,6 +170,7 @@ class SdApi:
         r("/scripts", self.scripts, ["GET"])
         r("/embeddings", self.embeddings, ["GET"])
         r("/loras", self.loras, ["GET"])
+        r("/hypernetworks", self.hypernetworks, ["GET"])
         r("/upscalers", self.upscalers, ["GET"])
         r("/realesrgan-models", self.realesrgan_models, ["GET"])
         r("/face-restorers", self.face_restorers, ["GET"])
@@ -300,6 +301,9 @@ class SdApi:
     def loras(self) -> list[dict]:
         return [{"name": n.name, "alias": n.alias, "path": str(n.path), "metadata": n.metadata}
                 for n in self.service.loras()]
+
+    def hypernetworks(self) -> list[dict]:
+        return [{"name": name, "path": str(path)} for name, path in sorted(self.service.hypernetwork_files().items())]
 
     def refresh_loras(self) -> dict:
         self.service.refresh_loras()

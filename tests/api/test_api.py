@@ -212,3 +212,10 @@ def test_hires_fix_through_the_api(api):
     info = json.loads(r.json()["info"])
     assert decode(r.json()["images"][0]).size == (128, 128) and (info["width"], info["height"]) == (64, 64)
     assert "Hires upscale: 2.0" in info["infotexts"][0]
+
+
+def test_network_lists(api):
+    assert requests.get(f"{api}/loras", timeout=30).json() == []  # no models/Lora in this data dir
+    assert requests.get(f"{api}/hypernetworks", timeout=30).json() == []
+    assert requests.post(f"{api}/refresh-loras", timeout=30).status_code == 200
+    assert requests.get(f"{api}/embeddings", timeout=30).json() == {"loaded": {}, "skipped": {}}

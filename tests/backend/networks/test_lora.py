@@ -261,3 +261,45 @@ def test_listing_parses_json_metadata(svc):
     listed = {n.name: n for n in svc.loras()}
     assert set(listed) >= {"style", "loha", "lokr", "mixed", "xl", "pickled"}
     assert listed["style"].alias == "style_v1" and listed["style"].metadata["ss_tag_frequency"] == {"a": 1}
+
+
+def test_peft_format_and_dyn_and_finding_by_hash(svc, tiny, lora_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    style = load_file(str(lora_dir / "style.safetensors"))
+    # the same LoRA as diffusers/peft saves it: module paths with lora_A / lora_B (alpha as a tensor)
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    kohya = "lora_unet_" + name.replace(".", "_")
+    peft = {f"unet.{name}.lora_A.weight": style[kohya + ".lora_down.weight"],
+            f"unet.{name}.lora_B.weight": style[kohya + ".lora_up.weight"], f"unet.{name}.alpha": style[kohya + ".alpha"]}
+    only_q = {k: v for k, v in style.items() if k.startswith(kohya)}
+    save_file(peft, str(lora_dir / "peft_q.safetensors"))
+    save_file(only_q, str(lora_dir / "kohya_q.safetensors"))
+    svc.refresh_loras()
+    try:
+        a = _ours(svc, "a cat <lora:peft_q:0.9>")
+        b = _ours(svc, "a cat <lora:kohya_q:0.9>")
+        assert _diff(a.images[0], b.images[0]) == 0 and a.warnings == []
+        # dyn: only the first 2 ranks, with the same scale
+        dyn = _ours(svc, "a cat <lora:kohya_q:0.9:0.9:2>")
+        truncated = dict(only_q)
+        truncated[kohya + ".lora_down.weight"] = only_q[kohya + ".lora_down.weight"][:2]
+        truncated[kohya + ".lora_up.weight"] = only_q[kohya + ".lora_up.weight"][:, :2]
+        merged = _merge(tiny["sd1"], truncated, te=0.9, unet=0.9)
+        # A1111 keeps the scale alpha / full rank when dyn cuts ranks
+        with torch.no_grad():
+            module = dict(merged.unet.named_modules())[name]
+            module.weight.copy_(dict(tiny["sd1"].unet.named_modules())[name].weight
+                                + (module.weight - dict(tiny["sd1"].unet.named_modules())[name].weight) * 2 / 4)
+        assert _diff(dyn.images[0], _image(merged)) <= 3
+        # a pasted infotext's hash finds a network whose name changed
+        digest = svc.networks.find("kohya_q").short_hash
+        req = GenerationRequest(prompt="a cat <lora:renamed:0.9>", negative_prompt="ugly", steps=3, width=64, height=64,
+                                seed=3, sampler_name="Euler", checkpoint="sd1.safetensors", save_images=False,
+                                network_hashes=(("renamed", digest),))
+        by_hash = svc.generate(req)
+        assert _diff(by_hash.images[0], b.images[0]) == 0 and by_hash.warnings == []
+    finally:
+        for f in ("peft_q.safetensors", "kohya_q.safetensors"):
+            (lora_dir / f).unlink()
+        svc.refresh_loras()
