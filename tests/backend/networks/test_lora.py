@@ -303,3 +303,36 @@ def test_peft_format_and_dyn_and_finding_by_hash(svc, tiny, lora_dir, tmp_path):
         for f in ("peft_q.safetensors", "kohya_q.safetensors"):
             (lora_dir / f).unlink()
         svc.refresh_loras()
+
+
+def test_sdxl_lycoris_formats_equal_a1111s_merge(svc, tiny, lora_dir):
+    """LoHa, LoKr, full and DoRA on SDXL layers named in the original layout."""
+    from safetensors.torch import load_file
+
+    q = _kohya("input_blocks.3.1.transformer_blocks.0.attn1.to_q")
+    k = _kohya("input_blocks.3.1.transformer_blocks.0.attn1.to_k")
+    v = _kohya("middle_block.1.proj_in")
+    o = _kohya("input_blocks.3.1.transformer_blocks.0.attn1.to_out.0")
+    tensors = {q + ".hada_w1_a": _r(128, 4), q + ".hada_w1_b": _r(4, 128), q + ".hada_w2_a": _r(128, 4),
+               q + ".hada_w2_b": _r(4, 128), q + ".alpha": torch.tensor(2.0),
+               k + ".lokr_w1": _r(8, 8), k + ".lokr_w2": _r(16, 16),
+               v + ".diff": _r(128, 128, scale=0.02), v + ".diff_b": _r(128, scale=0.02),
+               o + ".lora_down.weight": _r(4, 128), o + ".lora_up.weight": _r(128, 4), o + ".alpha": torch.tensor(4.0),
+               o + ".dora_scale": _r(1, 128).abs() + 1.0}
+    save_file(tensors, str(lora_dir / "xl_lyco.safetensors"))
+    svc.refresh_loras()
+    try:
+        names = {"input_blocks_3_1_transformer_blocks_0_attn1_to_q":
+                 "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+                 "input_blocks_3_1_transformer_blocks_0_attn1_to_k":
+                 "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k",
+                 "middle_block_1_proj_in": "mid_block.attentions.0.proj_in",
+                 "input_blocks_3_1_transformer_blocks_0_attn1_to_out_0":
+                     "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0"}
+        expected = _image(_merge(tiny["sdxl"], load_file(str(lora_dir / "xl_lyco.safetensors")), te=0.8, unet=0.8,
+                                 names=names))
+        ours = _ours(svc, "a cat <lora:xl_lyco:0.8>", checkpoint="sdxl.safetensors")
+        assert _diff(ours.images[0], expected) <= 3 and ours.warnings == []
+    finally:
+        (lora_dir / "xl_lyco.safetensors").unlink()
+        svc.refresh_loras()
