@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from backend.errors import ModelNotFound
+from backend.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,7 @@ def _key_and_stamp(path: Path) -> tuple[str, list[int]]:
 
 def _hash_file(path: Path) -> str:
     log.info("hashing %s (once; the result is cached)", path.name)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 class ModelRegistry:

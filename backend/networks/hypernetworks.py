@@ -7,7 +7,6 @@ Files are read through the restricted unpickler. The MLPs are rebuilt layer for 
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import threading
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.errors import CheckpointError
+from backend.hashing import sha256_file
 from backend.loading.checkpoint_file import read_pickle
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,7 @@ class Hypernetwork:
 
     @property
     def short_hash(self) -> str:
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()[:10]
+        return sha256_file(self.path)[:10]
 
     def set_multiplier(self, value: float) -> None:
         for pair in self.layers.values():

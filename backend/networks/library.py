@@ -3,7 +3,6 @@ card sidecars, and its tensors (read on first use, then kept while recently used
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from backend.errors import CheckpointError
+from backend.hashing import sha256_file
 from backend.loading.checkpoint_file import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,11 @@ class NetworkFile:
 
 
 def _addnet_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        if path.suffix.lower() == ".safetensors":
-            header = int.from_bytes(f.read(8), "little")
-            f.seek(8 + header)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    offset = 0
+    if path.suffix.lower() == ".safetensors":
+        with open(path, "rb") as f:
+            offset = 8 + int.from_bytes(f.read(8), "little")
+    return sha256_file(path, offset)
 
 
 def read_metadata(path: Path) -> dict:

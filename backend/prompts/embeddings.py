@@ -8,7 +8,6 @@ tokens (they count as that many tokens, never straddle two chunks, and take the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from backend.errors import BackendError
+from backend.hashing import sha256_file
 from backend.loading.checkpoint_file import open_checkpoint, read_pickle
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def read_embedding(path: Path) -> Embedding:
         data = read_pickle(path)
     if not isinstance(data, dict):
         raise ValueError("not a dictionary of tensors")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     meta = dict(step=_int_or_none(data.get("step")), checkpoint=_str_or_none(data.get("sd_checkpoint")),
                 checkpoint_name=_str_or_none(data.get("sd_checkpoint_name")))
     if "string_to_param" in data:
@@ -91,14 +91,6 @@ def _int_or_none(value) -> int | None:
 
 def _str_or_none(value) -> str | None:
     return str(value) if isinstance(value, str) else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmbeddingLibrary:
