@@ -235,7 +235,9 @@ def test_unknown_names_change_nothing_and_are_reported(svc):
     assert _diff(plain.images[0], unknown.images[0]) == 0
     assert unknown.warnings == ["Lora not found: nope"]
     hyper = _ours(svc, "a cat<hypernet:x:1>")
-    assert "hypernet networks are not supported yet" in hyper.warnings[0]
+    assert hyper.warnings == ["Hypernetwork not found: x"]
+    other = _ours(svc, "a cat<wildcard:x:1>")
+    assert other.warnings == ["<wildcard:x:1>: wildcard networks are not supported; the tag was ignored"]
 
 
 def test_a_network_for_another_architecture_is_refused(svc):
