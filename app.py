@@ -18,6 +18,17 @@ from backend.settings import PROJECT_ROOT, Limits, MemoryFlags, Settings  # noqa
 log = logging.getLogger("app")
 
 
+# A1111 flags whose purpose this project fulfils without them, or that do not apply here
+NOTICE_FLAGS = {
+    "--opt-sdp-attention": "PyTorch SDPA attention is already the default",
+    "--opt-sdp-no-mem-attention": "PyTorch SDPA attention is already the default",
+    "--skip-torch-cuda-test": "there is no CUDA test to skip: the device is chosen by --device",
+    "--no-download-sd-model": "nothing is ever downloaded",
+    "--enable-insecure-extension-access": "there are no extensions",
+    "--autolaunch": "open the address printed at start in your browser",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Self-hosted Stable Diffusion web UI (A1111-compatible flags).")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
@@ -57,9 +68,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override what a checkpoint predicts (SD 2.x 768-v vs 512 look alike); repeatable")
     p.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
     p.add_argument("--max-upload-pixels", type=int, default=4096 * 4096, help="largest uploaded image, in pixels")
+    p.add_argument("--hypernetwork-dir", type=Path, default=None, help="hypernetworks (default MODELS_DIR/hypernetworks)")
+    p.add_argument("--esrgan-models-path", type=Path, default=None, help="ESRGAN models (default MODELS_DIR/ESRGAN)")
+    p.add_argument("--realesrgan-models-path", type=Path, default=None,
+                   help="Real-ESRGAN models (default MODELS_DIR/RealESRGAN)")
+    compat = p.add_argument_group("A1111 flags that need nothing here (accepted, with a one-line notice)")
+    for flag in NOTICE_FLAGS:
+        compat.add_argument(flag, action="store_true", help=NOTICE_FLAGS[flag])
+    compat.add_argument("--theme", choices=["light", "dark"], default=None, help="UI theme (open ?__theme=dark)")
+    compat.add_argument("--styles-file", action="append", default=[], help="styles files (styles are not supported yet)")
+    p.add_argument("--disable-safe-unpickle", action="store_true",
+                   help="refused: pickle checkpoints are always loaded with the restricted unpickler")
     p.add_argument("--max-prompt-chunks", type=int, default=75,
                    help="longest prompt, in 75-token chunks (default 75: far above any real prompt)")
     return p.parse_args(argv)
+
+
+def announce_compat_flags(args: argparse.Namespace) -> None:
+    """A one-line notice for each accepted A1111 flag that does nothing here; refuse the unsafe one."""
+    if args.disable_safe_unpickle:
+        raise SystemExit("--disable-safe-unpickle is refused: .ckpt/.pt files can run code when unpickled, so they "
+                         "are always read with the restricted unpickler. Convert a refused file to .safetensors.")
+    for flag, why in NOTICE_FLAGS.items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")):
+            log.info("%s: accepted, no effect here (%s)", flag, why)
+    if args.theme:
+        log.info("--theme %s: open the UI with ?__theme=%s", args.theme, args.theme)
+    if args.styles_file:
+        log.warning("--styles-file: styles are not supported yet; the files are not read")
+
+
+def cmd_flags(args: argparse.Namespace) -> dict:
+    """The effective flags, as GET /sdapi/v1/cmd-flags returns them (paths as text, never credentials)."""
+    hidden = {"gradio_auth", "api_auth"}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in hidden}
 
 
 def parse_prediction_overrides(items: list[str]) -> dict[str, str]:
@@ -86,6 +128,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         embeddings_dirs=embeddings_dirs(args, models_dir),
         lora_dir=args.lora_dir,
+        hypernetwork_dir=args.hypernetwork_dir,
+        upscaler_dirs=(args.esrgan_models_path or models_dir / "ESRGAN",
+                       args.realesrgan_models_path or models_dir / "RealESRGAN"),
         models_dir=models_dir,
         outputs_dir=args.outputs_dir or args.data_dir / "outputs",
         ckpt_dir=args.ckpt_dir,
@@ -161,8 +206,8 @@ def build_service(settings: Settings):
     models = ModelManager(registry, placement, cache, settings.prediction_overrides)
     embeddings = EmbeddingLibrary(settings.embedding_folders)
     networks = NetworkLibrary([settings.lora_folder])
-    upscalers = UpscalerLibrary([settings.models_dir / "ESRGAN", settings.models_dir / "RealESRGAN"])
-    hypernetworks = HypernetLibrary([settings.models_dir / "hypernetworks"])
+    upscalers = UpscalerLibrary(list(settings.upscaler_folders))
+    hypernetworks = HypernetLibrary([settings.hypernetwork_dir or settings.models_dir / "hypernetworks"])
     return GenerationService(settings, models, OutputWriter(settings.outputs_dir), embeddings=embeddings,
                              networks=networks, upscalers=upscalers, hypernetworks=hypernetworks)
 
@@ -171,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
+    announce_compat_flags(args)
     check_exposure(args)
     auth = parse_credentials(args.gradio_auth) or None
     api_auth = api_credentials(args)
@@ -197,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.api:
         from backend.api.routes import mount_api
 
-        mount_api(app, service, api_auth)
+        mount_api(app, service, api_auth, cmd_flags(args))
     log.info("Running on %s%s", local_url, f" and {share_url}" if share_url else "")
     try:
         threading.Event().wait()

@@ -36,7 +36,11 @@ from backend.upscale.models import UpscalerLibrary
 from backend.networks.patch import NetworkPatcher, WantedNetwork
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.extra_networks import LORA_KINDS, parse_tags
-from backend.prompts.encode import encoder_for, text_width
+from backend.prompts.parse import split_and
+from backend.prompts.schedule import prompt_schedule
+from backend.loading.build import build_tokenizer
+from backend.loading.detect import Family, TextEncoderSpec
+from backend.prompts.encode import PromptEncoder, encoder_for, text_width
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import ResolvedSampler, resolve
@@ -114,6 +118,7 @@ class GenerationService:
         self.options = options or Options()
         self._lock = threading.Lock()
         self._selected: str | None = settings.default_checkpoint  # what the user chose; plain requests use it
+        self._counting_tokenizer = None
         self.queue = JobQueue(self._run_job)
 
     # ---------------------------------------------------------------- generation (any thread)
@@ -172,6 +177,27 @@ class GenerationService:
             except ModelNotFound:
                 log.warning("the selected checkpoint %r is gone; using the loaded or first one", selected)
         return self.models.default_checkpoint()
+
+    def prompt_token_count(self, prompt: str) -> tuple[int, int]:
+        """A1111's token counter: the longest variant of the prompt (editing, alternation, AND parts), without
+        extra-network tags, in tokens (embeddings as their vectors); and the next multiple of 75."""
+        model = self.models.loaded_model
+        if model is not None:
+            encoder = encoder_for(model, "Original", self.embeddings)
+        else:  # no model yet: the shipped tokenizer (every SD model's vocabulary) and every embedding
+            encoder = PromptEncoder(Family.SD1, [self._tokenizer()], [], torch.device("cpu"),
+                                    embeddings=self.embeddings.all())
+        text = parse_tags(prompt).text
+        counts = [sum(len(c.tokens) for c in encoder.chunks(variant)) for part, _ in split_and(text)
+                  for _, variant in prompt_schedule(part, 20)]
+        used = max(counts, default=0)
+        return used, max(1, -(-used // 75)) * 75
+
+    def _tokenizer(self):
+        with self._lock:
+            if self._counting_tokenizer is None:
+                self._counting_tokenizer = build_tokenizer(TextEncoderSpec("", "clip", {}, False, "<|endoftext|>"))
+            return self._counting_tokenizer
 
     # ---------------------------------------------------------------- embeddings
 

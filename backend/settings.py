@@ -55,6 +55,8 @@ class Settings:
     prediction_overrides: dict[str, str] = field(default_factory=dict)  # checkpoint name -> epsilon | v_prediction
     embeddings_dirs: tuple[Path, ...] = ()  # default: models_dir/embeddings
     lora_dir: Path | None = None  # default: models_dir/Lora
+    hypernetwork_dir: Path | None = None  # default: models_dir/hypernetworks
+    upscaler_dirs: tuple[Path, ...] = ()  # default: models_dir/ESRGAN and models_dir/RealESRGAN
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -64,6 +66,10 @@ class Settings:
     @property
     def vae_folder(self) -> Path:
         return self.vae_dir or self.models_dir / "VAE"
+
+    @property
+    def upscaler_folders(self) -> tuple[Path, ...]:
+        return self.upscaler_dirs or (self.models_dir / "ESRGAN", self.models_dir / "RealESRGAN")
 
     @property
     def lora_folder(self) -> Path:

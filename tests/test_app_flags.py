@@ -43,3 +43,19 @@ def test_exposure_needs_credentials_unless_opted_out():
     assert app.api_credentials(app.parse_args(["--gradio-auth", "u:p", "--api-auth", "a:b"])) == [("a", "b")]
     with pytest.raises(SystemExit, match="empty"):
         app.parse_credentials("u:")
+
+
+def test_a1111_flags_are_accepted_or_refused_with_a_reason(caplog):
+    import logging
+
+    args = app.parse_args(["--opt-sdp-attention", "--skip-torch-cuda-test", "--no-download-sd-model", "--autolaunch",
+                           "--enable-insecure-extension-access", "--theme", "dark", "--gradio-auth", "u:p"])
+    with caplog.at_level(logging.INFO, logger="app"):
+        app.announce_compat_flags(args)
+    assert "--opt-sdp-attention: accepted, no effect here" in caplog.text
+    flags = app.cmd_flags(args)
+    assert flags["opt_sdp_attention"] is True and "gradio_auth" not in flags and "api_auth" not in flags
+    with pytest.raises(SystemExit, match="restricted unpickler"):
+        app.announce_compat_flags(app.parse_args(["--disable-safe-unpickle"]))
+    with pytest.raises(SystemExit):
+        app.parse_args(["--no-such-flag"])

@@ -42,7 +42,7 @@ class Controls:
     network_hashes: gr.State  # a pasted infotext's `Lora hashes`, to find LoRAs by hash when names differ
 
     def all(self) -> set:
-        return {w for w in vars(self).values() if not isinstance(w, gr.Button)}
+        return {w for w in vars(self).values() if not isinstance(w, (gr.Button, gr.HTML))}
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Outputs:
 def build_controls(tab: str) -> Controls:
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tab}_prompt",
                         placeholder="Prompt (press Ctrl+Enter to generate; paste infotext and press ↙ to fill)")
+    token_counter = gr.HTML("<span>0/75</span>", elem_id=f"{tab}_token_counter", elem_classes=["token-counter"])
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_neg_prompt")
     with gr.Row():
         sampler = gr.Dropdown([s.name for s in SAMPLERS], value="DPM++ 2M", label="Sampling method",
@@ -79,7 +80,8 @@ def build_controls(tab: str) -> Controls:
         cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
     with gr.Row():
         seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{tab}_seed")
-        random_seed = gr.Button("🎲 Random", elem_id=f"{tab}_random_seed", size="sm")
+        # characters the bundled DejaVu/Liberation fonts have (emoji would show as empty boxes without emoji fonts)
+        random_seed = gr.Button("⚄ Random", elem_id=f"{tab}_random_seed", size="sm")
         reuse_seed = gr.Button("♻ Reuse last seed", elem_id=f"{tab}_reuse_seed", size="sm")
     with gr.Accordion("Extra", open=False, elem_id=f"{tab}_seed_extras"):
         with gr.Row():
@@ -98,6 +100,7 @@ def build_controls(tab: str) -> Controls:
     controls = Controls(prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count, batch_size,
                         subseed, subseed_strength, resize_w, resize_h, tiling, overrides, gr.State([]))
     controls.reuse_seed_button = reuse_seed  # wired by the tab, which owns the info box
+    controls.token_counter = token_counter  # wired by the tab, which has the service
     return controls
 
 

@@ -22,7 +22,8 @@ CSS = """.error-box { color: #c62828; font-weight: 600; }
 .extra-network-card img, .extra-network-card .no-preview { width: 118px; height: 118px; object-fit: cover; }
 .extra-network-card .no-preview { background: #8882; }
 .extra-network-card .name { display: block; font-size: 12px; word-break: break-all; }
-.sd-hidden { display: none !important; }"""
+.sd-hidden { display: none !important; }
+.token-counter { text-align: right; font-size: 12px; opacity: 0.8; }"""
 
 # A1111's keyboard habits: Ctrl+Enter generates from a prompt box, Alt+Enter skips, Escape interrupts (in the
 # visible generation tab).
@@ -50,6 +51,21 @@ JS = r"""
       (t) => document.getElementById(`${t}_generate`)?.offsetParent !== null
           || document.getElementById(`${t}_interrupt`)?.offsetParent !== null);
   const press = (id) => { const b = document.getElementById(id); if (b && b.offsetParent !== null) b.click(); };
+  // A hover hint on every icon button (A1111 gives all its tool buttons one)
+  const hints = {
+    random_seed: "Set the seed to -1: a new random seed each time",
+    reuse_seed: "Reuse the seed of the selected (or last) image",
+    paste: "Read generation parameters from the prompt box into the UI",
+    refresh_checkpoints: "Refresh the lists of checkpoints and VAEs",
+    interrupt: "Stop, keeping what has been made (Esc)",
+    skip: "Skip the current image and go on with the next (Alt+Enter)",
+    generate: "Generate (Ctrl+Enter in a prompt box)",
+  };
+  setInterval(() => {
+    for (const [suffix, hint] of Object.entries(hints)) {
+      document.querySelectorAll(`[id$="${suffix}"]`).forEach((el) => { if (!el.title) el.title = hint; });
+    }
+  }, 1000);
   document.addEventListener("keydown", (e) => {
     const tab = visibleTab();
     if (!tab) return;
@@ -89,7 +105,7 @@ def _build_top_bar(ctx: UiContext) -> dict:
     with gr.Row():
         checkpoint = gr.Dropdown(ctx.checkpoint_titles(), value=ctx.current_title(), label="Stable Diffusion checkpoint",
                                  elem_id="setting_sd_model_checkpoint", scale=4)
-        refresh = gr.Button("🔄", elem_id="refresh_checkpoints", min_width=40, scale=0)
+        refresh = gr.Button("↻", elem_id="refresh_checkpoints", min_width=40, scale=0)
         vae = gr.Dropdown(ctx.vae_choices(), value="Automatic", label="SD VAE", elem_id="setting_sd_vae", scale=2)
     status = gr.Markdown(_models_message(ctx), elem_id="models_status")
 

@@ -45,7 +45,7 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{name}_generate")
                 interrupt = gr.Button("Interrupt", variant="stop", visible=False, elem_id=f"{name}_interrupt")
-                skip = gr.Button("Skip", elem_id=f"{name}_skip")
+                skip = gr.Button("Skip", visible=False, elem_id=f"{name}_skip")
                 paste = gr.Button("↙", elem_id=f"{name}_paste", min_width=40)
             outputs = build_outputs(name)
             with gr.Row():
@@ -161,14 +161,17 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
         yield from run_job(ctx, request, tab.outputs)
 
     def show_running():
-        return gr.update(visible=False), gr.update(visible=True)
+        return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
 
     def show_idle():
-        return gr.update(visible=True), gr.update(visible=False)
+        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
 
-    tab.generate.click(show_running, outputs=[tab.generate, tab.interrupt]).then(
+    buttons = [tab.generate, tab.interrupt, tab.skip]
+    tab.generate.click(show_running, outputs=buttons).then(
         on_generate, inputs=inputs, outputs=tab.outputs.all(), api_name=f"{tab.name}_generate",
-        concurrency_limit=None).then(show_idle, outputs=[tab.generate, tab.interrupt])
+        concurrency_limit=None).then(show_idle, outputs=buttons)
+    tab.controls.prompt.change(lambda text: token_counter_html(ctx.service.prompt_token_count(text or "")),
+                               inputs=tab.controls.prompt, outputs=tab.controls.token_counter, show_progress="hidden")
     tab.interrupt.click(lambda job_id: ctx.service.interrupt(job_id) if job_id else None,
                         inputs=tab.outputs.job_id, outputs=None)
     tab.skip.click(lambda job_id: ctx.service.skip(job_id) if job_id else None, inputs=tab.outputs.job_id,
@@ -179,12 +182,18 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
                     outputs=fill_targets(tab))
 
 
+def token_counter_html(counts: tuple[int, int]) -> str:
+    used, target = counts
+    return f"<span title='tokens / the 75-token chunks they fill'>{used}/{target}</span>"
+
+
 def _fillable(tab: Tab) -> list[tuple[str, gr.components.Component]]:
     """(name, widget) of every field infotext can fill on `tab`, in a fixed order."""
     extras = ("denoising_strength", "mask_blur", "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale",
               "hr_resize_x", "hr_resize_y")
     named = list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in extras]
-    return [(name, w) for name, w in named if isinstance(w, gr.components.Component) and not isinstance(w, gr.Button)]
+    return [(name, w) for name, w in named
+            if isinstance(w, gr.components.Component) and not isinstance(w, (gr.Button, gr.HTML))]
 
 
 def fill_targets(tab: Tab) -> list:

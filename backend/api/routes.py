@@ -86,8 +86,9 @@ def _status_of(err: BackendError) -> int:
 
 
 class SdApi:
-    def __init__(self, service: GenerationService, credentials: list[tuple[str, str]]):
+    def __init__(self, service: GenerationService, credentials: list[tuple[str, str]], flags: dict | None = None):
         self.service = service
+        self.flags = flags or {}
         self.credentials = [(u.encode("utf-8"), p.encode("utf-8")) for u, p in credentials]
         self.app = FastAPI(title="Stable Diffusion web UI API", version="1", docs_url=None, redoc_url=None)
         self._add_routes()
@@ -180,6 +181,7 @@ class SdApi:
         r("/refresh-loras", self.refresh_loras, ["POST"])
         r("/refresh-embeddings", self.refresh_embeddings, ["POST"])
         r("/memory", self.memory, ["GET"])
+        r("/cmd-flags", self.cmd_flags, ["GET"])
 
     def txt2img(self, body: Txt2ImgBody) -> dict:
         return self._generate(body)
@@ -316,6 +318,9 @@ class SdApi:
     def scripts(self) -> dict:
         return {"txt2img": [], "img2img": []}
 
+    def cmd_flags(self) -> dict:
+        return self.flags
+
     def memory(self) -> dict:
         vm = psutil.virtual_memory()
         ram = {"free": vm.available, "used": vm.total - vm.available, "total": vm.total}
@@ -409,9 +414,10 @@ def _openapi_body(model: type[BaseModel] | None) -> dict | None:
     return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def mount_api(app, service: GenerationService, credentials: list[tuple[str, str]]) -> SdApi:
+def mount_api(app, service: GenerationService, credentials: list[tuple[str, str]],
+              flags: dict | None = None) -> SdApi:
     """Put the API in front of the (already running) Gradio app: /sdapi/v1/..., /docs and /openapi.json."""
-    api = SdApi(service, credentials)
+    api = SdApi(service, credentials, flags or {})
     openapi_url = "/openapi.json"
 
     async def openapi(request):

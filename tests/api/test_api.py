@@ -219,3 +219,8 @@ def test_network_lists(api):
     assert requests.get(f"{api}/hypernetworks", timeout=30).json() == []
     assert requests.post(f"{api}/refresh-loras", timeout=30).status_code == 200
     assert requests.get(f"{api}/embeddings", timeout=30).json() == {"loaded": {}, "skipped": {}}
+
+
+def test_cmd_flags(api):
+    flags = requests.get(f"{api}/cmd-flags", timeout=30).json()
+    assert flags["api"] is True and flags["port"] > 0 and "api_auth" not in flags

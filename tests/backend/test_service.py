@@ -101,3 +101,16 @@ def test_images_come_back_when_saving_fails(models_dir, tmp_path):
     assert len(result.images) == 2 and result.paths == [] and result.grid is not None
     assert result.warnings == ["Images were not saved: Not a directory."]
     assert str(tmp_path) not in " ".join(result.warnings)
+
+
+def test_token_counter_counts_like_a1111(svc, models_dir, tmp_path):
+    fresh = build_backend(models_dir, tmp_path / "out")
+    try:
+        assert fresh.prompt_token_count("a (cat:1.2)") == (2, 75)  # before any model is loaded
+    finally:
+        fresh.shutdown()
+    svc.generate(_req())
+    assert svc.prompt_token_count("") == (0, 75)
+    assert svc.prompt_token_count("a (cat:1.2) <lora:x:1>") == (2, 75)  # brackets and tags do not count
+    assert svc.prompt_token_count("[cat|big dog]") == (2, 75)  # the longest variant
+    assert svc.prompt_token_count("cat " * 80) == (80, 150)

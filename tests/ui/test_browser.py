@@ -244,3 +244,13 @@ def test_extra_networks_cards_insert_and_remove_lora_tags(page, models_dir):
     finally:
         for name in ("mystyle.safetensors", "mystyle.json"):
             (folder / name).unlink()
+
+
+def test_token_counter_skip_visibility_and_hover_hints(page):
+    assert not page.is_visible("#txt2img_skip") and not page.is_visible("#txt2img_interrupt")
+    page.fill("#txt2img_prompt textarea", "a (cat:1.2), " + "tree " * 80)
+    page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.includes('/150')",
+                           timeout=30_000)
+    assert page.inner_text("#txt2img_token_counter").strip() == "83/150"
+    page.wait_for_function("document.getElementById('txt2img_random_seed').title !== ''", timeout=10_000)
+    assert "random" in page.get_attribute("#txt2img_random_seed", "title")
