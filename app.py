@@ -12,6 +12,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub, whatever a library tries
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no torchvision notices for image processors we never use
 
 from backend.settings import PROJECT_ROOT, Limits, MemoryFlags, Settings  # noqa: E402
 
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
+    if not args.xformers:  # its "can't load C++/CUDA extensions" warning only matters to --xformers users
+        logging.getLogger("xformers").setLevel(logging.ERROR)
     announce_compat_flags(args)
     check_exposure(args)
     auth = parse_credentials(args.gradio_auth) or None

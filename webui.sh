@@ -14,4 +14,10 @@ if [ ! -f .venv/.requirements-installed ] || [ requirements.txt -nt .venv/.requi
   python -m pip install -r requirements.txt
   touch .venv/.requirements-installed
 fi
-exec python app.py "$@"
+# As in A1111: webui-user.sh (next to this script) may set COMMANDLINE_ARGS, e.g. COMMANDLINE_ARGS="--api --listen"
+COMMANDLINE_ARGS=""
+if [ -f webui-user.sh ]; then
+  . ./webui-user.sh
+fi
+# shellcheck disable=SC2086 # the flags are meant to be split into words, as A1111 does
+exec python app.py $COMMANDLINE_ARGS "$@"

@@ -59,3 +59,23 @@ def test_a1111_flags_are_accepted_or_refused_with_a_reason(caplog):
         app.announce_compat_flags(app.parse_args(["--disable-safe-unpickle"]))
     with pytest.raises(SystemExit):
         app.parse_args(["--no-such-flag"])
+
+
+def test_webui_sh_reads_commandline_args_from_webui_user_sh(tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.server import ROOT
+
+    # a copy of the launcher beside a fake venv whose python prints its arguments
+    shutil.copy(ROOT / "webui.sh", tmp_path / "webui.sh")
+    (tmp_path / "requirements.txt").write_text("")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    (bin_dir / "python").write_text("#!/usr/bin/env bash\necho \"$@\"\n")
+    (bin_dir / "python").chmod(0o755)
+    (tmp_path / ".venv" / ".requirements-installed").touch()
+    (tmp_path / "webui-user.sh").write_text('COMMANDLINE_ARGS="--api --port 7999"\n')
+    out = subprocess.run(["bash", str(tmp_path / "webui.sh"), "--listen"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "app.py --api --port 7999 --listen"

@@ -172,10 +172,16 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
         concurrency_limit=None).then(show_idle, outputs=buttons)
     tab.controls.prompt.change(lambda text: token_counter_html(ctx.service.prompt_token_count(text or "")),
                                inputs=tab.controls.prompt, outputs=tab.controls.token_counter, show_progress="hidden")
-    tab.interrupt.click(lambda job_id: ctx.service.interrupt(job_id) if job_id else None,
-                        inputs=tab.outputs.job_id, outputs=None)
-    tab.skip.click(lambda job_id: ctx.service.skip(job_id) if job_id else None, inputs=tab.outputs.job_id,
-                   outputs=None)
+    def on_interrupt(job_id):
+        if job_id:
+            ctx.service.interrupt(job_id)
+
+    def on_skip(job_id):
+        if job_id:
+            ctx.service.skip(job_id)
+
+    tab.interrupt.click(on_interrupt, inputs=tab.outputs.job_id, outputs=None)
+    tab.skip.click(on_skip, inputs=tab.outputs.job_id, outputs=None)
     tab.controls.reuse_seed_button.click(lambda seeds: seeds[0] if seeds else -1, inputs=tab.outputs.seeds,
                                          outputs=tab.controls.seed)
     tab.paste.click(lambda text: fill_updates(tab, fields_from_infotext(text)), inputs=tab.controls.prompt,
