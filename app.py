@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in NOTICE_FLAGS:
         compat.add_argument(flag, action="store_true", help=NOTICE_FLAGS[flag])
     compat.add_argument("--theme", choices=["light", "dark"], default=None, help="UI theme (open ?__theme=dark)")
-    compat.add_argument("--styles-file", action="append", default=[], help="styles files (styles are not supported yet)")
+    p.add_argument("--styles-file", type=Path, default=None, help="styles file (default DATA_DIR/styles.csv)")
     p.add_argument("--disable-safe-unpickle", action="store_true",
                    help="refused: pickle checkpoints are always loaded with the restricted unpickler")
     p.add_argument("--max-prompt-chunks", type=int, default=75,
@@ -95,8 +95,6 @@ def announce_compat_flags(args: argparse.Namespace) -> None:
             log.info("%s: accepted, no effect here (%s)", flag, why)
     if args.theme:
         log.info("--theme %s: open the UI with ?__theme=%s", args.theme, args.theme)
-    if args.styles_file:
-        log.warning("--styles-file: styles are not supported yet; the files are not read")
 
 
 def cmd_flags(args: argparse.Namespace) -> dict:
@@ -129,6 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         embeddings_dirs=embeddings_dirs(args, models_dir),
         lora_dir=args.lora_dir,
+        styles_file=args.styles_file or args.data_dir / "styles.csv",
         hypernetwork_dir=args.hypernetwork_dir,
         upscaler_dirs=(args.esrgan_models_path or models_dir / "ESRGAN",
                        args.realesrgan_models_path or models_dir / "RealESRGAN"),
@@ -188,6 +187,7 @@ def build_service(settings: Settings):
     from backend.networks.hypernetworks import HypernetLibrary
     from backend.networks.library import NetworkLibrary
     from backend.outputs import OutputWriter
+    from backend.styles import StyleLibrary
     from backend.upscale.models import UpscalerLibrary
     from backend.prompts.embeddings import EmbeddingLibrary
     from backend.registry import HashCache, ModelRegistry
@@ -209,8 +209,9 @@ def build_service(settings: Settings):
     networks = NetworkLibrary([settings.lora_folder])
     upscalers = UpscalerLibrary(list(settings.upscaler_folders))
     hypernetworks = HypernetLibrary([settings.hypernetwork_dir or settings.models_dir / "hypernetworks"])
+    styles = StyleLibrary(settings.styles_file or settings.models_dir.parent / "styles.csv")
     return GenerationService(settings, models, OutputWriter(settings.outputs_dir), embeddings=embeddings,
-                             networks=networks, upscalers=upscalers, hypernetworks=hypernetworks)
+                             networks=networks, upscalers=upscalers, hypernetworks=hypernetworks, styles=styles)
 
 
 def main(argv: list[str] | None = None) -> None:

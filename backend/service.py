@@ -30,6 +30,7 @@ from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
 from backend.networks.hypernetworks import HypernetLibrary, HypernetPatcher
 from backend.networks.library import NetworkFile, NetworkLibrary
+from backend.styles import Style, StyleLibrary
 from backend.upscale.extras import ExtrasRequest, run_extras
 from backend.upscale.extras import check as check_extras
 from backend.upscale.models import UpscalerLibrary
@@ -105,12 +106,13 @@ class GenerationService:
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter,
                  options: Options | None = None, embeddings: EmbeddingLibrary | None = None,
                  networks: NetworkLibrary | None = None, upscalers: UpscalerLibrary | None = None,
-                 hypernetworks: HypernetLibrary | None = None):
+                 hypernetworks: HypernetLibrary | None = None, styles: StyleLibrary | None = None):
         self.settings = settings
         self.embeddings = embeddings or EmbeddingLibrary([])
         self.networks = networks or NetworkLibrary([])
         self.upscalers = upscalers or UpscalerLibrary([])
         self.hypernetworks = hypernetworks or HypernetLibrary([])
+        self.styles = styles or StyleLibrary(settings.outputs_dir.parent / "styles.csv")
         self.resources = sampling.Resources(self.embeddings, self.upscalers)
         self.models = models
         self.registry = models.registry
@@ -126,6 +128,9 @@ class GenerationService:
     def submit(self, request: GenerationRequest) -> Job:
         """Check the request now (bad input fails fast, before queueing), then queue it. A request without a
         checkpoint gets the one selected now, so a later switch does not change what it runs on."""
+        if request.styles:  # as A1111: the prompts (and their infotext) carry the styles' text
+            prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, list(request.styles))
+            request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative)
         validate(request, self.settings.limits)
         resolve(request.sampler_name, request.scheduler)
         if request.enable_hr and request.hr_upscaler is not None:
@@ -198,6 +203,18 @@ class GenerationService:
             if self._counting_tokenizer is None:
                 self._counting_tokenizer = build_tokenizer(TextEncoderSpec("", "clip", {}, False, "<|endoftext|>"))
             return self._counting_tokenizer
+
+    # ---------------------------------------------------------------- styles
+
+    def prompt_styles(self) -> list[Style]:
+        self.styles.reload()
+        return self.styles.all()
+
+    def save_style(self, name: str, prompt: str, negative_prompt: str) -> None:
+        self.styles.save(Style(name.strip(), prompt, negative_prompt))
+
+    def apply_styles(self, prompt: str, negative: str, names: list[str]) -> tuple[str, str]:
+        return self.styles.apply(prompt, negative, names)
 
     # ---------------------------------------------------------------- embeddings
 

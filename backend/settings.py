@@ -55,6 +55,7 @@ class Settings:
     prediction_overrides: dict[str, str] = field(default_factory=dict)  # checkpoint name -> epsilon | v_prediction
     embeddings_dirs: tuple[Path, ...] = ()  # default: models_dir/embeddings
     lora_dir: Path | None = None  # default: models_dir/Lora
+    styles_file: Path | None = None  # A1111's styles.csv; default: beside models_dir
     hypernetwork_dir: Path | None = None  # default: models_dir/hypernetworks
     upscaler_dirs: tuple[Path, ...] = ()  # default: models_dir/ESRGAN and models_dir/RealESRGAN
     limits: Limits = field(default_factory=Limits)

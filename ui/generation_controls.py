@@ -39,10 +39,12 @@ class Controls:
     seed_resize_from_h: gr.Slider
     tiling: gr.Checkbox
     override_settings: gr.Dropdown  # A1111's "Override settings": options a pasted infotext carries
+    styles: gr.Dropdown
     network_hashes: gr.State  # a pasted infotext's `Lora hashes`, to find LoRAs by hash when names differ
 
     def all(self) -> set:
-        return {w for w in vars(self).values() if not isinstance(w, (gr.Button, gr.HTML))}
+        return {w for w in vars(self).values()
+                if isinstance(w, gr.components.Component) and not isinstance(w, (gr.Button, gr.HTML))}
 
 
 @dataclass
@@ -66,6 +68,11 @@ def build_controls(tab: str) -> Controls:
                         placeholder="Prompt (press Ctrl+Enter to generate; paste infotext and press ↙ to fill)")
     token_counter = gr.HTML("<span>0/75</span>", elem_id=f"{tab}_token_counter", elem_classes=["token-counter"])
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_neg_prompt")
+    with gr.Row():
+        styles = gr.Dropdown([], value=[], multiselect=True, label="Styles", elem_id=f"{tab}_styles", scale=4)
+        apply_styles = gr.Button("Apply styles", size="sm", elem_id=f"{tab}_style_apply", scale=0)
+        style_name = gr.Textbox(placeholder="style name", show_label=False, elem_id=f"{tab}_style_name", scale=2)
+        save_style = gr.Button("Save style", size="sm", elem_id=f"{tab}_style_save", scale=0)
     with gr.Row():
         sampler = gr.Dropdown([s.name for s in SAMPLERS], value="DPM++ 2M", label="Sampling method",
                               elem_id=f"{tab}_sampler")
@@ -98,9 +105,10 @@ def build_controls(tab: str) -> Controls:
                             elem_id=f"{tab}_override_settings")
     random_seed.click(lambda: -1, outputs=seed)
     controls = Controls(prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count, batch_size,
-                        subseed, subseed_strength, resize_w, resize_h, tiling, overrides, gr.State([]))
+                        subseed, subseed_strength, resize_w, resize_h, tiling, overrides, styles, gr.State([]))
     controls.reuse_seed_button = reuse_seed  # wired by the tab, which owns the info box
     controls.token_counter = token_counter  # wired by the tab, which has the service
+    controls.style_widgets = (apply_styles, style_name, save_style)
     return controls
 
 
@@ -144,6 +152,7 @@ def request_fields(values: dict, c: Controls) -> dict:
         tiling=bool(values[c.tiling]),
         **override_fields(values[c.override_settings] or []),
         network_hashes=tuple(tuple(pair) for pair in values[c.network_hashes] or []),
+        styles=tuple(values[c.styles] or ()),
     )
 
 

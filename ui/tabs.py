@@ -170,6 +170,7 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     tab.generate.click(show_running, outputs=buttons).then(
         on_generate, inputs=inputs, outputs=tab.outputs.all(), api_name=f"{tab.name}_generate",
         concurrency_limit=None).then(show_idle, outputs=buttons)
+    _wire_styles(ctx, tab)
     tab.controls.prompt.change(lambda text: token_counter_html(ctx.service.prompt_token_count(text or "")),
                                inputs=tab.controls.prompt, outputs=tab.controls.token_counter, show_progress="hidden")
     def on_interrupt(job_id):
@@ -186,6 +187,36 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
                                          outputs=tab.controls.seed)
     tab.paste.click(lambda text: fill_updates(tab, fields_from_infotext(text)), inputs=tab.controls.prompt,
                     outputs=fill_targets(tab))
+
+
+def _wire_styles(ctx: UiContext, tab: Tab) -> None:
+    """A1111's styles: pick styles (applied when generating), apply them into the prompt boxes, save the
+    current prompts as a style."""
+    c = tab.controls
+    apply_button, name_box, save_button = c.style_widgets
+
+    def choices():
+        return [s.name for s in ctx.service.prompt_styles()]
+
+    def on_apply(prompt, negative, names):
+        try:
+            prompt, negative = ctx.service.apply_styles(prompt or "", negative or "", list(names or []))
+        except BackendError as err:
+            gr.Warning(str(err))
+            return gr.update(), gr.update(), gr.update()
+        return prompt, negative, gr.update(value=[])
+
+    def on_save(name, prompt, negative):
+        try:
+            ctx.service.save_style(name or "", prompt or "", negative or "")
+        except BackendError as err:
+            gr.Warning(str(err))
+        return gr.update(choices=choices()), ""
+
+    c.styles.focus(lambda: gr.update(choices=choices()), outputs=c.styles)
+    apply_button.click(on_apply, inputs=[c.prompt, c.negative_prompt, c.styles],
+                       outputs=[c.prompt, c.negative_prompt, c.styles])
+    save_button.click(on_save, inputs=[name_box, c.prompt, c.negative_prompt], outputs=[c.styles, name_box])
 
 
 def token_counter_html(counts: tuple[int, int]) -> str:

@@ -182,6 +182,7 @@ class SdApi:
         r("/refresh-embeddings", self.refresh_embeddings, ["POST"])
         r("/memory", self.memory, ["GET"])
         r("/cmd-flags", self.cmd_flags, ["GET"])
+        r("/prompt-styles", self.prompt_styles, ["GET"])
 
     def txt2img(self, body: Txt2ImgBody) -> dict:
         return self._generate(body)
@@ -317,6 +318,10 @@ class SdApi:
 
     def scripts(self) -> dict:
         return {"txt2img": [], "img2img": []}
+
+    def prompt_styles(self) -> list[dict]:
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                for s in self.service.prompt_styles()]
 
     def cmd_flags(self) -> dict:
         return self.flags

@@ -16,7 +16,7 @@ from backend.settings import Limits
 # A1111 request fields this project accepts but does not implement yet: a request that turns one on still
 # runs, and its answer says that the field had no effect (never a silent 200).
 UNIMPLEMENTED_FIELDS = {
-    "restore_faces": lambda v: bool(v), "styles": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v),
+    "restore_faces": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v),
 }
 # Request fields A1111 accepts but overrides with its options (so they have no effect there either).
 OPTION_FIELDS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
@@ -37,6 +37,7 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         scheduler=body.scheduler or "Automatic", steps=body.steps, cfg_scale=body.cfg_scale, width=body.width,
         height=body.height, seed=body.seed, batch_size=body.batch_size, n_iter=body.n_iter,
         subseed=body.subseed, subseed_strength=body.subseed_strength, tiling=bool(body.tiling),
+        styles=tuple(body.styles or ()),
         seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
         eta_noise_seed_delta=_int_option(settings.get("eta_noise_seed_delta") or 0, "eta_noise_seed_delta"),
         rng_source=settings.get("randn_source") or "CPU", eta=_eta(body, settings),

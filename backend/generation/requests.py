@@ -60,6 +60,7 @@ class GenerationRequest:
     s_tmax: float = 0.0  # 0 = infinity
     s_noise: float = 1.0
     network_hashes: tuple[tuple[str, str], ...] = ()
+    styles: tuple[str, ...] = ()  # names from styles.csv, merged into the prompts when the job is submitted
     # hires fix (txt2img)
     enable_hr: bool = False
     hr_scale: float = 2.0

@@ -83,9 +83,10 @@ def test_options_store_only_known_names_with_checked_types(server):
 
 
 def test_unimplemented_fields_are_reported_not_pretended(server):
-    r = requests.post(server["api"] + "/txt2img", json={**SMALL, "styles": ["x"], "restore_faces": True}, timeout=120)
+    body = {**SMALL, "alwayson_scripts": {"x": {}}, "restore_faces": True}
+    r = requests.post(server["api"] + "/txt2img", json=body, timeout=120)
     assert r.status_code == 200
-    assert "not implemented yet, had no effect: restore_faces, styles" in json.loads(r.json()["info"])["warnings"]
+    assert "not implemented yet, had no effect: restore_faces, alwayson_scripts" in json.loads(r.json()["info"])["warnings"]
 
 
 def test_model_override_is_restored_afterwards(server):

@@ -114,3 +114,23 @@ def test_token_counter_counts_like_a1111(svc, models_dir, tmp_path):
     assert svc.prompt_token_count("a (cat:1.2) <lora:x:1>") == (2, 75)  # brackets and tags do not count
     assert svc.prompt_token_count("[cat|big dog]") == (2, 75)  # the longest variant
     assert svc.prompt_token_count("cat " * 80) == (80, 150)
+
+
+def test_styles_merge_into_the_prompts_as_a1111(models_dir, tmp_path):
+    from backend.styles import StyleLibrary
+
+    styles_file = tmp_path / "styles.csv"
+    styles_file.write_text('name,prompt,negative_prompt\n"Film","{prompt}, 35mm film, grain","cartoon"\n'
+                           '"Sharp","sharp focus",""\n')
+    svc = build_backend(models_dir, tmp_path / "out", styles_file=styles_file)
+    try:
+        assert svc.apply_styles("a cat", "blurry", ["Film", "Sharp"]) == ("a cat, 35mm film, grain, sharp focus",
+                                                                        "blurry, cartoon")
+        result = svc.generate(_req(prompt="a cat", negative_prompt="", styles=("Film",)), timeout=60)
+        assert result.infotexts[0].startswith("a cat, 35mm film, grain\nNegative prompt: cartoon\n")
+        with pytest.raises(InvalidRequest, match="unknown style"):
+            svc.submit(_req(styles=("Nope",)))
+        svc.save_style("Mine", "{prompt}, oil", "")
+        assert [s.name for s in StyleLibrary(styles_file).all()] == ["Film", "Sharp", "Mine"]
+    finally:
+        svc.shutdown()

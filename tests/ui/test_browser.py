@@ -254,3 +254,17 @@ def test_token_counter_skip_visibility_and_hover_hints(page):
     assert page.inner_text("#txt2img_token_counter").strip() == "83/150"
     page.wait_for_function("document.getElementById('txt2img_random_seed').title !== ''", timeout=10_000)
     assert "random" in page.get_attribute("#txt2img_random_seed", "title")
+
+
+def test_styles_save_apply_and_generate(page):
+    page.fill("#txt2img_prompt textarea", "{prompt}, watercolor")
+    page.fill("#txt2img_style_name textarea, #txt2img_style_name input", "Watercolor")
+    page.click("#txt2img_style_save")
+    page.wait_for_timeout(1000)
+    page.fill("#txt2img_prompt textarea", "a boat")
+    page.click("#txt2img_styles input")
+    page.click("li:has-text('Watercolor')")
+    page.keyboard.press("Escape")
+    page.click("#txt2img_style_apply")
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a boat, watercolor'",
+                           timeout=30_000)
