@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         compat.add_argument(flag, action="store_true", help=NOTICE_FLAGS[flag])
     compat.add_argument("--theme", choices=["light", "dark"], default=None, help="UI theme (open ?__theme=dark)")
     p.add_argument("--styles-file", type=Path, default=None, help="styles file (default DATA_DIR/styles.csv)")
+    p.add_argument("--ui-settings-file", type=Path, default=None, help="settings file (default DATA_DIR/config.json)")
     p.add_argument("--disable-safe-unpickle", action="store_true",
                    help="refused: pickle checkpoints are always loaded with the restricted unpickler")
     p.add_argument("--max-prompt-chunks", type=int, default=75,
@@ -128,6 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         embeddings_dirs=embeddings_dirs(args, models_dir),
         lora_dir=args.lora_dir,
         styles_file=args.styles_file or args.data_dir / "styles.csv",
+        config_file=args.ui_settings_file or args.data_dir / "config.json",
         hypernetwork_dir=args.hypernetwork_dir,
         upscaler_dirs=(args.esrgan_models_path or models_dir / "ESRGAN",
                        args.realesrgan_models_path or models_dir / "RealESRGAN"),
@@ -186,6 +188,7 @@ def build_service(settings: Settings):
     from backend.model_manager import CacheLimits, ModelManager, Placement
     from backend.networks.hypernetworks import HypernetLibrary
     from backend.networks.library import NetworkLibrary
+    from backend.options import Options
     from backend.outputs import OutputWriter
     from backend.styles import StyleLibrary
     from backend.upscale.models import UpscalerLibrary
@@ -210,8 +213,10 @@ def build_service(settings: Settings):
     upscalers = UpscalerLibrary(list(settings.upscaler_folders))
     hypernetworks = HypernetLibrary([settings.hypernetwork_dir or settings.models_dir / "hypernetworks"])
     styles = StyleLibrary(settings.styles_file or settings.models_dir.parent / "styles.csv")
-    return GenerationService(settings, models, OutputWriter(settings.outputs_dir), embeddings=embeddings,
-                             networks=networks, upscalers=upscalers, hypernetworks=hypernetworks, styles=styles)
+    options = Options(path=settings.config_file)
+    return GenerationService(settings, models, OutputWriter(settings.outputs_dir), options=options,
+                             embeddings=embeddings, networks=networks, upscalers=upscalers,
+                             hypernetworks=hypernetworks, styles=styles)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,11 +4,16 @@ project really implements. Owned by the service; GET/POST /sdapi/v1/options and 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import tempfile
 import threading
 from pathlib import Path
 
 from backend.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
 
 DEFAULTS_FILE = Path(__file__).resolve().parent / "configs" / "a1111_options.json"
 
@@ -43,12 +48,44 @@ def load_defaults() -> dict:
 
 
 class Options:
-    """The current option values. Thread-safe: the API, the UI and the worker read it concurrently."""
+    """The current option values. Thread-safe: the API, the UI and the worker read it concurrently. With a
+    `path` (A1111's config.json in the data dir) they are read at start and written after every change; a
+    value there of the wrong type, or an unknown name, is skipped with a log line."""
 
-    def __init__(self, defaults: dict | None = None):
+    def __init__(self, defaults: dict | None = None, path: Path | None = None):
         self.defaults = defaults if defaults is not None else load_defaults()
         self._values = dict(self.defaults)
         self._lock = threading.Lock()
+        self.path = path
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            log.warning("ignoring %s: %s", path.name, err)
+            return
+        for name, value in (stored.items() if isinstance(stored, dict) else ()):
+            try:
+                known, _ = self.check({name: value})
+            except InvalidRequest as err:
+                log.warning("%s: skipping %s", path.name, err)
+                continue
+            self._values.update(known)
+
+    def _save(self) -> None:
+        """The values that differ from the defaults, written atomically (a crash never leaves half a file)."""
+        if self.path is None:
+            return
+        changed = {k: v for k, v in self._values.items() if v != self.defaults.get(k)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(changed, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, self.path)
 
     def get(self, name: str):
         with self._lock:
@@ -70,9 +107,13 @@ class Options:
         return known, unknown
 
     def update(self, values: dict) -> None:
-        """Store values that went through `check`."""
+        """Store values that went through `check` (and write config.json)."""
         with self._lock:
             self._values.update(values)
+            try:
+                self._save()
+            except OSError as err:
+                log.warning("could not write the settings file: %s", err)
 
     def _checked(self, name: str, value):
         default = self.defaults[name]
@@ -114,3 +155,22 @@ def docs_text() -> str:
             "ignored and reported, never stored). Implemented: " + ", ".join(sorted(IMPLEMENTED)) + ". Every other "
             "option is stored and returned but has no effect yet; POST lists those it received under "
             "`not_implemented`.")
+
+
+def request_fields(values: dict, sampler_name: str) -> dict:
+    """The GenerationRequest fields A1111 takes from its options (the API and the UI both use them). eta is
+    the sampler kind's option: eta_ddim for DDIM, eta_ancestral otherwise."""
+    def number(name, default):
+        value = values.get(name)
+        return default if value is None else value
+
+    ddim = sampler_name.strip().upper() == "DDIM"
+    return dict(
+        clip_skip=int(number("CLIP_stop_at_last_layers", 1)),
+        eta_noise_seed_delta=int(number("eta_noise_seed_delta", 0) or 0),
+        rng_source=values.get("randn_source") or "CPU",
+        emphasis=values.get("emphasis") or "Original",
+        eta=float(number("eta_ddim", 0.0) if ddim else number("eta_ancestral", 1.0)),
+        s_churn=float(number("s_churn", 0.0)), s_tmin=float(number("s_tmin", 0.0)),
+        s_tmax=float(number("s_tmax", 0.0)), s_noise=float(number("s_noise", 1.0)),
+    )

@@ -119,7 +119,8 @@ class GenerationService:
         self.outputs = outputs
         self.options = options or Options()
         self._lock = threading.Lock()
-        self._selected: str | None = settings.default_checkpoint  # what the user chose; plain requests use it
+        # what the user chose (--ckpt, else the model saved in the settings); plain requests use it
+        self._selected: str | None = settings.default_checkpoint or self.options.snapshot().get("sd_model_checkpoint")
         self._counting_tokenizer = None
         self.queue = JobQueue(self._run_job)
 

@@ -56,6 +56,7 @@ class Settings:
     embeddings_dirs: tuple[Path, ...] = ()  # default: models_dir/embeddings
     lora_dir: Path | None = None  # default: models_dir/Lora
     styles_file: Path | None = None  # A1111's styles.csv; default: beside models_dir
+    config_file: Path | None = None  # A1111's config.json (settings); None: settings are not kept
     hypernetwork_dir: Path | None = None  # default: models_dir/hypernetworks
     upscaler_dirs: tuple[Path, ...] = ()  # default: models_dir/ESRGAN and models_dir/RealESRGAN
     limits: Limits = field(default_factory=Limits)

@@ -25,7 +25,8 @@ def free_port() -> int:
 def running_app(models_dir: Path, outputs_dir: Path, *flags: str, ready_path: str = "/", log_dir: Path | None = None):
     port = free_port()
     cmd = [sys.executable, "app.py", "--port", str(port), "--models-dir", str(models_dir), "--outputs-dir",
-           str(outputs_dir), "--styles-file", str((log_dir or outputs_dir.parent) / "styles.csv"), "--device", "cpu",
+           str(outputs_dir), "--styles-file", str((log_dir or outputs_dir.parent) / "styles.csv"),
+           "--ui-settings-file", str((log_dir or outputs_dir.parent) / "config.json"), "--device", "cpu",
            "--precision", "fp32", *flags]
     log = open((log_dir or outputs_dir.parent) / f"app-{port}.log", "w")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -12,6 +12,7 @@ from ui.context import UiContext
 from ui.generation_controls import fields_from_infotext
 from ui.extras import build_extras_tab
 from ui.png_info import build_png_info_tab
+from ui.settings import build_settings_tab
 from ui.tabs import Tab, build_tab, fill_targets, fill_updates
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,13 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
                 extras_image = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_image, png_text, png_buttons = build_png_info_tab()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings_widgets, settings_values = build_settings_tab(ctx)
         _wire_send_to(tabs, tab_group, png_image, png_text, png_buttons, extras_image)
         # Every page load shows the server's state now, not the state when the page was built.
         demo.load(lambda: _server_state(ctx), outputs=[top["checkpoint"], top["vae"], top["status"]])
+        demo.load(settings_values, outputs=list(settings_widgets.values()))
+        demo.load(lambda: ctx.service.get_options()["CLIP_stop_at_last_layers"], outputs=top["clip_skip"])
     return demo
 
 
@@ -107,6 +112,7 @@ def _build_top_bar(ctx: UiContext) -> dict:
                                  elem_id="setting_sd_model_checkpoint", scale=4)
         refresh = gr.Button("↻", elem_id="refresh_checkpoints", min_width=40, scale=0)
         vae = gr.Dropdown(ctx.vae_choices(), value="Automatic", label="SD VAE", elem_id="setting_sd_vae", scale=2)
+        clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="quick_clip_skip", scale=1)
     status = gr.Markdown(_models_message(ctx), elem_id="models_status")
 
     def on_refresh(current):
@@ -131,7 +137,9 @@ def _build_top_bar(ctx: UiContext) -> dict:
 
     refresh.click(on_refresh, inputs=checkpoint, outputs=[checkpoint, vae, status])
     checkpoint.input(on_change_checkpoint, inputs=checkpoint, outputs=status)
-    return {"checkpoint": checkpoint, "vae": vae, "status": status}
+    clip_skip.release(lambda value: ctx.service.set_options({"CLIP_stop_at_last_layers": int(value)}) and None,
+                      inputs=clip_skip, outputs=None)
+    return {"checkpoint": checkpoint, "vae": vae, "status": status, "clip_skip": clip_skip}
 
 
 def _models_message(ctx: UiContext) -> str:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from backend.errors import BackendError, InvalidRequest
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from backend.options import request_fields as option_fields
 from ui.context import UiContext
 from ui.extra_networks import build_extra_networks
 from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
@@ -102,9 +103,11 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
     return extra
 
 
-def make_request(tab: Tab, values: dict, top: dict) -> GenerationRequest:
-    """Widget values of `tab` (and the top bar) -> a backend request."""
-    fields = request_fields(values, tab.controls)
+def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None) -> GenerationRequest:
+    """Widget values of `tab` (and the top bar) -> a backend request. Settings come from `options` (the
+    Settings tab), unless a pasted infotext overrides them."""
+    fields = option_fields(options or {}, values[tab.controls.sampler] or "")
+    fields.update(request_fields(values, tab.controls))
     fields.update(checkpoint=values[top["checkpoint"]] or None, vae=values[top["vae"]])
     extra = tab.extra
     if tab.name == "txt2img" and values[extra["enable_hr"]]:
@@ -154,7 +157,7 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
 
     def on_generate(values: dict):
         try:
-            request = make_request(tab, values, top)
+            request = make_request(tab, values, top, ctx.service.get_options())
         except BackendError as err:
             yield {tab.outputs.error: f"**Error:** {err}"}
             return

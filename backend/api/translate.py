@@ -9,6 +9,7 @@ from backend.api.models import Img2ImgBody, Txt2ImgBody
 from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
 from backend.options import IMPLEMENTED
+from backend.options import request_fields as option_fields
 from backend.service import VERSION, GenerationResult
 from backend.settings import Limits
 
@@ -39,15 +40,10 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         subseed=body.subseed, subseed_strength=body.subseed_strength, tiling=bool(body.tiling),
         styles=tuple(body.styles or ()),
         seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
-        eta_noise_seed_delta=_int_option(settings.get("eta_noise_seed_delta") or 0, "eta_noise_seed_delta"),
-        rng_source=settings.get("randn_source") or "CPU", eta=_eta(body, settings),
-        # A1111 takes these from its options, whatever the request's own s_* fields say
-        s_churn=float(settings.get("s_churn") or 0.0), s_tmin=float(settings.get("s_tmin") or 0.0),
-        s_tmax=float(settings.get("s_tmax") or 0.0), s_noise=float(settings.get("s_noise", 1.0)),
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
-        clip_skip=_int_option(settings.get("CLIP_stop_at_last_layers", 1), "override_settings"),
-        emphasis=settings.get("emphasis") or "Original",
         save_images=bool(body.save_images),
+        # A1111 takes these from its options (s_* whatever the request's own fields say); eta from the request
+        **{**option_fields(settings, sampler), **_eta(body)},
     )
     if isinstance(body, Img2ImgBody):
         fields.update(_img2img_fields(body, limits))
@@ -65,15 +61,14 @@ def _hires_fields(body: Txt2ImgBody) -> dict:
                 denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)
 
 
-def _eta(body: Txt2ImgBody, settings: dict) -> float | None:
-    """The request's eta, else A1111's option for the sampler's kind (eta_ancestral 1.0, eta_ddim 0.0)."""
+def _eta(body: Txt2ImgBody) -> dict:
+    """The request's own eta, when it gives one (else the options' applies)."""
     given = (body.model_extra or {}).get("eta")
-    if given is not None:
-        if isinstance(given, bool) or not isinstance(given, (int, float)):
-            raise InvalidRequest("eta", f"expected a number, got {given!r}")
-        return float(given)
-    sampler = (body.sampler_name or body.sampler_index or "").strip()
-    return settings.get("eta_ddim") if sampler.upper() == "DDIM" else settings.get("eta_ancestral")
+    if given is None:
+        return {}
+    if isinstance(given, bool) or not isinstance(given, (int, float)):
+        raise InvalidRequest("eta", f"expected a number, got {given!r}")
+    return {"eta": float(given)}
 
 
 def _warnings(body: Txt2ImgBody, overrides: dict) -> list[str]:
@@ -88,13 +83,6 @@ def _warnings(body: Txt2ImgBody, overrides: dict) -> list[str]:
     if inactive:
         warnings.append(f"override_settings not implemented yet, had no effect: {', '.join(inactive)}")
     return warnings
-
-
-def _int_option(value, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError) as err:
-        raise InvalidRequest(name, f"expected an integer, got {value!r}") from err
 
 
 def _img2img_fields(body: Img2ImgBody, limits: Limits) -> dict:

@@ -134,3 +134,16 @@ def test_styles_merge_into_the_prompts_as_a1111(models_dir, tmp_path):
         assert [s.name for s in StyleLibrary(styles_file).all()] == ["Film", "Sharp", "Mine"]
     finally:
         svc.shutdown()
+
+
+def test_settings_are_kept_in_config_json(tmp_path):
+    import json
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"eta_noise_seed_delta": 31337, "send_seed": "not a bool", "junk": 1}))
+    options = Options(path=path)
+    assert options.get("eta_noise_seed_delta") == 31337 and options.get("send_seed") is True
+    options.update({"CLIP_stop_at_last_layers": 2})
+    stored = json.loads(path.read_text())
+    assert stored == {"eta_noise_seed_delta": 31337, "CLIP_stop_at_last_layers": 2}
+    assert Options(path=path).get("CLIP_stop_at_last_layers") == 2

@@ -268,3 +268,35 @@ def test_styles_save_apply_and_generate(page):
     page.click("#txt2img_style_apply")
     page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a boat, watercolor'",
                            timeout=30_000)
+
+
+def _open_tab(page, tab_id: str) -> None:
+    """Tabs beyond the window's width sit in an overflow menu; click the tab button itself."""
+    page.wait_for_function(f"document.getElementById('{tab_id}-button') !== null", timeout=30_000)
+    page.evaluate(f"document.getElementById('{tab_id}-button').click()")
+
+
+def test_settings_tab_applies_and_persists_options(page, app_url):
+    import requests
+
+    _open_tab(page, "tab_settings")
+    page.wait_for_selector("#setting_eta_noise_seed_delta input", timeout=30_000)
+    page.fill("#setting_eta_noise_seed_delta input", "31337")
+    page.click("#settings_submit")
+    page.wait_for_function("document.querySelector('#settings_result').innerText.includes('applied')",
+                           timeout=30_000)
+    page.reload()
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    _open_tab(page, "tab_settings")
+    page.wait_for_function("document.querySelector('#setting_eta_noise_seed_delta input').value === '31337'",
+                           timeout=30_000)
+    _open_tab(page, "tab_txt2img")
+    paste_parameters(page, "txt2img", "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 4, Size: 64x64")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('ENSD: 31337')",
+                           timeout=60_000)
+    _open_tab(page, "tab_settings")
+    page.fill("#setting_eta_noise_seed_delta input", "0")
+    page.click("#settings_submit")
+    page.wait_for_timeout(500)
+    assert requests.get(app_url + "/", timeout=30).status_code == 200

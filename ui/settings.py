@@ -1,0 +1,61 @@
+"""Settings tab: A1111's options this project implements, kept in config.json (the API's /options shows and
+changes the same values)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from backend.errors import BackendError
+from ui.context import UiContext
+
+# option name -> (label, widget factory)
+SETTINGS = {
+    "CLIP_stop_at_last_layers": ("Clip skip", lambda **kw: gr.Slider(1, 12, step=1, **kw)),
+    "emphasis": ("Emphasis mode", lambda **kw: gr.Radio(["Original", "No norm", "None"], **kw)),
+    "randn_source": ("Random number generator source", lambda **kw: gr.Radio(["CPU", "NV", "GPU"], **kw)),
+    "eta_noise_seed_delta": ("Eta noise seed delta (ENSD)", lambda **kw: gr.Number(precision=0, **kw)),
+    "eta_ancestral": ("Eta for ancestral and SDE samplers", lambda **kw: gr.Slider(0.0, 1.0, step=0.01, **kw)),
+    "eta_ddim": ("Eta for DDIM", lambda **kw: gr.Slider(0.0, 1.0, step=0.01, **kw)),
+    "s_churn": ("Sigma churn", lambda **kw: gr.Slider(0.0, 100.0, step=0.01, **kw)),
+    "s_tmin": ("Sigma tmin", lambda **kw: gr.Slider(0.0, 10.0, step=0.01, **kw)),
+    "s_tmax": ("Sigma tmax (0 = infinity)", lambda **kw: gr.Slider(0.0, 999.0, step=0.01, **kw)),
+    "s_noise": ("Sigma noise", lambda **kw: gr.Slider(0.0, 1.1, step=0.001, **kw)),
+    "return_grid": ("Show the grid in results", lambda **kw: gr.Checkbox(**kw)),
+}
+
+
+def build_settings_tab(ctx: UiContext):
+    """The Settings tab; returns (its widgets by option name, a function giving their current values)."""
+    widgets = {}
+    with gr.Column():
+        for name, (label, make) in SETTINGS.items():
+            widgets[name] = make(label=label, elem_id=f"setting_{name}")
+        apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        result = gr.Markdown(elem_id="settings_result")
+
+    def on_apply(*values):
+        updates = {name: _typed(name, value) for name, value in zip(widgets, values, strict=True)}
+        try:
+            report = ctx.service.set_options(updates)
+        except BackendError as err:
+            return f"**Error:** {err}"
+        return "Settings applied." + (f" Not implemented: {', '.join(report['not_implemented'])}"
+                                      if report.get("not_implemented") else "")
+
+    apply.click(on_apply, inputs=list(widgets.values()), outputs=result)
+    return widgets, lambda: [gr.update(value=current) for current in current_values(ctx)]
+
+
+def current_values(ctx: UiContext) -> list:
+    values = ctx.service.get_options()
+    return [values.get(name) for name in SETTINGS]
+
+
+def _typed(name: str, value):
+    if name in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta"):
+        return int(value or 0)
+    if name == "return_grid":
+        return bool(value)
+    if name in ("emphasis", "randn_source"):
+        return value
+    return float(value or 0)
