@@ -66,6 +66,7 @@ class Job:
         self.created_at = time.time()
         self._done = threading.Event()
         self._cancel = threading.Event()
+        self._stop_after_batch = threading.Event()
         self._skip = threading.Event()
         self._callbacks_lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
@@ -89,16 +90,24 @@ class Job:
     def start_batch(self, batch_no: int, batch_count: int) -> None:
         self.progress.batch_no, self.progress.batch_count = batch_no, batch_count
         self.progress.step = 0
-        if self._cancel.is_set():
+        if self._cancel.is_set() or self._stop_after_batch.is_set():
             raise Interrupted("interrupted by the user")
 
     @property
     def interrupted(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancel.is_set() or self._stop_after_batch.is_set()
 
     # -- called from anywhere
     def cancel(self) -> None:
         self._cancel.set()
+
+    def stop_after_batch(self) -> None:
+        """Let the batch being made finish, then stop (A1111's interrupt_after_current with several batches)."""
+        self._stop_after_batch.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_after_batch.is_set()
 
     def skip(self) -> None:
         self._skip.set()

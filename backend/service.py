@@ -294,10 +294,18 @@ class GenerationService:
         return self.queue.position(job)
 
     def interrupt(self, job_id: str | None = None) -> bool:
-        """Interrupt the running job, or with `job_id` only that job (queued or running)."""
-        if job_id is not None:
-            return self.queue.cancel(job_id)
-        return self.queue.interrupt() is not None
+        """Interrupt the running job, or with `job_id` only that job (queued or running). As A1111 with its
+        interrupt_after_current option (on by default), a job of several batches finishes the batch being made
+        first; a single batch stops at the current step, keeping what it has reached."""
+        job = self.queue.find(job_id) if job_id is not None else self.queue.current
+        if job is None:
+            return False
+        several = job.kind == "generate" and job.payload.n_iter > 1
+        if several and self.options.get("interrupt_after_current") and job.state.value == "running":
+            job.stop_after_batch()
+        else:
+            job.cancel()
+        return True
 
     def skip(self, job_id: str | None = None) -> bool:
         """Skip the running job's current batch; with `job_id`, only if that job is the one running."""

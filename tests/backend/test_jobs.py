@@ -1,6 +1,7 @@
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from backend.errors import Interrupted, ModelNotFound
@@ -111,3 +112,15 @@ def test_interrupted_before_start_is_reported(service):
     job.cancel()
     with pytest.raises(Interrupted):
         job.wait(60)
+
+
+def test_interrupt_with_several_batches_finishes_the_current_one(service):
+    """A1111's interrupt_after_current: the batch being made completes (no half-denoised image), then stop."""
+    job = service.submit(_request(steps=20, n_iter=3))
+    while not job.finished and not (job.progress.batch_no == 0 and job.progress.step >= 2):
+        time.sleep(0.005)
+    service.interrupt()
+    result = job.wait(60)
+    assert result.interrupted and result.seeds == [1] and job.state is JobState.INTERRUPTED
+    full = service.generate(_request(steps=20))
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(full.images[0]))  # complete, not partial
