@@ -7,6 +7,7 @@ often networks change. The same networks at the same strengths as last time cost
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +77,12 @@ class NetworkPatcher:
             raise InvalidRequest("prompt", f"LoRA '{want.typed_name}' does not fit this {model.family.value} model"
                                            f"{f' (it is for {made_for})' if made_for else ''}: none of its layers "
                                            "can be applied")
+        matched, partial = _whole_openclip_attention(matched, model)
         warnings = []
-        unmatched = len(layers) - len(matched)
+        if partial:
+            warnings.append(f"LoRA '{want.typed_name}': {partial} OpenCLIP attention layers lack some of q, k, v and "
+                            "out_proj and were left out (as A1111 does)")
+        unmatched = len(layers) - len(matched) - partial
         if unmatched:
             warnings.append(f"LoRA '{want.typed_name}': {unmatched} of its {len(layers)} layers match nothing in "
                             "this model and were left out")
@@ -117,6 +122,23 @@ class NetworkPatcher:
             else:
                 module.bias.copy_((module.bias.float() + bias_delta.to(weight.device)).to(module.bias.dtype))
         _forget_packed(module)
+
+
+_ATTENTION_PART = re.compile(r"(.*self_attn[._])(q|k|v|out)(_proj)$")
+
+
+def _whole_openclip_attention(layers: list, model) -> tuple[list, int]:
+    """A1111 keeps OpenCLIP's attention as one fused layer (SD 2.x's text encoder, SDXL's second) and changes
+    it only when a network has all of q, k, v and out_proj for it. Ours has them separate; to give the same
+    result, a layer's attention parts are used only together. Returns (layers to use, parts left out)."""
+    openclip = ("lora_te_", "text_encoder.") if model.family.value == "sd2" else ("lora_te2_", "text_encoder_2.")
+    groups: dict[str, list] = {}
+    for layer in layers:
+        match = _ATTENTION_PART.match(layer.key)
+        if match and layer.key.startswith(openclip):
+            groups.setdefault(match.group(1), []).append(layer)
+    dropped = {id(layer) for parts in groups.values() if len(parts) < 4 for layer in parts}
+    return [layer for layer in layers if id(layer) not in dropped], len(dropped)
 
 
 def _made_for(layers) -> str | None:

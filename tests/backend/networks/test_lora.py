@@ -82,9 +82,11 @@ def _sdxl_file():
         down = _r(4, inp) if kernel is None else _r(4, inp, kernel, kernel)
         up = _r(out, 4) if kernel is None else _r(out, 4, 1, 1)
         t[_kohya(ldm) + ".lora_down.weight"], t[_kohya(ldm) + ".lora_up.weight"] = down, up
-    for prefix, width in (("lora_te1_", 64), ("lora_te2_", 64)):
-        key = prefix + "text_model_encoder_layers_0_self_attn_v_proj"
-        t[key + ".lora_down.weight"], t[key + ".lora_up.weight"] = _r(4, width), _r(width, 4)
+    key = "lora_te1_text_model_encoder_layers_0_self_attn_v_proj"
+    t[key + ".lora_down.weight"], t[key + ".lora_up.weight"] = _r(4, 64), _r(64, 4)
+    for part in ("q", "k", "v", "out"):  # OpenCLIP attention: A1111 applies it only with all four parts
+        key = f"lora_te2_text_model_encoder_layers_0_self_attn_{part}_proj"
+        t[key + ".lora_down.weight"], t[key + ".lora_up.weight"] = _r(4, 64), _r(64, 4)
     return t
 
 
@@ -337,4 +339,25 @@ def test_sdxl_lycoris_formats_equal_a1111s_merge(svc, tiny, lora_dir):
         assert _diff(ours.images[0], expected) <= 3 and ours.warnings == []
     finally:
         (lora_dir / "xl_lyco.safetensors").unlink()
+        svc.refresh_loras()
+
+
+def test_openclip_attention_needs_all_four_parts_as_in_a1111(svc, lora_dir):
+    """A LoRA with only v_proj for SDXL's second text encoder changes nothing there (A1111 applies OpenCLIP's
+    fused attention only when q, k, v and out_proj are all given); a layer that exists nowhere is reported."""
+    key = "lora_te2_text_model_encoder_layers_0_self_attn_v_proj"
+    other = _kohya("input_blocks.3.1.transformer_blocks.0.attn1.to_q")
+    save_file({key + ".lora_down.weight": _r(4, 64), key + ".lora_up.weight": _r(64, 4),
+               other + ".lora_down.weight": _r(4, 128), other + ".lora_up.weight": _r(128, 4) * 0,
+               "lora_unet_no_such_layer.lora_down.weight": _r(4, 8), "lora_unet_no_such_layer.lora_up.weight": _r(8, 4)},
+              str(lora_dir / "v_only.safetensors"))
+    svc.refresh_loras()
+    try:
+        plain = _ours(svc, "a cat", checkpoint="sdxl.safetensors")
+        ours = _ours(svc, "a cat <lora:v_only:1>", checkpoint="sdxl.safetensors")
+        assert _diff(plain.images[0], ours.images[0]) == 0  # te2 untouched, the UNet delta is zero
+        assert any("lack some of q, k, v and out_proj" in w for w in ours.warnings)
+        assert any("1 of its 3 layers match nothing" in w for w in ours.warnings)
+    finally:
+        (lora_dir / "v_only.safetensors").unlink()
         svc.refresh_loras()
