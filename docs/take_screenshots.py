@@ -28,8 +28,10 @@ def main() -> None:
         page.click("#txt2img_generate")
         page.wait_for_selector("#txt2img_gallery img", timeout=60_000)
         time.sleep(1)
-        for tab in ("txt2img", "img2img", "inpaint", "pnginfo"):
-            page.click(f"#tab_{tab}-button")
+        page.evaluate("document.getElementById('txt2img_extra_networks').querySelector('button').click()")
+        time.sleep(1)
+        for tab in ("txt2img", "img2img", "inpaint", "extras", "pnginfo", "settings"):
+            page.evaluate(f"document.getElementById('tab_{tab}-button').click()")  # some sit in an overflow menu
             time.sleep(1)
             page.screenshot(path=str(ROOT / "docs" / f"{tab}.png"))
         browser.close()
