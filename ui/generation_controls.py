@@ -279,3 +279,18 @@ def fields_from_infotext(text: str) -> dict[str, object]:
             except ValueError:
                 pass
     return values
+
+
+# Infotext keys that describe the result rather than set a field (nothing to apply), besides the mapped ones
+_INFORMATIONAL = {"Prompt", "Negative prompt", "Size", "Model hash", "Model", "VAE hash", "VAE", "Version",
+                  "Lora hashes", "TI hashes", "Hypernet", "Hypernet hash", "Memory fallback", "Seed resize from",
+                  "Hires resize", "Masked content", "Inpaint area", "Masked area padding", "Mask mode"}
+
+
+def unapplied_keys(text: str) -> list[str]:
+    """Parameters of an infotext that the UI cannot set (reported when pasting or sending from PNG Info)."""
+    parsed = infotext.parse(text or "")
+    used = set(fields_from_infotext(text)) | set(OVERRIDE_KEYS) | _INFORMATIONAL
+    mapped = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Denoising strength", "Mask blur",
+              "Variation seed", "Variation seed strength", "Tiling", "Hires upscale", "Hires steps", "Hires upscaler"}
+    return [k for k in parsed if k not in used and k not in mapped and not k.endswith(("-1", "-2"))]

@@ -9,7 +9,7 @@ import gradio as gr
 from backend.errors import BackendError
 from backend.model_manager import NO_CHECKPOINT_MESSAGE
 from ui.context import UiContext
-from ui.generation_controls import fields_from_infotext
+from ui.generation_controls import fields_from_infotext, unapplied_keys
 from ui.extras import build_extras_tab
 from ui.png_info import build_png_info_tab
 from ui.settings import build_settings_tab
@@ -157,6 +157,9 @@ def _wire_send_to(tabs: dict[str, Tab], tab_group, png_image, png_text, png_butt
             outputs.append(image_target)
 
         def send(text, image, target=target, image_target=image_target):
+            unapplied = unapplied_keys(text)
+            if unapplied:
+                gr.Warning(f"Not applied (no such field here): {', '.join(unapplied)}")
             updates = fill_updates(target, fields_from_infotext(text)) + [gr.Tabs(selected=target.name)]
             if image_target is not None:
                 updates.append(image)

@@ -14,7 +14,7 @@ from backend.options import request_fields as option_fields
 from ui.context import UiContext
 from ui.extra_networks import build_extra_networks
 from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
-                                    request_fields, run_job)
+                                    request_fields, run_job, unapplied_keys)
 
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
@@ -188,7 +188,13 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     tab.skip.click(on_skip, inputs=tab.outputs.job_id, outputs=None)
     tab.controls.reuse_seed_button.click(lambda seeds: seeds[0] if seeds else -1, inputs=tab.outputs.seeds,
                                          outputs=tab.controls.seed)
-    tab.paste.click(lambda text: fill_updates(tab, fields_from_infotext(text)), inputs=tab.controls.prompt,
+    def on_paste(text):
+        unapplied = unapplied_keys(text)
+        if unapplied:
+            gr.Warning(f"Not applied (no such field here): {', '.join(unapplied)}")
+        return fill_updates(tab, fields_from_infotext(text))
+
+    tab.paste.click(on_paste, inputs=tab.controls.prompt,
                     outputs=fill_targets(tab))
 
 

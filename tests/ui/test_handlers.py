@@ -83,3 +83,11 @@ def test_lora_hashes_are_kept_for_finding_networks_by_hash():
     values = fields_from_infotext('p <lora:old_name:1>\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, '
                                   'Lora hashes: "old_name: 0123456789ab, b: ffffffffffff"')
     assert values["network_hashes"] == [["old_name", "0123456789ab"], ["b", "ffffffffffff"]]
+
+
+def test_parameters_the_ui_cannot_apply_are_named():
+    from ui.generation_controls import unapplied_keys
+
+    text = ("p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Model hash: abc, Face restoration: CodeFormer, "
+            "ADetailer model: face_yolov8n.pt, ENSD: 31337, Hires upscale: 2")
+    assert unapplied_keys(text) == ["Face restoration", "ADetailer model"]
