@@ -396,7 +396,8 @@ class GenerationService:
                 continue
             images, measures = self._decode(model, parts, measures)
             interrupted = any(part.interrupted for part in parts)
-            self._collect(result, req, images, seeds[: len(images)], measures, save=not interrupted)
+            keep_partial = bool(self.options.get("save_incomplete_images"))  # A1111's option, off by default
+            self._collect(result, req, images, seeds[: len(images)], measures, save=not interrupted or keep_partial)
             if interrupted:
                 result.interrupted = True
                 break

@@ -124,3 +124,20 @@ def test_interrupt_with_several_batches_finishes_the_current_one(service):
     assert result.interrupted and result.seeds == [1] and job.state is JobState.INTERRUPTED
     full = service.generate(_request(steps=20))
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(full.images[0]))  # complete, not partial
+
+
+def test_interrupted_images_are_saved_only_with_save_incomplete_images(service):
+    def interrupted_run():
+        job = service.submit(_request(steps=40, save_images=True))
+        while not job.finished and job.progress.step < 2:
+            time.sleep(0.005)
+        service.interrupt()
+        return job.wait(60)
+
+    assert interrupted_run().paths == []
+    service.set_options({"save_incomplete_images": True})
+    try:
+        result = interrupted_run()
+        assert result.interrupted and len(result.paths) == 1 and result.paths[0].is_file()
+    finally:
+        service.set_options({"save_incomplete_images": False})
