@@ -67,7 +67,44 @@ JS = r"""
       document.querySelectorAll(`[id$="${suffix}"]`).forEach((el) => { if (!el.title) el.title = hint; });
     }
   }, 1000);
+  // Ctrl+Up / Ctrl+Down: change the weight of the selected text (or the word at the caret) by 0.1, writing
+  // (text:1.1); inside an existing (text:w) the weight changes, and at 1 the brackets go (A1111's edit-attention)
+  const DELIMITERS = ".,\\/!?%^*;:{}=`~() \n";
+  const editWeight = (box, up) => {
+    const text = box.value;
+    let start = box.selectionStart, end = box.selectionEnd;
+    const open = text.lastIndexOf("(", start - 1), close = text.indexOf(")", end);
+    if (open >= 0 && close >= 0 && !text.slice(open + 1, start).includes(")")) {
+      const match = text.slice(open + 1, close).match(/^([\s\S]*):(-?[\d.]+)$/);
+      if (match) {
+        const weight = Math.round((parseFloat(match[2]) + (up ? 0.1 : -0.1)) * 100) / 100;
+        const body = match[1];
+        const replaced = weight === 1 ? body : `(${body}:${weight})`;
+        box.value = text.slice(0, open) + replaced + text.slice(close + 1);
+        const at = open + (weight === 1 ? 0 : 1);
+        box.setSelectionRange(at, at + body.length);
+        return;
+      }
+    }
+    if (start === end) {
+      while (start > 0 && !DELIMITERS.includes(text[start - 1])) start--;
+      while (end < text.length && !DELIMITERS.includes(text[end])) end++;
+    }
+    if (start === end) return;
+    const body = text.slice(start, end);
+    box.value = text.slice(0, start) + `(${body}:${up ? 1.1 : 0.9})` + text.slice(end);
+    box.setSelectionRange(start + 1, start + 1 + body.length);
+  };
   document.addEventListener("keydown", (e) => {
+    if ((e.ctrlKey || e.metaKey) && (e.key === "ArrowUp" || e.key === "ArrowDown")) {
+      const box = e.target;
+      if (box && box.tagName === "TEXTAREA" && box.closest("[id$='_prompt'], [id$='_neg_prompt']")) {
+        e.preventDefault();
+        editWeight(box, e.key === "ArrowUp");
+        box.dispatchEvent(new Event("input", { bubbles: true }));
+        return;
+      }
+    }
     const tab = visibleTab();
     if (!tab) return;
     const inPrompt = e.target.closest && e.target.closest(`#${tab}_prompt, #${tab}_neg_prompt`);

@@ -300,3 +300,39 @@ def test_settings_tab_applies_and_persists_options(page, app_url):
     page.click("#settings_submit")
     page.wait_for_timeout(500)
     assert requests.get(app_url + "/", timeout=30).status_code == 200
+
+
+def test_keyboard_weight_editing_skip_and_interrupt(page):
+    box = "#txt2img_prompt textarea"
+    page.fill(box, "a cat, dog")
+    page.evaluate(f"document.querySelector('{box}').setSelectionRange(2, 5)")
+    page.focus(box)
+    page.keyboard.press("Control+ArrowUp")
+    assert page.input_value(box) == "a (cat:1.1), dog"
+    page.keyboard.press("Control+ArrowUp")
+    assert page.input_value(box) == "a (cat:1.2), dog"
+    page.keyboard.press("Control+ArrowDown")
+    page.keyboard.press("Control+ArrowDown")
+    assert page.input_value(box) == "a cat, dog"
+    # Esc interrupts a running job (the page shows it stopped)
+    paste_parameters(page, "txt2img", "a forest\nSteps: 150, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512")
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_skip", state="visible", timeout=30_000)
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Step')", timeout=60_000)
+    page.keyboard.press("Escape")
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('interrupted')",
+                           timeout=60_000)
+    page.wait_for_selector("#txt2img_skip", state="hidden", timeout=30_000)
+
+
+def test_alt_enter_skips_the_current_batch(page):
+    paste_parameters(page, "txt2img", "a hill\nSteps: 60, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 256x256")
+    page.fill("#txt2img_batch_count input[type=number]", "2")
+    page.press("#txt2img_batch_count input[type=number]", "Enter")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('batch 1/2')",
+                           timeout=60_000)
+    page.focus("#txt2img_prompt textarea")
+    page.keyboard.press("Alt+Enter")
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done')", timeout=120_000)
+    assert "Done: 1 image(s)" in page.inner_text("#txt2img_progress")
