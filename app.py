@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     from ui.context import UiContext
     from ui.layout import CSS, JS, build_ui
 
-    demo = build_ui(UiContext(service))
+    demo = build_ui(UiContext(service, local_only=not (args.listen or args.share)))
     demo.queue(default_concurrency_limit=16)
     launch = dict(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, auth=auth,
                   prevent_thread_lock=True, show_error=True, css=CSS, js=JS, footer_links=[])

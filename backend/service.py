@@ -156,6 +156,11 @@ class GenerationService:
     def refresh_models(self) -> None:
         self.registry.refresh()
 
+    def outputs_folder(self, tab: str) -> Path:
+        """Where a tab's images go (for the UI's "open folder" on this machine)."""
+        kind = {"txt2img": "txt2img", "extras": "extras"}.get(tab, "img2img")
+        return self.outputs.root / f"{kind}-images"
+
     def checkpoint_folder_name(self) -> str:
         """The checkpoint folder's name (never an absolute server path)."""
         return self.registry.checkpoint_dir.name

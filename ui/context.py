@@ -10,6 +10,7 @@ from backend.service import GenerationService
 @dataclass
 class UiContext:
     service: GenerationService
+    local_only: bool = True  # served to this machine only (no --listen/--share): "open folder" makes sense
 
     def checkpoint_titles(self) -> list[str]:
         return [c.title for c in self.service.checkpoints()]

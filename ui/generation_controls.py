@@ -60,7 +60,7 @@ class Outputs:
     selected: gr.State  # index of the selected gallery item, or None
 
     def all(self) -> list:
-        return list(vars(self).values())
+        return [w for w in vars(self).values() if isinstance(w, gr.components.Component)]
 
 
 def build_controls(tab: str) -> Controls:
@@ -112,15 +112,21 @@ def build_controls(tab: str) -> Controls:
     return controls
 
 
-def build_outputs(tab: str) -> Outputs:
+def build_outputs(tab: str, local_only: bool = True) -> Outputs:
     error = gr.Markdown(elem_id=f"{tab}_error", elem_classes=["error-box"])
     progress = gr.Markdown(elem_id=f"{tab}_progress")
     preview = gr.Image(label="Preview", interactive=False, height=160, elem_id=f"{tab}_preview", visible=True)
     gallery = gr.Gallery(label="Output", columns=4, height=420, elem_id=f"{tab}_gallery", format="png",
                          interactive=False, object_fit="contain")
+    with gr.Row():
+        open_folder = gr.Button("Open folder", size="sm", visible=local_only, elem_id=f"{tab}_open_folder")
+        save = gr.Button("Save", size="sm", elem_id=f"{tab}_save")
+        zip_all = gr.Button("Zip", size="sm", elem_id=f"{tab}_save_zip")
+    download = gr.File(label="Download", visible=False, interactive=False, elem_id=f"{tab}_download")
     info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{tab}_info")
     outputs = Outputs(gallery, info, preview, progress, error, gr.State(None), gr.State([]), gr.State([]),
                       gr.State(None))
+    outputs.gallery_buttons = (open_folder, save, zip_all, download)
 
     def on_select(infotexts: list[str], event: gr.SelectData):
         index = event.index if isinstance(event.index, int) else None

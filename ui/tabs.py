@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -48,7 +53,7 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
                 interrupt = gr.Button("Interrupt", variant="stop", visible=False, elem_id=f"{name}_interrupt")
                 skip = gr.Button("Skip", visible=False, elem_id=f"{name}_skip")
                 paste = gr.Button("↙", elem_id=f"{name}_paste", min_width=40)
-            outputs = build_outputs(name)
+            outputs = build_outputs(name, ctx.local_only)
             with gr.Row():
                 to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{name}_send_to_img2img")
                 to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{name}_send_to_inpaint")
@@ -174,6 +179,7 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
         on_generate, inputs=inputs, outputs=tab.outputs.all(), api_name=f"{tab.name}_generate",
         concurrency_limit=None).then(show_idle, outputs=buttons)
     _wire_styles(ctx, tab)
+    _wire_gallery_buttons(ctx, tab)
     tab.controls.prompt.change(lambda text: token_counter_html(ctx.service.prompt_token_count(text or "")),
                                inputs=tab.controls.prompt, outputs=tab.controls.token_counter, show_progress="hidden")
     def on_interrupt(job_id):
@@ -196,6 +202,52 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
 
     tab.paste.click(on_paste, inputs=tab.controls.prompt,
                     outputs=fill_targets(tab))
+
+
+def _gallery_files(gallery) -> list[str]:
+    """File paths of a gallery value (a list of (file, caption) items)."""
+    files = []
+    for item in gallery or []:
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(image, dict):
+            image = image.get("path") or image.get("image", {}).get("path")
+        if isinstance(image, str):
+            files.append(image)
+    return files
+
+
+def _wire_gallery_buttons(ctx: UiContext, tab: Tab) -> None:
+    """A1111's buttons under the results: open the outputs folder (only when the server is this machine's
+    alone), save the selected image, or all of them as a zip, as downloads."""
+    open_folder, save, zip_all, download = tab.outputs.gallery_buttons
+
+    def on_open():
+        folder = ctx.service.outputs_folder(tab.name)
+        opener = shutil.which("xdg-open") or shutil.which("open")
+        if opener is None:
+            gr.Info(f"The images are in {folder}")
+            return
+        subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def on_save(gallery, index):
+        files = _gallery_files(gallery)
+        if not files:
+            return gr.update(visible=False)
+        return gr.update(value=files[index if index is not None and index < len(files) else -1], visible=True)
+
+    def on_zip(gallery):
+        files = _gallery_files(gallery)
+        if not files:
+            return gr.update(visible=False)
+        target = Path(tempfile.mkdtemp()) / "images.zip"
+        with zipfile.ZipFile(target, "w") as archive:
+            for i, name in enumerate(files):
+                archive.write(name, arcname=f"{i:03d}-{Path(name).name}")
+        return gr.update(value=str(target), visible=True)
+
+    open_folder.click(on_open, outputs=None)
+    save.click(on_save, inputs=[tab.outputs.gallery, tab.outputs.selected], outputs=download)
+    zip_all.click(on_zip, inputs=tab.outputs.gallery, outputs=download)
 
 
 def _wire_styles(ctx: UiContext, tab: Tab) -> None:

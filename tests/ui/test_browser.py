@@ -336,3 +336,25 @@ def test_alt_enter_skips_the_current_batch(page):
     page.keyboard.press("Alt+Enter")
     page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done')", timeout=120_000)
     assert "Done: 1 image(s)" in page.inner_text("#txt2img_progress")
+
+
+def test_save_and_zip_download_the_saved_pngs(page, app_url):
+    import io
+    import zipfile
+
+    import requests
+
+    paste_parameters(page, "txt2img", "two boats\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 30, Size: 64x64")
+    page.fill("#txt2img_batch_size input[type=number]", "2")
+    page.press("#txt2img_batch_size input[type=number]", "Enter")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 30')",
+                           timeout=60_000)
+    page.click("#txt2img_save_zip")
+    link = page.locator("#txt2img_download a").first
+    link.wait_for(timeout=30_000)
+    href = link.get_attribute("href")
+    data = requests.get(href if href.startswith("http") else app_url + href, timeout=30).content
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert len(names) == 3 and names[0].startswith("000-grid")  # the grid, then the two images
+    assert page.is_visible("#txt2img_open_folder")  # served to this machine only
