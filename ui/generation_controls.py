@@ -115,9 +115,9 @@ def build_controls(tab: str) -> Controls:
 def build_outputs(tab: str, local_only: bool = True) -> Outputs:
     error = gr.Markdown(elem_id=f"{tab}_error", elem_classes=["error-box"])
     progress = gr.Markdown(elem_id=f"{tab}_progress")
-    preview = gr.Image(label="Preview", interactive=False, height=160, elem_id=f"{tab}_preview", visible=True)
-    gallery = gr.Gallery(label="Output", columns=4, height=420, elem_id=f"{tab}_gallery", format="png",
+    gallery = gr.Gallery(label="Output", columns=4, height=400, elem_id=f"{tab}_gallery", format="png",
                          interactive=False, object_fit="contain")
+    preview = gr.Image(label="Preview", interactive=False, height=160, elem_id=f"{tab}_preview", visible=True)
     with gr.Row():
         open_folder = gr.Button("Open folder", size="sm", visible=local_only, elem_id=f"{tab}_open_folder")
         save = gr.Button("Save", size="sm", elem_id=f"{tab}_save")

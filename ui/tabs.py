@@ -44,9 +44,10 @@ class Tab:
 def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     with gr.Row():
         with gr.Column(scale=3):
+            images = _build_images(name)  # first, so the picture and the results are in view together
             controls = build_controls(name)
             build_extra_networks(ctx, name, top_bar["checkpoint"])
-            extra = _build_extra(name, ctx)
+            extra = {**images, **_build_extra(name, ctx)}
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{name}_generate")
@@ -61,6 +62,17 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
     tab = Tab(name, controls, outputs, extra, generate, interrupt, skip, paste, to_img2img, to_inpaint, to_extras)
     _wire(ctx, tab, top_bar)
     return tab
+
+
+def _build_images(name: str) -> dict:
+    if name == "img2img":
+        return {"init_image": gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", height=300)}
+    if name == "inpaint":
+        return {"editor": gr.ImageEditor(label="Image (paint the area to repaint)", type="pil",
+                                         elem_id="inpaint_editor", brush=gr.Brush(colors=["#ffffff"],
+                                                                                  color_mode="fixed"),
+                                         height=340, layers=False)}
+    return {}
 
 
 def _build_extra(name: str, ctx: UiContext) -> dict:
@@ -82,12 +94,7 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
                                                  elem_id="txt2img_hr_resize_x")
                 extra["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                                  elem_id="txt2img_hr_resize_y")
-    if name == "img2img":
-        extra["init_image"] = gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", height=320)
     if name == "inpaint":
-        extra["editor"] = gr.ImageEditor(label="Image (paint the area to repaint)", type="pil", elem_id="inpaint_editor",
-                                         brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), height=360,
-                                         layers=False)
         extra["mask_upload"] = gr.Image(label="Or upload a mask (white = repaint)", type="pil",
                                         elem_id="inpaint_mask_upload", height=160)
         with gr.Row():

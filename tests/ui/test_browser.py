@@ -358,3 +358,18 @@ def test_save_and_zip_download_the_saved_pngs(page, app_url):
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert len(names) == 3 and names[0].startswith("000-grid")  # the grid, then the two images
     assert page.is_visible("#txt2img_open_folder")  # served to this machine only
+
+
+def test_img2img_source_and_result_are_in_view_together_at_1366x768(browser, app_url):
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    try:
+        page.goto(app_url)
+        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+        page.click("#tab_img2img-button")
+        page.wait_for_selector("#img2img_image", timeout=30_000)
+        for selector in ("#img2img_image", "#img2img_gallery"):
+            box = page.locator(selector).bounding_box()
+            assert box is not None and box["y"] < 768 - 100, (selector, box)  # at least 100 px of each in view
+    finally:
+        context.close()
