@@ -27,9 +27,10 @@ SETTINGS = {
 def build_settings_tab(ctx: UiContext):
     """The Settings tab; returns (its widgets by option name, a function giving their current values)."""
     widgets = {}
+    current = ctx.service.get_options()
     with gr.Column():
-        for name, (label, make) in SETTINGS.items():
-            widgets[name] = make(label=label, elem_id=f"setting_{name}")
+        for name, (label, make) in SETTINGS.items():  # built with today's values; each page load refreshes them
+            widgets[name] = make(label=label, value=current.get(name), elem_id=f"setting_{name}")
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         result = gr.Markdown(elem_id="settings_result")
 
