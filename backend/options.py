@@ -27,7 +27,7 @@ OUR_DEFAULTS = {
 IMPLEMENTED = frozenset({
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "return_grid", "samples_format",
     "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin",
-    "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current",
+    "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save",
 })
 
 # The only values of these options that are implemented; another value is refused rather than pretended.

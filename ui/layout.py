@@ -205,13 +205,26 @@ def _wire_send_to(tabs: dict[str, Tab], tab_group, png_image, png_text, png_butt
         button.click(send, inputs=[png_text, png_image], outputs=outputs)
 
     for source in tabs.values():
-        for target_name, button in (("img2img", source.send_to_img2img), ("inpaint", source.send_to_inpaint),
-                                    ("extras", source.send_to_extras)):
-            image_target = extras_image if target_name == "extras" else _image_target(tabs[target_name])
-            button.click(lambda gallery, index, name=target_name: (_selected_image(gallery, index),
-                                                                   gr.Tabs(selected=name)),
-                         inputs=[source.outputs.gallery, source.outputs.selected],
-                         outputs=[image_target, tab_group])
+        source.send_to_extras.click(lambda gallery, index: (_selected_image(gallery, index), gr.Tabs(selected="extras")),
+                                    inputs=[source.outputs.gallery, source.outputs.selected],
+                                    outputs=[extras_image, tab_group])
+        for target_name, button in (("img2img", source.send_to_img2img), ("inpaint", source.send_to_inpaint)):
+            target = tabs[target_name]
+            button.click(lambda gallery, index, texts, target=target: _send_to_tab(target, gallery, index, texts),
+                         inputs=[source.outputs.gallery, source.outputs.selected, source.outputs.infotexts],
+                         outputs=[_image_target(target), tab_group, *fill_targets(target)])
+
+
+def _send_to_tab(target: Tab, gallery, index, infotexts: list[str]) -> list:
+    """As A1111's send-to buttons: the selected picture, its generation parameters, and width/height from the
+    picture's size."""
+    image = _selected_image(gallery, index)
+    position = index if index is not None and index < len(infotexts) else len(infotexts) - 1
+    values = fields_from_infotext(infotexts[position]) if infotexts else {}
+    values.pop("override_settings", None)
+    if image is not None:
+        values.update(width=image.width, height=image.height)
+    return [image, gr.Tabs(selected=target.name), *fill_updates(target, values)]
 
 
 def _image_target(tab: Tab):

@@ -21,6 +21,11 @@ SETTINGS = {
     "s_tmax": ("Sigma tmax (0 = infinity)", lambda **kw: gr.Slider(0.0, 999.0, step=0.01, **kw)),
     "s_noise": ("Sigma noise", lambda **kw: gr.Slider(0.0, 1.1, step=0.001, **kw)),
     "return_grid": ("Show the grid in results", lambda **kw: gr.Checkbox(**kw)),
+    "samples_save": ("Always save all generated images", lambda **kw: gr.Checkbox(**kw)),
+    "samples_format": ("File format for images (PNG keeps the parameters; other formats are not supported yet)",
+                       lambda **kw: gr.Radio(["png"], **kw)),
+    "save_incomplete_images": ("Save incomplete images (interrupted)", lambda **kw: gr.Checkbox(**kw)),
+    "interrupt_after_current": ("Interrupt finishes the current batch first", lambda **kw: gr.Checkbox(**kw)),
 }
 
 
@@ -55,8 +60,8 @@ def current_values(ctx: UiContext) -> list:
 def _typed(name: str, value):
     if name in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta"):
         return int(value or 0)
-    if name == "return_grid":
+    if name in ("return_grid", "samples_save", "save_incomplete_images", "interrupt_after_current"):
         return bool(value)
-    if name in ("emphasis", "randn_source"):
+    if name in ("emphasis", "randn_source", "samples_format"):
         return value
     return float(value or 0)

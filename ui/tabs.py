@@ -120,6 +120,7 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None)
     Settings tab), unless a pasted infotext overrides them."""
     fields = option_fields(options or {}, values[tab.controls.sampler] or "")
     fields.update(request_fields(values, tab.controls))
+    fields["save_images"] = bool((options or {}).get("samples_save", True))  # "Always save all generated images"
     fields.update(checkpoint=values[top["checkpoint"]] or None, vae=values[top["vae"]])
     extra = tab.extra
     if tab.name == "txt2img" and values[extra["enable_hr"]]:

@@ -373,3 +373,17 @@ def test_img2img_source_and_result_are_in_view_together_at_1366x768(browser, app
             assert box is not None and box["y"] < 768 - 100, (selector, box)  # at least 100 px of each in view
     finally:
         context.close()
+
+
+def test_send_to_img2img_fills_the_parameters_and_size(page):
+    paste_parameters(page, "txt2img", "a mill\nNegative prompt: fog\nSteps: 3, Sampler: Euler, CFG scale: 6, Seed: 33, "
+                                      "Size: 64x64")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 33')",
+                           timeout=60_000)
+    page.click("#txt2img_send_to_img2img")
+    page.wait_for_function("document.querySelector('#img2img_prompt textarea')?.value === 'a mill'", timeout=30_000)
+    assert page.input_value("#img2img_neg_prompt textarea") == "fog"
+    assert page.input_value("#img2img_seed input") == "33"
+    assert page.input_value("#img2img_width input[type=number]") == "64"
+    page.wait_for_selector("#img2img_image img", timeout=30_000)
