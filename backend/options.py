@@ -20,6 +20,9 @@ DEFAULTS_FILE = Path(__file__).resolve().parent / "configs" / "a1111_options.jso
 # Where this project's default differs from A1111's, on purpose.
 OUR_DEFAULTS = {
     "randn_source": "CPU",  # A1111 defaults to GPU noise; CPU noise gives the same image on every machine
+    # not in A1111's options (it keeps them in ui-config.json): what the generation tabs start with
+    "default_sampler": "DPM++ 2M",
+    "default_scheduler": "Automatic",
 }
 
 # Options that change what this project does. Every other A1111 option is accepted and stored (clients set
@@ -27,7 +30,8 @@ OUR_DEFAULTS = {
 IMPLEMENTED = frozenset({
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "return_grid", "samples_format",
     "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin",
-    "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save",
+    "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save", "default_sampler",
+    "default_scheduler",
 })
 
 # The only values of these options that are implemented; another value is refused rather than pretended.

@@ -134,8 +134,16 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         # Every page load shows the server's state now, not the state when the page was built.
         demo.load(lambda: _server_state(ctx), outputs=[top["checkpoint"], top["vae"], top["status"]])
         demo.load(settings_values, outputs=list(settings_widgets.values()))
+        dropdowns = [w for tab in tabs.values() for w in (tab.controls.sampler, tab.controls.schedule)]
+        demo.load(lambda: _default_sampling(ctx, len(tabs)), outputs=dropdowns)
         demo.load(lambda: ctx.service.get_options()["CLIP_stop_at_last_layers"], outputs=top["clip_skip"])
     return demo
+
+
+def _default_sampling(ctx: UiContext, tab_count: int) -> list:
+    """Each generation tab's sampler and schedule type start as the Settings say."""
+    options = ctx.service.get_options()
+    return [options["default_sampler"], options["default_scheduler"]] * tab_count
 
 
 def _server_state(ctx: UiContext) -> tuple:

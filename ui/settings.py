@@ -6,10 +6,13 @@ from __future__ import annotations
 import gradio as gr
 
 from backend.errors import BackendError
+from backend.samplers import SAMPLERS, SCHEDULES
 from ui.context import UiContext
 
 # option name -> (label, widget factory)
 SETTINGS = {
+    "default_sampler": ("Default sampling method", lambda **kw: gr.Dropdown([x.name for x in SAMPLERS], **kw)),
+    "default_scheduler": ("Default schedule type", lambda **kw: gr.Dropdown(list(SCHEDULES), **kw)),
     "CLIP_stop_at_last_layers": ("Clip skip", lambda **kw: gr.Slider(1, 12, step=1, **kw)),
     "emphasis": ("Emphasis mode", lambda **kw: gr.Radio(["Original", "No norm", "None"], **kw)),
     "randn_source": ("Random number generator source", lambda **kw: gr.Radio(["CPU", "NV", "GPU"], **kw)),
@@ -62,6 +65,6 @@ def _typed(name: str, value):
         return int(value or 0)
     if name in ("return_grid", "samples_save", "save_incomplete_images", "interrupt_after_current"):
         return bool(value)
-    if name in ("emphasis", "randn_source", "samples_format"):
+    if name in ("emphasis", "randn_source", "samples_format", "default_sampler", "default_scheduler"):
         return value
     return float(value or 0)

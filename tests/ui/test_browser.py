@@ -302,6 +302,28 @@ def test_settings_tab_applies_and_persists_options(page, app_url):
     assert requests.get(app_url + "/", timeout=30).status_code == 200
 
 
+def test_default_sampler_setting_reaches_the_tabs(page):
+    _open_tab(page, "tab_settings")
+    page.click("#setting_default_sampler input")
+    page.click("li:has-text('Euler a')")
+    page.keyboard.press("Escape")
+    page.click("#settings_submit")
+    page.wait_for_function("document.querySelector('#settings_result').innerText.includes('applied')",
+                           timeout=30_000)
+    try:
+        page.reload()
+        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+        page.wait_for_function("document.querySelector('#txt2img_sampler input').value === 'Euler a'",
+                               timeout=30_000)
+    finally:
+        _open_tab(page, "tab_settings")
+        page.click("#setting_default_sampler input")
+        page.click("li:has-text('DPM++ 2M') >> nth=0")
+        page.keyboard.press("Escape")
+        page.click("#settings_submit")
+        page.wait_for_timeout(500)
+
+
 def test_keyboard_weight_editing_skip_and_interrupt(page):
     box = "#txt2img_prompt textarea"
     page.fill(box, "a cat, dog")
