@@ -79,3 +79,15 @@ def test_webui_sh_reads_commandline_args_from_webui_user_sh(tmp_path):
     (tmp_path / "webui-user.sh").write_text('COMMANDLINE_ARGS="--api --port 7999"\n')
     out = subprocess.run(["bash", str(tmp_path / "webui.sh"), "--listen"], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "app.py --api --port 7999 --listen"
+
+
+def test_the_log_is_clean_at_start(models_dir, tmp_path):
+    import requests
+
+    from tests.server import running_app
+
+    with running_app(models_dir, tmp_path / "outputs", "--api", ready_path="/sdapi/v1/progress") as base:
+        assert requests.get(base + "/", timeout=30).status_code == 200
+    log = next(tmp_path.glob("app-*.log")).read_text()
+    for noise in ("xFormers can't load", "[transformers]", "torchvision", "too many output values", "Traceback"):
+        assert noise not in log, noise

@@ -16,7 +16,7 @@ def build_extras_tab(ctx: UiContext) -> gr.Image:
     upscalers = [n for n in ctx.service.upscaler_names() if not n.startswith("Latent")]
     with gr.Row():
         with gr.Column():
-            image = gr.Image(label="Source", type="pil", elem_id="extras_image", height=320)
+            image = gr.Image(label="Source", type="pil", format="png", elem_id="extras_image", height=320)
             mode = gr.Radio(RESIZE_MODES, value="Scale by", label="Resize", elem_id="extras_resize_mode")
             with gr.Row():
                 scale = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize")

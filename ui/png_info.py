@@ -21,7 +21,8 @@ def read_parameters(image: Image.Image | None) -> tuple[str, dict]:
 
 def build_png_info_tab():
     with gr.Row():
-        image = gr.Image(label="Source", type="pil", image_mode=None, elem_id="pnginfo_image", height=360)
+        image = gr.Image(label="Source", type="pil", image_mode=None, format="png", elem_id="pnginfo_image",
+                         height=360)
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=8, interactive=False, elem_id="pnginfo_parameters")
             with gr.Row():

@@ -66,9 +66,10 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
 
 def _build_images(name: str) -> dict:
     if name == "img2img":
-        return {"init_image": gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", height=300)}
+        return {"init_image": gr.Image(label="Image for img2img", type="pil", format="png", elem_id="img2img_image",
+                                           height=300)}
     if name == "inpaint":
-        return {"editor": gr.ImageEditor(label="Image (paint the area to repaint)", type="pil",
+        return {"editor": gr.ImageEditor(label="Image (paint the area to repaint)", type="pil", format="png",
                                          elem_id="inpaint_editor", brush=gr.Brush(colors=["#ffffff"],
                                                                                   color_mode="fixed"),
                                          height=340, layers=False)}
@@ -95,7 +96,7 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
                 extra["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                                  elem_id="txt2img_hr_resize_y")
     if name == "inpaint":
-        extra["mask_upload"] = gr.Image(label="Or upload a mask (white = repaint)", type="pil",
+        extra["mask_upload"] = gr.Image(label="Or upload a mask (white = repaint)", type="pil", format="png",
                                         elem_id="inpaint_mask_upload", height=160)
         with gr.Row():
             extra["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="inpaint_mask_blur")

@@ -409,3 +409,31 @@ def test_send_to_img2img_fills_the_parameters_and_size(page):
     assert page.input_value("#img2img_seed input") == "33"
     assert page.input_value("#img2img_width input[type=number]") == "64"
     page.wait_for_selector("#img2img_image img", timeout=30_000)
+
+
+def test_send_to_extras_is_lossless(page, app_url):
+    """The picture sent on equals the saved PNG pixel for pixel (PNG all the way, never WebP)."""
+    import io
+
+    import numpy as np
+    import requests
+    from PIL import Image
+
+    def fetch(selector):
+        src = page.get_attribute(selector, "src")
+        return Image.open(io.BytesIO(requests.get(src if src.startswith("http") else app_url + src, timeout=30).content))
+
+    paste_parameters(page, "txt2img", "a bridge\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 44, Size: 64x64")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 44')",
+                           timeout=60_000)
+    saved = fetch("#txt2img_gallery img")
+    page.click("#txt2img_send_to_extras")
+    page.wait_for_selector("#extras_image img", timeout=30_000)
+    page.click("#extras_upscaler_1 input")
+    page.click("#extras_upscaler_1 + * li:has-text('None'), li:has-text('None') >> nth=0")
+    page.keyboard.press("Escape")
+    page.click("#extras_generate")
+    page.wait_for_selector("#extras_result img", timeout=60_000)
+    result = fetch("#extras_result img")
+    assert np.array_equal(np.asarray(result.convert("RGB")), np.asarray(saved.convert("RGB")))
