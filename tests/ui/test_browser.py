@@ -65,6 +65,9 @@ def test_interrupt_a_long_run(page):
     page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('interrupted')",
                            timeout=60_000)
     page.wait_for_selector("#txt2img_generate", state="visible", timeout=30_000)
+    # what was made is shown: the image decoded from the step it reached (not saved by default)
+    assert "Done (interrupted): 1 image(s)" in page.inner_text("#txt2img_progress")
+    page.wait_for_selector("#txt2img_gallery img", timeout=30_000)
 
 
 def test_invalid_request_shows_an_error_and_page_stays_usable(page):
