@@ -46,6 +46,21 @@ def paste_parameters(page, tab: str, text: str) -> None:
     page.wait_for_function(f"document.querySelector('#{tab}_prompt textarea').value.indexOf('Steps:') < 0")
 
 
+def set_number(page, elem_id: str, value: int) -> None:
+    page.fill(f"#{elem_id} input[type=number]", str(value))
+    page.press(f"#{elem_id} input[type=number]", "Enter")
+
+
+def generate_and_wait(page, tab: str, parameters: str, seed: int, **numbers) -> None:
+    """Paste `parameters`, set number fields (batch_size=2 ...), Generate, wait for the info to show `seed`."""
+    paste_parameters(page, tab, parameters)
+    for name, value in numbers.items():
+        set_number(page, f"{tab}_{name}", value)
+    page.click(f"#{tab}_generate")
+    page.wait_for_function(f"document.querySelector('#{tab}_info textarea').value.includes('Seed: {seed}')",
+                           timeout=60_000)
+
+
 def test_txt2img_generates_into_the_gallery(page):
     paste_parameters(page, "txt2img", "a lighthouse\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64")
     assert page.input_value("#txt2img_prompt textarea") == "a lighthouse"
@@ -157,12 +172,8 @@ def test_ctrl_enter_generates_and_gallery_serves_the_saved_png_with_parameters(p
 
 
 def test_generation_info_follows_the_selected_thumbnail_and_send_uses_it(page):
-    paste_parameters(page, "txt2img", "boats\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 20, Size: 64x64")
-    page.fill("#txt2img_batch_size input[type=number]", "2")
-    page.press("#txt2img_batch_size input[type=number]", "Enter")
-    page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 20')",
-                           timeout=60_000)
+    generate_and_wait(page, "txt2img", "boats\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 20, Size: 64x64", 20,
+                      batch_size=2)
     thumbnails = page.locator("#txt2img_gallery .thumbnail-item")
     thumbnails.nth(2).click()  # grid, seed 20, seed 21
     page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 21')",
@@ -352,8 +363,7 @@ def test_keyboard_weight_editing_skip_and_interrupt(page):
 
 def test_alt_enter_skips_the_current_batch(page):
     paste_parameters(page, "txt2img", "a hill\nSteps: 60, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 256x256")
-    page.fill("#txt2img_batch_count input[type=number]", "2")
-    page.press("#txt2img_batch_count input[type=number]", "Enter")
+    set_number(page, "txt2img_batch_count", 2)
     page.click("#txt2img_generate")
     page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('batch 1/2')",
                            timeout=60_000)
@@ -369,12 +379,8 @@ def test_save_and_zip_download_the_saved_pngs(page, app_url):
 
     import requests
 
-    paste_parameters(page, "txt2img", "two boats\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 30, Size: 64x64")
-    page.fill("#txt2img_batch_size input[type=number]", "2")
-    page.press("#txt2img_batch_size input[type=number]", "Enter")
-    page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 30')",
-                           timeout=60_000)
+    generate_and_wait(page, "txt2img", "two boats\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 30, Size: 64x64", 30,
+                      batch_size=2)
     page.click("#txt2img_save_zip")
     link = page.locator("#txt2img_download a").first
     link.wait_for(timeout=30_000)
@@ -401,11 +407,8 @@ def test_img2img_source_and_result_are_in_view_together_at_1366x768(browser, app
 
 
 def test_send_to_img2img_fills_the_parameters_and_size(page):
-    paste_parameters(page, "txt2img", "a mill\nNegative prompt: fog\nSteps: 3, Sampler: Euler, CFG scale: 6, Seed: 33, "
-                                      "Size: 64x64")
-    page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 33')",
-                           timeout=60_000)
+    generate_and_wait(page, "txt2img", "a mill\nNegative prompt: fog\nSteps: 3, Sampler: Euler, CFG scale: 6, "
+                                       "Seed: 33, Size: 64x64", 33)
     page.click("#txt2img_send_to_img2img")
     page.wait_for_function("document.querySelector('#img2img_prompt textarea')?.value === 'a mill'", timeout=30_000)
     assert page.input_value("#img2img_neg_prompt textarea") == "fog"
@@ -426,10 +429,7 @@ def test_send_to_extras_is_lossless(page, app_url):
         src = page.get_attribute(selector, "src")
         return Image.open(io.BytesIO(requests.get(src if src.startswith("http") else app_url + src, timeout=30).content))
 
-    paste_parameters(page, "txt2img", "a bridge\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 44, Size: 64x64")
-    page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 44')",
-                           timeout=60_000)
+    generate_and_wait(page, "txt2img", "a bridge\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 44, Size: 64x64", 44)
     saved = fetch("#txt2img_gallery img")
     page.click("#txt2img_send_to_extras")
     page.wait_for_selector("#extras_image img", timeout=30_000)
