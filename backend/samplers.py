@@ -34,6 +34,11 @@ class Sampler:
         return self.k_function in ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde")
 
     @property
+    def interval(self) -> bool:
+        """Steps on its own grid between two sigmas (DPM fast, DPM adaptive) instead of through a schedule."""
+        return self.k_function in ("dpm_fast", "dpm_adaptive")
+
+    @property
     def uses_eta(self) -> bool:
         return bool(self.noise) or self.name == "DDIM"
 
@@ -75,6 +80,8 @@ SAMPLERS = [
     Sampler("DPM2", "dpm_2", default_schedule="Karras", aliases=("k_dpm_2",), discard_penultimate=True),
     Sampler("DPM2 a", "dpm_2_ancestral", default_schedule="Karras", aliases=("k_dpm_2_a",), noise="ancestral",
             discard_penultimate=True),
+    Sampler("DPM fast", "dpm_fast", aliases=("k_dpm_fast",), noise="ancestral"),
+    Sampler("DPM adaptive", "dpm_adaptive", aliases=("k_dpm_ad",), noise="ancestral"),
     Sampler("DDIM", scheduler_class=DDIMScheduler, aliases=("ddim",)),
     Sampler("PLMS", scheduler_class=PNDMScheduler, options={"skip_prk_steps": True}, aliases=("plms",)),
     Sampler("UniPC", scheduler_class=UniPCMultistepScheduler, aliases=("unipc",)),

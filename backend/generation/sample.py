@@ -77,14 +77,19 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
         run = sigmas[steps - run_steps :]  # A1111: sigmas[steps - t_enc - 1:]
         x = start.init + noise * run[0]
     extras = kdiffusion.Extras(
-        on_step=lambda i, x: hooks.report_step(i + 1, len(run) - 1, x),
+        on_step=lambda i, x: hooks.report_step(min(i + 1, len(run) - 1), len(run) - 1, x),
         noise=lambda: rng.next(tuple(x.shape[1:])).to(device),
         brownian=kdiffusion.BrownianNoise(x, sigmas.cpu(), seeds) if sampler.sampler.noise == "brownian" else None,
         eta=1.0 if req.eta is None else req.eta, s_noise=req.s_noise, s_churn=req.s_churn, s_tmin=req.s_tmin,
         s_tmax=req.s_tmax or float("inf"))
     function = getattr(kdiffusion, sampler.sampler.k_function)
+    model_fn = SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start)
     with torch.no_grad():
-        x = function(SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start), x, run, extras)
+        if sampler.sampler.interval:  # A1111: the model's whole sigma range for txt2img, the run's for img2img
+            low, high = (schedule.sigma_min, schedule.sigma_max) if start.init is None else (run[-2], run[0])
+            x = function(model_fn, x, float(low), float(high), len(run) - 1, extras)
+        else:
+            x = function(model_fn, x, run, extras)
     if start.keep is not None:
         x = x * (1 - start.keep) + start.init * start.keep
     return x.float()

@@ -24,18 +24,21 @@ def _diff(a, b):
     return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
 
 
-def _a1111_hires(model, upscale, hr_steps=4, seed=77):
+def _a1111_hires(model, upscale, hr_steps=4, seed=77, sampler="Euler"):
     cond, uncond = reference_conds(model, "a castle", "blur")
-    first = a1111_latents(model.unet, cond, uncond, "Euler", None, 4, 7.0, [seed], 64, 64)
+    first = a1111_latents(model.unet, cond, uncond, sampler, None, 4, 7.0, [seed], 64, 64)
     init = upscale(first)
-    second = a1111_latents(model.unet, cond, uncond, "Euler", None, hr_steps, 7.0, [seed], 128, 128,
+    second = a1111_latents(model.unet, cond, uncond, sampler, None, hr_steps, 7.0, [seed], 128, 128,
                            init=init, denoising_strength=0.6)
     return decode_truncated(model.vae, second)[0]
 
 
-def test_latent_hires_equals_a1111(service, tiny):
-    ours = service.generate(_req(hr_upscaler="Latent"))
-    expected = _a1111_hires(tiny["sd1"], lambda x: F.interpolate(x, size=(16, 16), mode="bilinear", antialias=False))
+@pytest.mark.parametrize("sampler", ["Euler", "DPM fast", "DPM adaptive"])
+def test_latent_hires_equals_a1111(service, tiny, sampler):
+    """DPM fast/adaptive take the second pass's own sigma interval, as A1111's sample_img2img passes it."""
+    ours = service.generate(_req(hr_upscaler="Latent", sampler_name=sampler))
+    expected = _a1111_hires(tiny["sd1"], lambda x: F.interpolate(x, size=(16, 16), mode="bilinear", antialias=False),
+                            sampler=sampler)
     assert ours.images[0].size == (128, 128) and _diff(ours.images[0], expected) <= 3
     text = ours.infotexts[0]
     assert "Size: 64x64," in text
