@@ -31,7 +31,8 @@ class Sampler:
     @property
     def second_order(self) -> bool:
         """Calls the model twice per step (A1111 counts prompt-schedule steps per call)."""
-        return self.k_function in ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde")
+        return self.k_function in ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
+                                  "restart")
 
     @property
     def interval(self) -> bool:
@@ -82,6 +83,7 @@ SAMPLERS = [
             discard_penultimate=True),
     Sampler("DPM fast", "dpm_fast", aliases=("k_dpm_fast",), noise="ancestral"),
     Sampler("DPM adaptive", "dpm_adaptive", aliases=("k_dpm_ad",), noise="ancestral"),
+    Sampler("Restart", "restart", default_schedule="Karras", aliases=("restart",)),
     Sampler("DDIM", scheduler_class=DDIMScheduler, aliases=("ddim",)),
     Sampler("PLMS", scheduler_class=PNDMScheduler, options={"skip_prk_steps": True}, aliases=("plms",)),
     Sampler("UniPC", scheduler_class=UniPCMultistepScheduler, aliases=("unipc",)),

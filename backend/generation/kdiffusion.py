@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from scipy import integrate
 
+from backend.generation.sigmas import karras_between
+
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -295,6 +297,46 @@ class BrownianNoise:
             t0, t1, sign = t1, t0, -sign
         w = torch.stack([tree(t0, t1) for tree in self.trees]) * sign
         return w / (torch.as_tensor(sigma_next) - torch.as_tensor(sigma)).abs().sqrt()
+
+
+# ---------------------------------------------------------------- Restart (Xu et al. 2023), A1111's own sampler
+
+
+def _restart_pairs(sigmas: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (sigma, sigma_next) steps A1111's Restart takes. From 20 steps it spends some on going back up: the
+    main descent becomes a shorter Karras schedule, and on reaching the sigma nearest 0.1 it climbs to the one
+    nearest 2 and descends a Karras ladder again, once (9 steps) or from 36 steps twice (steps // 4 each)."""
+    steps = len(sigmas) - 1
+    if steps < 20:
+        return list(zip(sigmas[:-1], sigmas[1:], strict=True))
+    ladder_steps, times = (steps // 4, 2) if steps >= 36 else (9, 1)
+    main = karras_between(steps - ladder_steps * times, sigmas[-2].item(), sigmas[0].item()).to(sigmas.device)
+    low, high = int((main - 0.1).abs().argmin()), int((main - 2.0).abs().argmin())
+    pairs = list(zip(main[:low], main[1 : low + 1], strict=True))
+    if high < low:
+        ladder = karras_between(ladder_steps + 1, main[low].item(), main[high].item()).to(sigmas.device)[:-1]
+        pairs += list(zip(ladder[:-1], ladder[1:], strict=True)) * times
+    return pairs + list(zip(main[low:-1], main[low + 1 :], strict=True))
+
+
+def restart(model: Model, x, sigmas, ex: Extras):
+    """Heun steps (Euler into sigma 0); wherever a step starts above where the last one ended, fresh noise
+    from the image's generator lifts x to that sigma first."""
+    last = None
+    for i, (sigma, sigma_next) in enumerate(_restart_pairs(sigmas)):
+        if last is not None and last < sigma:
+            x = x + ex.noise() * ex.s_noise * (sigma**2 - last**2) ** 0.5
+        denoised = model(x, sigma)
+        ex.on_step(i, x)
+        d = _slope(x, sigma, denoised)
+        dt = sigma_next - sigma
+        if sigma_next == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            x = x + (d + _slope(x_2, sigma_next, model(x_2, sigma_next))) / 2 * dt
+        last = sigma_next
+    return x
 
 
 # ---------------------------------------------------------------- DPM-Solver fast / adaptive (Lu et al. 2022)

@@ -57,8 +57,12 @@ def uniform(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
 
 
 def karras(schedule: DiscreteSchedule, n: int, rho: float = 7.0) -> torch.Tensor:
+    return karras_between(n, schedule.sigma_min, schedule.sigma_max, rho)
+
+
+def karras_between(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     ramp = torch.linspace(0, 1, n)
-    low, high = schedule.sigma_min ** (1 / rho), schedule.sigma_max ** (1 / rho)
+    low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return _append_zero((high + ramp * (low - high)) ** rho)
 
 

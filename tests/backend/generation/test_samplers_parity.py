@@ -11,16 +11,16 @@ from tests.fixtures.reference import reference_conds
 SCHEDULES = [None, "Uniform", "Karras", "Exponential", "SGM Uniform"]
 
 
-def _ours(service, checkpoint, sampler, schedule, seed=21, batch=1, **kw):
-    req = GenerationRequest(prompt="a lighthouse at dusk", negative_prompt="fog", steps=8, width=64, height=64,
+def _ours(service, checkpoint, sampler, schedule, seed=21, batch=1, steps=8, **kw):
+    req = GenerationRequest(prompt="a lighthouse at dusk", negative_prompt="fog", steps=steps, width=64, height=64,
                             seed=seed, batch_size=batch, sampler_name=sampler, scheduler=schedule or "Automatic",
                             checkpoint=checkpoint, save_images=False, **kw)
     return service.generate(req)
 
 
-def _theirs(model, sampler, schedule, seeds, **kwargs):
+def _theirs(model, sampler, schedule, seeds, steps=8, **kwargs):
     cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
-    return a1111_txt2img(model.unet, model.vae, cond, uncond, sampler, schedule, 8, 7.0, seeds, 64, 64,
+    return a1111_txt2img(model.unet, model.vae, cond, uncond, sampler, schedule, steps, 7.0, seeds, 64, 64,
                          v_prediction=model.v_prediction, sdxl=model.family == "sdxl", **kwargs)
 
 
@@ -75,3 +75,13 @@ def test_eta_and_s_noise_equal_a1111(service, tiny, sampler):
     ours = _ours(service, "sd1.safetensors", sampler, None, eta=0.6, s_noise=0.97)
     assert _max_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [21], eta=0.6, s_noise=0.97)[0]) <= 3
     assert "Eta: 0.6" in ours.infotexts[0] and "Sigma noise: 0.97" in ours.infotexts[0]
+
+
+@pytest.mark.parametrize("steps", [20, 36])
+def test_restart_climbs_back_as_a1111(service, tiny, steps):
+    """From 20 steps Restart re-plans its schedule and climbs back up with fresh noise (twice from 36 steps)."""
+    ours = _ours(service, "sd1.safetensors", "Restart", None, steps=steps, s_noise=1.02)
+    assert _max_diff(ours.images[0], _theirs(tiny["sd1"], "Restart", None, [21], steps=steps, s_noise=1.02)[0]) <= 3
+    plain_heun = _ours(service, "sd1.safetensors", "Heun", "Karras", steps=steps)
+    assert _max_diff(ours.images[0], plain_heun.images[0]) > 3
+
