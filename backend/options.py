@@ -168,7 +168,7 @@ def request_fields(values: dict, sampler_name: str) -> dict:
         value = values.get(name)
         return default if value is None else value
 
-    ddim = sampler_name.strip().upper() == "DDIM"
+    ddim = sampler_name.strip().upper() in ("DDIM", "DDIM CFG++", "DDIM_CFGPP")
     return dict(
         clip_skip=int(number("CLIP_stop_at_last_layers", 1)),
         eta_noise_seed_delta=int(number("eta_noise_seed_delta", 0) or 0),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from diffusers import DDIMScheduler, LCMScheduler, PNDMScheduler, UniPCMultistepScheduler
+from diffusers import LCMScheduler, UniPCMultistepScheduler
 
 from backend.errors import InvalidRequest
 
@@ -12,10 +12,12 @@ from backend.errors import InvalidRequest
 @dataclass(frozen=True)
 class Sampler:
     """An A1111 sampler. k-diffusion samplers (`k_function`, in backend/generation/kdiffusion.py) step
-    through sigmas; A1111's timestep samplers (DDIM, PLMS, UniPC, LCM) run a diffusers scheduler."""
+    through sigmas; DDIM, DDIM CFG++ and PLMS (`timestep_function`) step through A1111's integer timesteps;
+    UniPC and LCM still run a diffusers scheduler."""
 
     name: str
     k_function: str | None = None
+    timestep_function: str | None = None  # A1111's DDIM/PLMS (backend/generation/timestep_samplers.py)
     scheduler_class: type | None = None
     options: dict = field(default_factory=dict)  # diffusers scheduler options
     default_schedule: str = "Uniform"
@@ -41,7 +43,7 @@ class Sampler:
 
     @property
     def uses_eta(self) -> bool:
-        return bool(self.noise) or self.name == "DDIM"
+        return bool(self.noise) or self.timestep_function in ("ddim", "ddim_cfgpp")
 
     def a1111_options(self) -> dict:
         """The `options` A1111's GET /sdapi/v1/samplers lists for this sampler."""
@@ -58,7 +60,7 @@ class Sampler:
             options["second_order"] = True
         if self.k_function == "dpmpp_2m_sde_heun":
             options["solver_type"] = "heun"
-        if self.name == "DDIM":
+        if self.timestep_function in ("ddim", "ddim_cfgpp"):
             options["default_eta_is_0"] = True
         return options
 
@@ -84,8 +86,9 @@ SAMPLERS = [
     Sampler("DPM fast", "dpm_fast", aliases=("k_dpm_fast",), noise="ancestral"),
     Sampler("DPM adaptive", "dpm_adaptive", aliases=("k_dpm_ad",), noise="ancestral"),
     Sampler("Restart", "restart", default_schedule="Karras", aliases=("restart",)),
-    Sampler("DDIM", scheduler_class=DDIMScheduler, aliases=("ddim",)),
-    Sampler("PLMS", scheduler_class=PNDMScheduler, options={"skip_prk_steps": True}, aliases=("plms",)),
+    Sampler("DDIM", timestep_function="ddim", aliases=("ddim",)),
+    Sampler("DDIM CFG++", timestep_function="ddim_cfgpp", aliases=("ddim_cfgpp",)),
+    Sampler("PLMS", timestep_function="plms", aliases=("plms",)),
     Sampler("UniPC", scheduler_class=UniPCMultistepScheduler, aliases=("unipc",)),
     Sampler("LCM", scheduler_class=LCMScheduler, aliases=("k_lcm",)),
 ]
@@ -150,7 +153,7 @@ class ResolvedSampler:
     schedule: str  # the label actually used, never "Automatic"
 
     def make_scheduler(self, base_config: dict):
-        """The diffusers scheduler of a timestep sampler (DDIM, PLMS, UniPC, LCM), on A1111's DDPM timesteps."""
+        """The diffusers scheduler of UniPC or LCM, on A1111's DDPM timesteps."""
         return self.sampler.scheduler_class.from_config(base_config, **self.sampler.options)
 
 

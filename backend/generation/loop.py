@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -78,6 +78,7 @@ class Denoiser:
     dtype: torch.dtype
     sdxl_size: tuple[int, int] | None = None  # (height, width) for SDXL's size conditioning
     inpaint_channels: torch.Tensor | None = None  # 9-channel models: mask + masked-image latents, (B, 5, h, w)
+    last_uncond: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
         conds = self.cond.at(step)
@@ -91,6 +92,7 @@ class Denoiser:
         else:  # different lengths: separate calls rather than padding (A1111's pad_cond_uncond=False)
             out_uncond = self._unet([uncond.embeds], [uncond.pooled], x, t)
             out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
+        self.last_uncond = out_uncond  # DDIM CFG++ steps along the unconditional output
         guided = out_uncond
         for (weight, _), out in zip(conds, out_conds, strict=True):
             guided = guided + self.cfg_scale * (weight * (out - out_uncond))

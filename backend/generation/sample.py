@@ -1,15 +1,17 @@
 """Running one batch's sampler, as A1111 does: k-diffusion samplers step through sigmas over a denoiser that
-turns the UNet's guided output into a denoised estimate; A1111's timestep samplers (DDIM, PLMS, UniPC, LCM)
-run a diffusers scheduler. txt2img starts from noise; img2img from the picture's latents noised to where the
-shortened schedule starts; inpainting holds what is outside the mask."""
+turns the UNet's guided output into a denoised estimate; A1111's DDIM, DDIM CFG++ and PLMS step through
+integer timesteps on epsilon (timestep_samplers.py); UniPC and LCM still run a diffusers scheduler.
+txt2img starts from noise; img2img from the picture's latents noised to where the shortened schedule starts;
+inpainting holds what is outside the mask."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from backend.generation import kdiffusion, loop
+from backend.generation import kdiffusion, loop, timestep_samplers
 from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest
 from backend.generation.sigmas import DiscreteSchedule, sigmas_for
@@ -62,6 +64,8 @@ class SigmaDenoiser:
 def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
            rng: ImageNoise, noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
     """The batch's final latents (float32)."""
+    if sampler.sampler.timestep_function:
+        return _sample_a1111_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
     if sampler.sampler.k_function is None:
         return _sample_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
     device = model.execution_device
@@ -90,6 +94,63 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
             x = function(model_fn, x, float(low), float(high), len(run) - 1, extras)
         else:
             x = function(model_fn, x, run, extras)
+    if start.keep is not None:
+        x = x * (1 - start.keep) + start.init * start.keep
+    return x.float()
+
+
+class EpsDenoiser:
+    """(x, integer timestep) -> (guided epsilon, unconditional epsilon) for A1111's timestep samplers. Inpainting
+    with a regular model shows the UNet the original where it is kept (A1111's mask-before-denoising)."""
+
+    def __init__(self, denoiser: loop.Denoiser, alphas_cumprod: torch.Tensor, prediction_type: str,
+                 dtype: torch.dtype, start: Start):
+        self.denoiser, self.alphas_cumprod, self.v = denoiser, alphas_cumprod, prediction_type == "v_prediction"
+        self.dtype, self.start, self.calls = dtype, start, 0
+
+    def __call__(self, x: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.start.keep is not None:
+            x = self.start.init * self.start.keep + x * (1 - self.start.keep)
+        t = torch.full((x.shape[0],), float(timestep), device=x.device)
+        guided = self.denoiser(x.to(self.dtype), t, self.calls).float()
+        uncond = self.denoiser.last_uncond.float()
+        self.calls += 1
+        if self.v:  # epsilon = sqrt(a) v + sqrt(1 - a) x, for both (it is linear in the output)
+            a = self.alphas_cumprod[timestep].item()
+            guided, uncond = (a**0.5 * out + (1 - a) ** 0.5 * x for out in (guided, uncond))
+        return guided, uncond
+
+
+def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, rng: ImageNoise,
+                            noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
+    """DDIM, DDIM CFG++ and PLMS as A1111 runs them. img2img noises the picture to timestep t_enc but starts
+    the loop one timestep lower, as A1111 does."""
+    device = model.execution_device
+    name = sampler.sampler.timestep_function
+    alphas_cumprod = DiscreteSchedule().alphas_cumprod
+    noise = noise.to(device, torch.float32)
+    steps, run_steps = (req.steps, None) if start.init is None else start.steps(req.steps)
+    timesteps = timestep_samplers.a1111_timesteps(steps, sampler.sampler.discard_penultimate)
+    if start.init is None:
+        x = noise
+    else:
+        t_enc = run_steps - 1
+        a = alphas_cumprod[timesteps[t_enc]]
+        start = Start(start.init.to(device, torch.float32), start.strength,
+                      None if start.keep is None else start.keep.to(device, torch.float32))
+        x = start.init * a**0.5 + noise * (1 - a) ** 0.5
+        timesteps = timesteps[:t_enc]
+    if name == "ddim_cfgpp":
+        denoiser = dataclasses.replace(denoiser, cfg_scale=denoiser.cfg_scale / 12.5)
+    eps_model = EpsDenoiser(denoiser, alphas_cumprod, model.prediction_type, model.dtype, start)
+    on_step = lambda i, x: hooks.report_step(min(i + 1, len(timesteps) - 1), len(timesteps) - 1, x)  # noqa: E731
+    with torch.no_grad():
+        if name == "plms":
+            x = timestep_samplers.plms(eps_model, x, timesteps, alphas_cumprod, on_step)
+        else:
+            x = timestep_samplers.ddim(eps_model, x, timesteps, alphas_cumprod,
+                                       lambda: rng.next(tuple(x.shape[1:])).to(device), on_step,
+                                       eta=req.eta or 0.0, cfgpp=name == "ddim_cfgpp")
     if start.keep is not None:
         x = x * (1 - start.keep) + start.init * start.keep
     return x.float()

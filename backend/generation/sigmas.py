@@ -18,8 +18,8 @@ BETA_START, BETA_END = 0.00085, 0.012
 class DiscreteSchedule:
     def __init__(self):
         betas = np.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=np.float64) ** 2
-        alphas_cumprod = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
-        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.alphas_cumprod = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
 
     @property

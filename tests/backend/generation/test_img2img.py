@@ -74,10 +74,12 @@ def test_img2img_is_reproducible_and_strength_zero_keeps_the_picture(service):
     assert untouched.size == (64, 64)
 
 
-@pytest.mark.parametrize("checkpoint", ["sd1.safetensors", "sd1-inpainting.safetensors"])
-def test_outside_the_mask_equals_the_input_exactly(service, checkpoint):
+@pytest.mark.parametrize(("checkpoint", "sampler"), [("sd1.safetensors", "Euler"), ("sd1-inpainting.safetensors", "Euler"),
+                                                    ("sd1.safetensors", "DDIM"), ("sd1.safetensors", "PLMS")])
+def test_outside_the_mask_equals_the_input_exactly(service, checkpoint, sampler):
     mask = _square_mask()
-    result = service.generate(_req(checkpoint=checkpoint, mask=mask, mask_blur=0, denoising_strength=1.0))
+    result = service.generate(_req(checkpoint=checkpoint, mask=mask, mask_blur=0, denoising_strength=1.0,
+                                   sampler_name=sampler))
     out, src = _px(result.images[0]), _px(_picture())
     outside = np.asarray(mask) == 0
     assert np.array_equal(out[outside], src[outside])
