@@ -9,7 +9,7 @@ from PIL import Image
 
 from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest
-from tests.fixtures.a1111_reference import a1111_latents, decode_truncated
+from tests.fixtures.a1111_reference import a1111_latents, a1111_timestep_latents, decode_truncated
 from tests.fixtures.reference import reference_conds
 
 
@@ -75,3 +75,16 @@ def test_unknown_upscaler_and_oversize_are_refused(service):
         service.submit(_req(hr_upscaler="ESRGAN_4x"))
     with pytest.raises(InvalidRequest, match="hr_scale"):
         service.submit(_req(width=1024, height=1024, hr_scale=4.0))
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "PLMS"])
+def test_timestep_sampler_hires_equals_a1111(service, tiny, sampler):
+    """A1111's img2img for DDIM/PLMS: noised to timestep t_enc, the loop starting one timestep lower."""
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, "a castle", "blur")
+    first = a1111_timestep_latents(model.unet, cond, uncond, sampler, 4, 12.0, [77], 64, 64)
+    init = F.interpolate(first, size=(16, 16), mode="bilinear", antialias=False)
+    second = a1111_timestep_latents(model.unet, cond, uncond, sampler, 4, 12.0, [77], 128, 128, init=init,
+                                    denoising_strength=0.6)
+    ours = service.generate(_req(hr_upscaler="Latent", sampler_name=sampler, cfg_scale=12.0))
+    assert _diff(ours.images[0], decode_truncated(model.vae, second)[0]) <= 1
