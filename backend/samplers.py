@@ -1,4 +1,4 @@
-"""A1111 sampler and schedule-type names, mapped to diffusers schedulers built from the model's own config."""
+"""A1111 sampler and schedule-type names, mapped to the code that runs each sampler."""
 
 from __future__ import annotations
 
