@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from diffusers import LCMScheduler, UniPCMultistepScheduler
+from diffusers import UniPCMultistepScheduler
 
 from backend.errors import InvalidRequest
 
@@ -13,7 +13,7 @@ from backend.errors import InvalidRequest
 class Sampler:
     """An A1111 sampler. k-diffusion samplers (`k_function`, in backend/generation/kdiffusion.py) step
     through sigmas; DDIM, DDIM CFG++ and PLMS (`timestep_function`) step through A1111's integer timesteps;
-    UniPC and LCM still run a diffusers scheduler."""
+    UniPC still runs a diffusers scheduler."""
 
     name: str
     k_function: str | None = None
@@ -90,7 +90,7 @@ SAMPLERS = [
     Sampler("DDIM CFG++", timestep_function="ddim_cfgpp", aliases=("ddim_cfgpp",)),
     Sampler("PLMS", timestep_function="plms", aliases=("plms",)),
     Sampler("UniPC", scheduler_class=UniPCMultistepScheduler, aliases=("unipc",)),
-    Sampler("LCM", scheduler_class=LCMScheduler, aliases=("k_lcm",)),
+    Sampler("LCM", "lcm", aliases=("k_lcm",)),
 ]
 
 # Schedule type label -> A1111's internal name (the sigmas are in backend/generation/sigmas.py).
@@ -153,7 +153,7 @@ class ResolvedSampler:
     schedule: str  # the label actually used, never "Automatic"
 
     def make_scheduler(self, base_config: dict):
-        """The diffusers scheduler of UniPC or LCM, on A1111's DDPM timesteps."""
+        """The diffusers scheduler of UniPC, on A1111's DDPM timesteps."""
         return self.sampler.scheduler_class.from_config(base_config, **self.sampler.options)
 
 

@@ -299,6 +299,17 @@ class BrownianNoise:
         return w / (torch.as_tensor(sigma_next) - torch.as_tensor(sigma)).abs().sqrt()
 
 
+def lcm(model: Model, x, sigmas, ex: Extras):
+    """Latent consistency: jump to the model's clean estimate, then re-noise to the next sigma with the image's
+    own noise (the LCM boundary scaling is in the model, see sigmas.LcmSchedule)."""
+    for i in range(len(sigmas) - 1):
+        x = model(x, sigmas[i])
+        ex.on_step(i, x)
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * ex.noise()
+    return x
+
+
 # ---------------------------------------------------------------- Restart (Xu et al. 2023), A1111's own sampler
 
 

@@ -1,6 +1,6 @@
 """Running one batch's sampler, as A1111 does: k-diffusion samplers step through sigmas over a denoiser that
 turns the UNet's guided output into a denoised estimate; A1111's DDIM, DDIM CFG++ and PLMS step through
-integer timesteps on epsilon (timestep_samplers.py); UniPC and LCM still run a diffusers scheduler.
+integer timesteps on epsilon (timestep_samplers.py); UniPC still runs a diffusers scheduler.
 txt2img starts from noise; img2img from the picture's latents noised to where the shortened schedule starts;
 inpainting holds what is outside the mask."""
 
@@ -14,7 +14,7 @@ import torch
 from backend.generation import kdiffusion, loop, timestep_samplers
 from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest
-from backend.generation.sigmas import DiscreteSchedule, sigmas_for
+from backend.generation.sigmas import DiscreteSchedule, LcmSchedule, sigmas_for
 from backend.loading.loader import LoadedModel
 from backend.samplers import ResolvedSampler
 
@@ -55,6 +55,7 @@ class SigmaDenoiser:
             denoised = x / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
         else:
             denoised = x - out * sigma
+        denoised = self.schedule.boundary(x, sigma, denoised)
         keep = self.start.keep
         if keep is not None:
             denoised = denoised * (1 - keep) + self.start.init * keep
@@ -69,7 +70,7 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
     if sampler.sampler.k_function is None:
         return _sample_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
     device = model.execution_device
-    schedule = DiscreteSchedule()
+    schedule = LcmSchedule() if sampler.sampler.k_function == "lcm" else DiscreteSchedule()
     steps, run_steps = (req.steps, req.steps) if start.init is None else start.steps(req.steps)
     sigmas = sigmas_for(schedule, sampler.schedule, steps, sampler.sampler.discard_penultimate).to(device)
     noise = noise.to(device, torch.float32)

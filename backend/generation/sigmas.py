@@ -22,6 +22,8 @@ class DiscreteSchedule:
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
 
+    first_t, last_t = TRAIN_STEPS - 1, 0  # the Uniform schedule's timesteps run from first_t to last_t
+
     @property
     def sigma_min(self) -> float:
         return self.sigmas[0].item()
@@ -46,14 +48,45 @@ class DiscreteSchedule:
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
 
 
+    def boundary(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        """The denoised estimate as the sampler sees it (LCM rescales it; other models use it as is)."""
+        return denoised
+
+
+class LcmSchedule(DiscreteSchedule):
+    """A1111's LCM sampler's schedule: only the 50 timesteps LCM distils (19, 39, ..., 999). A sigma goes to
+    the nearest of them (no interpolation); a timestep between them interpolates log-sigma."""
+
+    SKIP = 20
+    first_t, last_t = TRAIN_STEPS - 1, SKIP - 1
+
+    def __init__(self):
+        super().__init__()
+        self.sigmas = self.sigmas[self.SKIP - 1 :: self.SKIP]
+        self.log_sigmas = self.sigmas.log()
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        index = (sigma.log() - self.log_sigmas.to(sigma.device)[:, None]).abs().argmin(dim=0).view(sigma.shape)
+        return (index * self.SKIP + self.SKIP - 1).float()
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return super().t_to_sigma(((t - (self.SKIP - 1)) / self.SKIP).float().clamp(0, len(self.sigmas) - 1))
+
+    def boundary(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        """LCM's consistency-model output: c_out * denoised + c_skip * x at 10x the timestep (sigma_data 0.5)."""
+        scaled = self.sigma_to_t(sigma.reshape(1)).to(x.device) * 10.0
+        c_skip = 0.25 / (scaled**2 + 0.25)
+        c_out = scaled / (scaled**2 + 0.25) ** 0.5
+        return c_out * denoised + c_skip * x
+
+
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
 
 
 def uniform(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
     """Timesteps evenly from the last to 0, as sigmas (k-diffusion's `get_sigmas`)."""
-    t = torch.linspace(TRAIN_STEPS - 1, 0, n)
-    return _append_zero(schedule.t_to_sigma(t))
+    return _append_zero(schedule.t_to_sigma(torch.linspace(schedule.first_t, schedule.last_t, n)))
 
 
 def karras(schedule: DiscreteSchedule, n: int, rho: float = 7.0) -> torch.Tensor:

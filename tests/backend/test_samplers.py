@@ -8,7 +8,7 @@ from backend.samplers import SAMPLERS, SCHEDULES, resolve, scheduler_base_config
 @pytest.mark.parametrize("name", [s.name for s in SAMPLERS])
 def test_every_sampler_resolves_builds_and_runs(service, name):
     resolved = resolve(name)
-    if resolved.sampler.scheduler_class is not None:  # UniPC and LCM still run a diffusers scheduler
+    if resolved.sampler.scheduler_class is not None:  # UniPC still runs a diffusers scheduler
         scheduler = resolved.make_scheduler(scheduler_base_config("epsilon"))
         assert isinstance(scheduler, resolved.sampler.scheduler_class)
         assert scheduler.config.timestep_spacing == "leading" and scheduler.config.steps_offset == 1

@@ -75,7 +75,8 @@ def test_img2img_is_reproducible_and_strength_zero_keeps_the_picture(service):
 
 
 @pytest.mark.parametrize(("checkpoint", "sampler"), [("sd1.safetensors", "Euler"), ("sd1-inpainting.safetensors", "Euler"),
-                                                    ("sd1.safetensors", "DDIM"), ("sd1.safetensors", "PLMS")])
+                                                    ("sd1.safetensors", "DDIM"), ("sd1.safetensors", "PLMS"),
+                                                    ("sd1.safetensors", "LCM")])
 def test_outside_the_mask_equals_the_input_exactly(service, checkpoint, sampler):
     mask = _square_mask()
     result = service.generate(_req(checkpoint=checkpoint, mask=mask, mask_blur=0, denoising_strength=1.0,
