@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from diffusers import UniPCMultistepScheduler
 
@@ -19,7 +19,6 @@ class Sampler:
     k_function: str | None = None
     timestep_function: str | None = None  # A1111's DDIM/PLMS (backend/generation/timestep_samplers.py)
     scheduler_class: type | None = None
-    options: dict = field(default_factory=dict)  # diffusers scheduler options
     default_schedule: str = "Uniform"
     aliases: tuple[str, ...] = ()
     noise: str = ""  # "ancestral": extra noise from each image's generator; "brownian": a seeded Brownian tree
@@ -154,7 +153,7 @@ class ResolvedSampler:
 
     def make_scheduler(self, base_config: dict):
         """The diffusers scheduler of UniPC, on A1111's DDPM timesteps."""
-        return self.sampler.scheduler_class.from_config(base_config, **self.sampler.options)
+        return self.sampler.scheduler_class.from_config(base_config)
 
 
 def resolve(sampler_name: str, schedule: str | None = None) -> ResolvedSampler:

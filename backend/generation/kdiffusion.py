@@ -89,15 +89,18 @@ def heun(model: Model, x, sigmas, ex: Extras):
         x, sigma = ex.churn(x, sigmas[i], len(sigmas) - 1)
         denoised = model(x, sigma)
         ex.on_step(i, x)
-        d = _slope(x, sigma, denoised)
-        dt = sigmas[i + 1] - sigma
-        if sigmas[i + 1] == 0:
-            x = x + d * dt
-            continue
-        x_2 = x + d * dt
-        d_2 = _slope(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1]))
-        x = x + (d + d_2) / 2 * dt
+        x = _heun_step(model, x, sigma, sigmas[i + 1], denoised)
     return x
+
+
+def _heun_step(model: Model, x, sigma, sigma_next, denoised):
+    """One Heun step from sigma to sigma_next (an Euler step into sigma 0)."""
+    d = _slope(x, sigma, denoised)
+    dt = sigma_next - sigma
+    x_2 = x + d * dt
+    if sigma_next == 0:
+        return x_2
+    return x + (d + _slope(x_2, sigma_next, model(x_2, sigma_next))) / 2 * dt
 
 
 def _midpoint(sigma: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -339,13 +342,7 @@ def restart(model: Model, x, sigmas, ex: Extras):
             x = x + ex.noise() * ex.s_noise * (sigma**2 - last**2) ** 0.5
         denoised = model(x, sigma)
         ex.on_step(i, x)
-        d = _slope(x, sigma, denoised)
-        dt = sigma_next - sigma
-        if sigma_next == 0:
-            x = x + d * dt
-        else:
-            x_2 = x + d * dt
-            x = x + (d + _slope(x_2, sigma_next, model(x_2, sigma_next))) / 2 * dt
+        x = _heun_step(model, x, sigma, sigma_next, denoised)
         last = sigma_next
     return x
 

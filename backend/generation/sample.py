@@ -36,6 +36,15 @@ class Start:
             return self.total_steps, self.run_steps
         return requested, int(min(self.strength, 0.999) * requested) + 1
 
+    def on(self, device: torch.device) -> Start:
+        """This start with its picture and mask as float32 on `device`."""
+        return dataclasses.replace(self, init=self.init.to(device, torch.float32),
+                                   keep=None if self.keep is None else self.keep.to(device, torch.float32))
+
+    def hold(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` with the original put back where the mask keeps it."""
+        return x * (1 - self.keep) + self.init * self.keep
+
 
 class SigmaDenoiser:
     """(x, sigma) -> denoised x: scales the input, calls the guided UNet at sigma's fractional timestep, and
@@ -56,9 +65,8 @@ class SigmaDenoiser:
         else:
             denoised = x - out * sigma
         denoised = self.schedule.boundary(x, sigma, denoised)
-        keep = self.start.keep
-        if keep is not None:
-            denoised = denoised * (1 - keep) + self.start.init * keep
+        if self.start.keep is not None:
+            denoised = self.start.hold(denoised)
         return denoised
 
 
@@ -77,8 +85,7 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
     if start.init is None:
         run, x = sigmas, noise * sigmas[0]
     else:
-        start = Start(start.init.to(device, torch.float32), start.strength,
-                      None if start.keep is None else start.keep.to(device, torch.float32))
+        start = start.on(device)
         run = sigmas[steps - run_steps :]  # A1111: sigmas[steps - t_enc - 1:]
         x = start.init + noise * run[0]
     extras = kdiffusion.Extras(
@@ -96,7 +103,7 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
         else:
             x = function(model_fn, x, run, extras)
     if start.keep is not None:
-        x = x * (1 - start.keep) + start.init * start.keep
+        x = start.hold(x)
     return x.float()
 
 
@@ -111,7 +118,7 @@ class EpsDenoiser:
 
     def __call__(self, x: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.start.keep is not None:
-            x = self.start.init * self.start.keep + x * (1 - self.start.keep)
+            x = self.start.hold(x)
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
         guided = self.denoiser(x.to(self.dtype), t, self.calls).float()
         uncond = self.denoiser.last_uncond.float()
@@ -137,8 +144,7 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
     else:
         t_enc = run_steps - 1
         a = alphas_cumprod[timesteps[t_enc]]
-        start = Start(start.init.to(device, torch.float32), start.strength,
-                      None if start.keep is None else start.keep.to(device, torch.float32))
+        start = start.on(device)
         x = start.init * a**0.5 + noise * (1 - a) ** 0.5
         timesteps = timesteps[:t_enc]
     if name == "ddim_cfgpp":
@@ -153,7 +159,7 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
                                        lambda: rng.next(tuple(x.shape[1:])).to(device), on_step,
                                        eta=req.eta or 0.0, cfgpp=name == "ddim_cfgpp")
     if start.keep is not None:
-        x = x * (1 - start.keep) + start.init * start.keep
+        x = start.hold(x)
     return x.float()
 
 
