@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from backend.errors import InvalidRequest
+from backend.samplers import takes_ddim_eta
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def request_fields(values: dict, sampler_name: str) -> dict:
         value = values.get(name)
         return default if value is None else value
 
-    ddim = sampler_name.strip().upper() in ("DDIM", "DDIM CFG++", "DDIM_CFGPP")
+    ddim = takes_ddim_eta(sampler_name)
     return dict(
         clip_skip=int(number("CLIP_stop_at_last_layers", 1)),
         eta_noise_seed_delta=int(number("eta_noise_seed_delta", 0) or 0),

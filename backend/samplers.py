@@ -41,8 +41,13 @@ class Sampler:
         return self.k_function in ("dpm_fast", "dpm_adaptive")
 
     @property
+    def uses_ddim_eta(self) -> bool:
+        """Takes A1111's eta_ddim option (infotext "Eta DDIM") rather than eta_ancestral."""
+        return self.timestep_function in ("ddim", "ddim_cfgpp")
+
+    @property
     def uses_eta(self) -> bool:
-        return bool(self.noise) or self.timestep_function in ("ddim", "ddim_cfgpp")
+        return bool(self.noise) or self.uses_ddim_eta
 
     def a1111_options(self) -> dict:
         """The `options` A1111's GET /sdapi/v1/samplers lists for this sampler."""
@@ -59,7 +64,7 @@ class Sampler:
             options["second_order"] = True
         if self.k_function == "dpmpp_2m_sde_heun":
             options["solver_type"] = "heun"
-        if self.timestep_function in ("ddim", "ddim_cfgpp"):
+        if self.uses_ddim_eta:
             options["default_eta_is_0"] = True
         return options
 
@@ -171,3 +176,9 @@ def resolve(sampler_name: str, schedule: str | None = None) -> ResolvedSampler:
 def _supports(sampler: Sampler, schedule_label: str) -> bool:
     """k-diffusion samplers take every schedule type; A1111's timestep samplers have their own timesteps."""
     return sampler.k_function is not None or schedule_label == "Uniform"
+
+
+def takes_ddim_eta(sampler_name: str) -> bool:
+    """Whether the named sampler reads eta_ddim; an unknown name reads neither and is refused later."""
+    base, _ = split_legacy_name(sampler_name, None)
+    return _is_sampler(base) and find_sampler(base).uses_ddim_eta

@@ -529,8 +529,7 @@ class GenerationService:
             "Denoising strength": req.denoising_strength if req.kind == "img2img" or hires_fix else None,
             "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
             "Eta": req.eta if req.eta is not None and result.sampler.sampler.noise and req.eta != 1.0 else None,
-            "Eta DDIM": req.eta if req.eta and result.sampler.sampler.uses_eta and not result.sampler.sampler.noise
-            else None,
+            "Eta DDIM": req.eta if req.eta and result.sampler.sampler.uses_ddim_eta else None,
             **_sigma_options(req, result.sampler.sampler),
             "ENSD": req.eta_noise_seed_delta if req.eta_noise_seed_delta and result.sampler.sampler.ancestral
             else None,

@@ -2,6 +2,7 @@ import pytest
 
 from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest
+from backend.options import request_fields
 from backend.samplers import SAMPLERS, SCHEDULES, resolve, scheduler_base_config
 
 
@@ -44,3 +45,11 @@ def test_unknown_names_are_invalid_requests():
         resolve("Nope")
     with pytest.raises(InvalidRequest, match="scheduler"):
         resolve("Euler", "Weird")
+
+
+def test_eta_option_follows_the_sampler_kind():
+    values = {"eta_ddim": 0.3, "eta_ancestral": 0.8}
+    for name in ("DDIM", "ddim", "DDIM CFG++", "ddim_cfgpp"):
+        assert request_fields(values, name)["eta"] == 0.3, name
+    for name in ("Euler a", "PLMS", "no such sampler"):
+        assert request_fields(values, name)["eta"] == 0.8, name
