@@ -10,7 +10,7 @@ from PIL import Image
 from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest
 from tests.fixtures.a1111_reference import a1111_latents, a1111_timestep_latents, decode_truncated
-from tests.fixtures.reference import reference_conds
+from tests.fixtures.reference import max_pixel_diff, reference_conds
 
 
 def _req(**kw):
@@ -19,9 +19,6 @@ def _req(**kw):
                 denoising_strength=0.6)
     return GenerationRequest(**{**base, **kw})
 
-
-def _diff(a, b):
-    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
 
 
 def _a1111_hires(model, upscale, hr_steps=4, seed=77, sampler="Euler"):
@@ -39,7 +36,7 @@ def test_latent_hires_equals_a1111(service, tiny, sampler):
     ours = service.generate(_req(hr_upscaler="Latent", sampler_name=sampler))
     expected = _a1111_hires(tiny["sd1"], lambda x: F.interpolate(x, size=(16, 16), mode="bilinear", antialias=False),
                             sampler=sampler)
-    assert ours.images[0].size == (128, 128) and _diff(ours.images[0], expected) <= 3
+    assert ours.images[0].size == (128, 128) and max_pixel_diff(ours.images[0], expected) <= 3
     text = ours.infotexts[0]
     assert "Size: 64x64," in text
     assert "Denoising strength: 0.6, " in text and text.index("Hires upscale: 2.0") < text.index("Hires upscaler: Latent")
@@ -57,7 +54,7 @@ def test_lanczos_hires_equals_a1111(service, tiny):
         return (dist.mean + dist.std * noise) * model.vae.config.scaling_factor
 
     ours = service.generate(_req(hr_upscaler="Lanczos", hr_second_pass_steps=3))
-    assert _diff(ours.images[0], _a1111_hires(model, through_pixels, hr_steps=3)) <= 3
+    assert max_pixel_diff(ours.images[0], _a1111_hires(model, through_pixels, hr_steps=3)) <= 3
     assert "Hires steps: 3, Hires upscaler: Lanczos" in ours.infotexts[0]
 
 
@@ -87,4 +84,4 @@ def test_timestep_sampler_hires_equals_a1111(service, tiny, sampler):
     second = a1111_timestep_latents(model.unet, cond, uncond, sampler, 4, 12.0, [77], 128, 128, init=init,
                                     denoising_strength=0.6)
     ours = service.generate(_req(hr_upscaler="Latent", sampler_name=sampler, cfg_scale=12.0))
-    assert _diff(ours.images[0], decode_truncated(model.vae, second)[0]) <= 1
+    assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, second)[0]) <= 1

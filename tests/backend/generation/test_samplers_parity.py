@@ -1,12 +1,11 @@
 """Every k-diffusion sampler A1111 1.10 lists, with every schedule type, equals A1111's image: the reference runs
 k-diffusion's own sampling.py as A1111 drives it (tests/fixtures/a1111_reference.py), RNG source CPU."""
 
-import numpy as np
 import pytest
 
 from backend.generation.requests import GenerationRequest
 from tests.fixtures.a1111_reference import OPTIONS, a1111_txt2img
-from tests.fixtures.reference import reference_conds
+from tests.fixtures.reference import max_pixel_diff, reference_conds
 
 SCHEDULES = [None, "Uniform", "Karras", "Exponential", "SGM Uniform"]
 
@@ -24,15 +23,12 @@ def _theirs(model, sampler, schedule, seeds, steps=8, **kwargs):
                          v_prediction=model.v_prediction, sdxl=model.family == "sdxl", **kwargs)
 
 
-def _max_diff(a, b) -> int:
-    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
-
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("sampler", list(OPTIONS))
 def test_sd1_sampler_and_schedule_equal_a1111(service, tiny, sampler, schedule):
     ours = _ours(service, "sd1.safetensors", sampler, schedule)
-    assert _max_diff(ours.images[0], _theirs(tiny["sd1"], sampler, schedule, [21])[0]) <= 3
+    assert max_pixel_diff(ours.images[0], _theirs(tiny["sd1"], sampler, schedule, [21])[0]) <= 3
     expected_label = schedule or OPTIONS[sampler][1]
     assert f"Sampler: {sampler}, Schedule type: {expected_label}," in ours.infotexts[0]
 
@@ -41,23 +37,23 @@ def test_sd1_sampler_and_schedule_equal_a1111(service, tiny, sampler, schedule):
 def test_sdxl_and_sd2_equal_a1111(service, tiny, sampler):
     for family, checkpoint in (("sdxl", "sdxl.safetensors"), ("sd2", "sd2-v.safetensors")):
         ours = _ours(service, checkpoint, sampler, None)
-        assert _max_diff(ours.images[0], _theirs(tiny[family], sampler, None, [21])[0]) <= 3, family
+        assert max_pixel_diff(ours.images[0], _theirs(tiny[family], sampler, None, [21])[0]) <= 3, family
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE"])
 def test_batches_use_each_images_own_noise(service, tiny, sampler):
     ours = _ours(service, "sd1.safetensors", sampler, None, seed=40, batch=2)
     theirs = _theirs(tiny["sd1"], sampler, None, [40, 41])
-    assert all(_max_diff(a, b) <= 3 for a, b in zip(ours.images, theirs, strict=True))
+    assert all(max_pixel_diff(a, b) <= 3 for a, b in zip(ours.images, theirs, strict=True))
 
 
 def test_ancestral_noise_continues_the_images_generator(service):
     """Reseeding the extra noise (ENSD) changes an ancestral image but not Euler's."""
     plain = _ours(service, "sd1.safetensors", "Euler a", None)
     ensd = _ours(service, "sd1.safetensors", "Euler a", None, eta_noise_seed_delta=31337)
-    assert _max_diff(plain.images[0], ensd.images[0]) > 3
+    assert max_pixel_diff(plain.images[0], ensd.images[0]) > 3
     euler = _ours(service, "sd1.safetensors", "Euler", None)
-    assert _max_diff(euler.images[0], _ours(service, "sd1.safetensors", "Euler", None,
+    assert max_pixel_diff(euler.images[0], _ours(service, "sd1.safetensors", "Euler", None,
                                             eta_noise_seed_delta=31337).images[0]) == 0
 
 
@@ -65,15 +61,15 @@ def test_ancestral_noise_continues_the_images_generator(service):
 def test_sigma_churn_options_equal_a1111(service, tiny, sampler):
     options = dict(s_churn=0.8, s_tmin=0.3, s_tmax=9.0, s_noise=1.01)
     ours = _ours(service, "sd1.safetensors", sampler, None, **options)
-    assert _max_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [21], **options)[0]) <= 3
+    assert max_pixel_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [21], **options)[0]) <= 3
     assert "Sigma churn: 0.8, Sigma tmin: 0.3, Sigma tmax: 9.0, Sigma noise: 1.01" in ours.infotexts[0]
-    assert _max_diff(ours.images[0], _ours(service, "sd1.safetensors", sampler, None).images[0]) > 3
+    assert max_pixel_diff(ours.images[0], _ours(service, "sd1.safetensors", sampler, None).images[0]) > 3
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ SDE"])
 def test_eta_and_s_noise_equal_a1111(service, tiny, sampler):
     ours = _ours(service, "sd1.safetensors", sampler, None, eta=0.6, s_noise=0.97)
-    assert _max_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [21], eta=0.6, s_noise=0.97)[0]) <= 3
+    assert max_pixel_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [21], eta=0.6, s_noise=0.97)[0]) <= 3
     assert "Eta: 0.6" in ours.infotexts[0] and "Sigma noise: 0.97" in ours.infotexts[0]
 
 
@@ -81,7 +77,7 @@ def test_eta_and_s_noise_equal_a1111(service, tiny, sampler):
 def test_restart_climbs_back_as_a1111(service, tiny, steps):
     """From 20 steps Restart re-plans its schedule and climbs back up with fresh noise (twice from 36 steps)."""
     ours = _ours(service, "sd1.safetensors", "Restart", None, steps=steps, s_noise=1.02)
-    assert _max_diff(ours.images[0], _theirs(tiny["sd1"], "Restart", None, [21], steps=steps, s_noise=1.02)[0]) <= 3
+    assert max_pixel_diff(ours.images[0], _theirs(tiny["sd1"], "Restart", None, [21], steps=steps, s_noise=1.02)[0]) <= 3
     plain_heun = _ours(service, "sd1.safetensors", "Heun", "Karras", steps=steps)
-    assert _max_diff(ours.images[0], plain_heun.images[0]) > 3
+    assert max_pixel_diff(ours.images[0], plain_heun.images[0]) > 3
 

@@ -5,7 +5,6 @@ import copy
 import hashlib
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -14,7 +13,7 @@ from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest
 from tests.conftest import build_backend
 from tests.fixtures.a1111_reference import a1111_txt2img
-from tests.fixtures.reference import reference_conds
+from tests.fixtures.reference import max_pixel_diff, reference_conds
 
 G = torch.Generator().manual_seed(7)
 
@@ -181,9 +180,6 @@ def _ours(svc, prompt, checkpoint="sd1.safetensors", seed=3):
                                           seed=seed, sampler_name="Euler", checkpoint=checkpoint, save_images=False))
 
 
-def _diff(a, b):
-    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
-
 
 # ------------------------------------------------------------------ tests
 
@@ -195,7 +191,7 @@ def test_each_format_equals_a1111s_merge(svc, tiny, name, builder, lora_dir):
     tensors = load_file(str(lora_dir / f"{name}.safetensors"))
     expected = _image(_merge(tiny["sd1"], tensors, te=0.7, unet=0.7))
     ours = _ours(svc, f"a cat <lora:{name}:0.7>")
-    assert _diff(ours.images[0], expected) <= 3
+    assert max_pixel_diff(ours.images[0], expected) <= 3
     assert ours.warnings == []
 
 
@@ -205,9 +201,9 @@ def test_separate_te_and_unet_weights_and_two_networks_at_once(svc, tiny, lora_d
     style, loha = load_file(str(lora_dir / "style.safetensors")), load_file(str(lora_dir / "loha.safetensors"))
     expected = _image(_merge(_merge(tiny["sd1"], style, te=0.4, unet=1.3), loha, te=0.5, unet=0.5))
     ours = _ours(svc, "a cat <lora:style:0.4:1.3> <lyco:loha:0.5>")
-    assert _diff(ours.images[0], expected) <= 3
+    assert max_pixel_diff(ours.images[0], expected) <= 3
     named = _ours(svc, "a cat <lora:style:te=0.4:unet=1.3> <lyco:loha:0.5>")
-    assert _diff(named.images[0], ours.images[0]) == 0
+    assert max_pixel_diff(named.images[0], ours.images[0]) == 0
 
 
 def test_sdxl_original_layout_names_and_both_text_encoders(svc, tiny, lora_dir):
@@ -217,7 +213,7 @@ def test_sdxl_original_layout_names_and_both_text_encoders(svc, tiny, lora_dir):
     names = {k.replace(".", "_"): v for k, v in SDXL_NAMES.items()}
     expected = _image(_merge(tiny["sdxl"], tensors, names=names))
     ours = _ours(svc, "a cat <lora:xl:1>", checkpoint="sdxl.safetensors")
-    assert _diff(ours.images[0], expected) <= 3 and ours.warnings == []
+    assert max_pixel_diff(ours.images[0], expected) <= 3 and ours.warnings == []
 
 
 def test_plain_request_after_a_lora_is_exactly_the_plain_image(svc):
@@ -227,14 +223,14 @@ def test_plain_request_after_a_lora_is_exactly_the_plain_image(svc):
     for i in range(10):
         _ours(svc, f"a cat <lora:{'style' if i % 2 else 'mixed'}:{0.3 + i / 10}>")
     after = _ours(svc, "a cat")
-    assert _diff(plain.images[0], after.images[0]) == 0
+    assert max_pixel_diff(plain.images[0], after.images[0]) == 0
     assert all(torch.equal(before[k], v) for k, v in model.unet.state_dict().items())
 
 
 def test_unknown_names_change_nothing_and_are_reported(svc):
     plain = _ours(svc, "a cat")
     unknown = _ours(svc, "a cat<lora:nope:1>")
-    assert _diff(plain.images[0], unknown.images[0]) == 0
+    assert max_pixel_diff(plain.images[0], unknown.images[0]) == 0
     assert unknown.warnings == ["Lora not found: nope"]
     hyper = _ours(svc, "a cat<hypernet:x:1>")
     assert hyper.warnings == ["Hypernetwork not found: x"]
@@ -258,7 +254,7 @@ def test_infotext_keeps_tags_and_names_hashes(svc, lora_dir):
 def test_pickled_lora_loads_through_the_restricted_unpickler(svc):
     a = _ours(svc, "a cat <lora:pickled:0.8>")
     b = _ours(svc, "a cat <lora:loha:0.8>")
-    assert _diff(a.images[0], b.images[0]) == 0
+    assert max_pixel_diff(a.images[0], b.images[0]) == 0
 
 
 def test_listing_parses_json_metadata(svc):
@@ -283,7 +279,7 @@ def test_peft_format_and_dyn_and_finding_by_hash(svc, tiny, lora_dir, tmp_path):
     try:
         a = _ours(svc, "a cat <lora:peft_q:0.9>")
         b = _ours(svc, "a cat <lora:kohya_q:0.9>")
-        assert _diff(a.images[0], b.images[0]) == 0 and a.warnings == []
+        assert max_pixel_diff(a.images[0], b.images[0]) == 0 and a.warnings == []
         # dyn: only the first 2 ranks, with the same scale
         dyn = _ours(svc, "a cat <lora:kohya_q:0.9:0.9:2>")
         truncated = dict(only_q)
@@ -295,14 +291,14 @@ def test_peft_format_and_dyn_and_finding_by_hash(svc, tiny, lora_dir, tmp_path):
             module = dict(merged.unet.named_modules())[name]
             module.weight.copy_(dict(tiny["sd1"].unet.named_modules())[name].weight
                                 + (module.weight - dict(tiny["sd1"].unet.named_modules())[name].weight) * 2 / 4)
-        assert _diff(dyn.images[0], _image(merged)) <= 3
+        assert max_pixel_diff(dyn.images[0], _image(merged)) <= 3
         # a pasted infotext's hash finds a network whose name changed
         digest = svc.networks.find("kohya_q").short_hash
         req = GenerationRequest(prompt="a cat <lora:renamed:0.9>", negative_prompt="ugly", steps=3, width=64, height=64,
                                 seed=3, sampler_name="Euler", checkpoint="sd1.safetensors", save_images=False,
                                 network_hashes=(("renamed", digest),))
         by_hash = svc.generate(req)
-        assert _diff(by_hash.images[0], b.images[0]) == 0 and by_hash.warnings == []
+        assert max_pixel_diff(by_hash.images[0], b.images[0]) == 0 and by_hash.warnings == []
     finally:
         for f in ("peft_q.safetensors", "kohya_q.safetensors"):
             (lora_dir / f).unlink()
@@ -336,7 +332,7 @@ def test_sdxl_lycoris_formats_equal_a1111s_merge(svc, tiny, lora_dir):
         expected = _image(_merge(tiny["sdxl"], load_file(str(lora_dir / "xl_lyco.safetensors")), te=0.8, unet=0.8,
                                  names=names))
         ours = _ours(svc, "a cat <lora:xl_lyco:0.8>", checkpoint="sdxl.safetensors")
-        assert _diff(ours.images[0], expected) <= 3 and ours.warnings == []
+        assert max_pixel_diff(ours.images[0], expected) <= 3 and ours.warnings == []
     finally:
         (lora_dir / "xl_lyco.safetensors").unlink()
         svc.refresh_loras()
@@ -355,7 +351,7 @@ def test_openclip_attention_needs_all_four_parts_as_in_a1111(svc, lora_dir):
     try:
         plain = _ours(svc, "a cat", checkpoint="sdxl.safetensors")
         ours = _ours(svc, "a cat <lora:v_only:1>", checkpoint="sdxl.safetensors")
-        assert _diff(plain.images[0], ours.images[0]) == 0  # te2 untouched, the UNet delta is zero
+        assert max_pixel_diff(plain.images[0], ours.images[0]) == 0  # te2 untouched, the UNet delta is zero
         assert any("lack some of q, k, v and out_proj" in w for w in ours.warnings)
         assert any("1 of its 3 layers match nothing" in w for w in ours.warnings)
     finally:
