@@ -134,10 +134,10 @@ def schedule_timesteps(scheduler, steps: int, device: torch.device, strength: fl
 @torch.no_grad()
 def denoise(denoiser: Denoiser, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, hooks,
             generators: list[torch.Generator] | None = None,
-            after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None, eta: float = 0.0) -> torch.Tensor:
+            after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
     """Run the steps: scale the input, denoise with guidance, step the scheduler, hold what must be held,
     report (which may raise to stop)."""
-    step_kwargs = _step_kwargs(scheduler, generators, eta)
+    step_kwargs = _step_kwargs(scheduler, generators)
     for i, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
         output = denoiser(model_input, t, i)
@@ -148,11 +148,6 @@ def denoise(denoiser: Denoiser, scheduler, timesteps: torch.Tensor, latents: tor
     return latents
 
 
-def _step_kwargs(scheduler, generators, eta: float) -> dict:
+def _step_kwargs(scheduler, generators) -> dict:
     accepted = inspect.signature(scheduler.step).parameters
-    kwargs = {}
-    if "generator" in accepted:
-        kwargs["generator"] = generators
-    if "eta" in accepted:
-        kwargs["eta"] = eta
-    return kwargs
+    return {"generator": generators} if "generator" in accepted else {}

@@ -177,8 +177,7 @@ def _sample_timesteps(model: LoadedModel, req: GenerationRequest, sampler: Resol
         init = start.init.to(device, model.dtype)
         latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
     hold = None if start.keep is None else _holding(scheduler, timesteps, start, rng.seeds)
-    eta = {"eta": req.eta} if req.eta is not None else {}
-    return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.torch_generators, hold, **eta).float()
+    return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.torch_generators, hold).float()
 
 
 def _holding(scheduler, timesteps: torch.Tensor, start: Start, seeds: list[int]):
