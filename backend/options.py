@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from backend.errors import InvalidRequest
+from backend.generation.timestep_samplers import UniPCSettings
 from backend.samplers import takes_ddim_eta
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ IMPLEMENTED = frozenset({
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "return_grid", "samples_format",
     "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin",
     "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save", "default_sampler",
-    "default_scheduler",
+    "default_scheduler", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 })
 
 # The only values of these options that are implemented; another value is refused rather than pretended.
@@ -40,6 +41,7 @@ SUPPORTED_VALUES = {
     "samples_format": ("png",),
     "randn_source": ("CPU", "GPU", "NV"),
     "emphasis": ("Original", "No norm", "None"),
+    "uni_pc_variant": ("bh1", "bh2"),
 }
 
 MAX_TEXT = 4096
@@ -178,4 +180,8 @@ def request_fields(values: dict, sampler_name: str) -> dict:
         eta=float(number("eta_ddim", 0.0) if ddim else number("eta_ancestral", 1.0)),
         s_churn=float(number("s_churn", 0.0)), s_tmin=float(number("s_tmin", 0.0)),
         s_tmax=float(number("s_tmax", 0.0)), s_noise=float(number("s_noise", 1.0)),
+        unipc=UniPCSettings(variant=values.get("uni_pc_variant") or "bh1",
+                            skip_type=values.get("uni_pc_skip_type") or "time_uniform",
+                            order=int(number("uni_pc_order", 3)),
+                            lower_order_final=bool(number("uni_pc_lower_order_final", True))),
     )

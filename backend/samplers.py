@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffusers import UniPCMultistepScheduler
-
 from backend.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
 class Sampler:
     """An A1111 sampler. k-diffusion samplers (`k_function`, in backend/generation/kdiffusion.py) step
-    through sigmas; DDIM, DDIM CFG++ and PLMS (`timestep_function`) step through A1111's integer timesteps;
-    UniPC still runs a diffusers scheduler."""
+    through sigmas; DDIM, DDIM CFG++, PLMS and UniPC (`timestep_function`, in
+    backend/generation/timestep_samplers.py) step through A1111's DDPM timesteps."""
 
     name: str
     k_function: str | None = None
-    timestep_function: str | None = None  # A1111's DDIM/PLMS (backend/generation/timestep_samplers.py)
-    scheduler_class: type | None = None
+    timestep_function: str | None = None
     default_schedule: str = "Uniform"
     aliases: tuple[str, ...] = ()
     noise: str = ""  # "ancestral": extra noise from each image's generator; "brownian": a seeded Brownian tree
@@ -93,7 +90,7 @@ SAMPLERS = [
     Sampler("DDIM", timestep_function="ddim", aliases=("ddim",)),
     Sampler("DDIM CFG++", timestep_function="ddim_cfgpp", aliases=("ddim_cfgpp",)),
     Sampler("PLMS", timestep_function="plms", aliases=("plms",)),
-    Sampler("UniPC", scheduler_class=UniPCMultistepScheduler, aliases=("unipc",)),
+    Sampler("UniPC", timestep_function="unipc", aliases=("unipc",)),
     Sampler("LCM", "lcm", aliases=("k_lcm",)),
 ]
 
@@ -155,10 +152,6 @@ def _is_sampler(name: str) -> bool:
 class ResolvedSampler:
     sampler: Sampler
     schedule: str  # the label actually used, never "Automatic"
-
-    def make_scheduler(self, base_config: dict):
-        """The diffusers scheduler of UniPC, on A1111's DDPM timesteps."""
-        return self.sampler.scheduler_class.from_config(base_config)
 
 
 def resolve(sampler_name: str, schedule: str | None = None) -> ResolvedSampler:

@@ -167,6 +167,10 @@ OVERRIDE_KEYS = {"Clip skip": ("clip_skip", int), "ENSD": ("eta_noise_seed_delta
                  "Eta DDIM": ("eta", float), "Sigma churn": ("s_churn", float), "Sigma tmin": ("s_tmin", float),
                  "Sigma tmax": ("s_tmax", float), "Sigma noise": ("s_noise", float), "RNG": ("rng_source", str),
                  "Emphasis": ("emphasis", str)}
+# Infotext keys that are options feeding a group of request fields (A1111's uni_pc_* options) -> option name
+OPTION_OVERRIDE_KEYS = {"UniPC variant": ("uni_pc_variant", str), "UniPC skip type": ("uni_pc_skip_type", str),
+                        "UniPC order": ("uni_pc_order", int),
+                        "UniPC lower order final": ("uni_pc_lower_order_final", lambda v: v.lower() == "true")}
 
 
 def override_fields(entries: list[str]) -> dict:
@@ -181,6 +185,20 @@ def override_fields(entries: list[str]) -> dict:
             except ValueError:
                 continue
     return fields
+
+
+def option_overrides(entries: list[str]) -> dict:
+    """["UniPC order: 2", ...] -> {"uni_pc_order": 2}: settings read through the options."""
+    options = {}
+    for entry in entries:
+        key, _, value = str(entry).partition(": ")
+        if key in OPTION_OVERRIDE_KEYS:
+            name, cast = OPTION_OVERRIDE_KEYS[key]
+            try:
+                options[name] = cast(value)
+            except ValueError:
+                continue
+    return options
 
 
 def network_hashes(text: str) -> list[list[str]]:
@@ -276,7 +294,8 @@ def fields_from_infotext(text: str) -> dict[str, object]:
                       enable_hr=any(key.startswith("Hires ") for key in parsed), hr_second_pass_steps=0,
                       hr_resize_x=0, hr_resize_y=0)
     if "Steps" in parsed:
-        values["override_settings"] = [f"{key}: {parsed[key]}" for key in OVERRIDE_KEYS if key in parsed]
+        values["override_settings"] = [f"{key}: {parsed[key]}" for key in (*OVERRIDE_KEYS, *OPTION_OVERRIDE_KEYS)
+                                       if key in parsed]
         values["network_hashes"] = network_hashes(str(parsed.get("Lora hashes", "")))
     for key, (name, cast) in mapping.items():
         if key in parsed:
@@ -296,7 +315,7 @@ _INFORMATIONAL = {"Prompt", "Negative prompt", "Size", "Model hash", "Model", "V
 def unapplied_keys(text: str) -> list[str]:
     """Parameters of an infotext that the UI cannot set (reported when pasting or sending from PNG Info)."""
     parsed = infotext.parse(text or "")
-    used = set(fields_from_infotext(text)) | set(OVERRIDE_KEYS) | _INFORMATIONAL
+    used = set(fields_from_infotext(text)) | set(OVERRIDE_KEYS) | set(OPTION_OVERRIDE_KEYS) | _INFORMATIONAL
     mapped = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Denoising strength", "Mask blur",
               "Variation seed", "Variation seed strength", "Tiling", "Hires upscale", "Hires steps", "Hires upscaler"}
     return [k for k in parsed if k not in used and k not in mapped and not k.endswith(("-1", "-2"))]

@@ -19,7 +19,7 @@ from backend.options import request_fields as option_fields
 from ui.context import UiContext
 from ui.extra_networks import build_extra_networks
 from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
-                                    request_fields, run_job, unapplied_keys)
+                                    option_overrides, request_fields, run_job, unapplied_keys)
 
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
@@ -119,9 +119,10 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
 def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None) -> GenerationRequest:
     """Widget values of `tab` (and the top bar) -> a backend request. Settings come from `options` (the
     Settings tab), unless a pasted infotext overrides them."""
-    fields = option_fields(options or {}, values[tab.controls.sampler] or "")
+    options = {**(options or {}), **option_overrides(values[tab.controls.override_settings] or [])}
+    fields = option_fields(options, values[tab.controls.sampler] or "")
     fields.update(request_fields(values, tab.controls))
-    fields["save_images"] = bool((options or {}).get("samples_save", True))  # "Always save all generated images"
+    fields["save_images"] = bool(options.get("samples_save", True))  # "Always save all generated images"
     fields.update(checkpoint=values[top["checkpoint"]] or None, vae=values[top["vae"]])
     extra = tab.extra
     if tab.name == "txt2img" and values[extra["enable_hr"]]:

@@ -1,15 +1,13 @@
 """The one denoising loop: every mode (txt2img, img2img, inpaint with either kind of model) and every prompt
-feature (weights, schedules, alternation, AND) runs through `denoise`.
+feature (weights, schedules, alternation, AND) runs through the `Denoiser`.
 
 `PromptConds` says which conditioning each step uses; `Denoiser` runs the UNet with classifier-free guidance
 over them (cond and uncond in one batch when their lengths match, as separate calls when not). The samplers
-drive it: k-diffusion's in sigma space (sample.py, kdiffusion.py), and A1111's timestep samplers through
-`denoise`, which steps a diffusers scheduler and lets an `after_step` hook hold masked areas. Progress and
-interrupts go through `hooks`."""
+drive it (sample.py): k-diffusion's in sigma space (kdiffusion.py), and A1111's on DDPM timesteps
+(timestep_samplers.py)."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -114,40 +112,3 @@ class Denoiser:
                 "text_embeds": torch.cat([p.expand(batch, -1) for p in pooled]).to(x.device, self.dtype),
                 "time_ids": time_ids.repeat(batch * copies, 1)}
         return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
-
-
-def schedule_timesteps(scheduler, steps: int, device: torch.device, strength: float | None = None,
-                       run_steps: int | None = None) -> torch.Tensor:
-    """Set the scheduler up for `steps` steps; for img2img only the last `run_steps` of them run (by default
-    int(steps * strength))."""
-    scheduler.set_timesteps(steps, device=device)
-    if strength is None and run_steps is None:
-        return scheduler.timesteps
-    if run_steps is None:
-        run_steps = min(int(steps * strength), steps)
-    start = max(steps - run_steps, 0) * scheduler.order
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
-    return scheduler.timesteps[start:]
-
-
-@torch.no_grad()
-def denoise(denoiser: Denoiser, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, hooks,
-            generators: list[torch.Generator] | None = None,
-            after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
-    """Run the steps: scale the input, denoise with guidance, step the scheduler, hold what must be held,
-    report (which may raise to stop)."""
-    step_kwargs = _step_kwargs(scheduler, generators)
-    for i, t in enumerate(timesteps):
-        model_input = scheduler.scale_model_input(latents, t)
-        output = denoiser(model_input, t, i)
-        latents = scheduler.step(output, t, latents, return_dict=False, **step_kwargs)[0]
-        if after_step is not None:
-            latents = after_step(latents, i)
-        hooks.report_step(i + 1, len(timesteps), latents)
-    return latents
-
-
-def _step_kwargs(scheduler, generators) -> dict:
-    accepted = inspect.signature(scheduler.step).parameters
-    return {"generator": generators} if "generator" in accepted else {}

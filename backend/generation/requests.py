@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from backend.errors import InvalidRequest
+from backend.generation.timestep_samplers import UniPCSettings
 from backend.settings import Limits
 
 MAX_SEED = 2**32 - 1
@@ -59,6 +60,7 @@ class GenerationRequest:
     s_tmin: float = 0.0
     s_tmax: float = 0.0  # 0 = infinity
     s_noise: float = 1.0
+    unipc: UniPCSettings = UniPCSettings()  # A1111's uni_pc_* options
     network_hashes: tuple[tuple[str, str], ...] = ()
     styles: tuple[str, ...] = ()  # names from styles.csv, merged into the prompts when the job is submitted
     # hires fix (txt2img)
@@ -126,6 +128,7 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
         _check_number(req.eta, "eta", 0.0, 10.0)
     for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
         _check_number(getattr(req, name), name, 0.0, 1000.0)
+    _check_unipc(req.unipc)
     _check_int(req.clip_skip, "clip_skip", 1, 12)
     if req.emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {req.emphasis!r}")
@@ -199,3 +202,13 @@ def resolve_seed(seed: int, rng: random.Random | None = None) -> int:
     if seed == -1:
         return (rng or random.SystemRandom()).randrange(0, MAX_SEED)
     return seed
+
+
+def _check_unipc(settings: UniPCSettings) -> None:
+    if settings.variant not in ("bh1", "bh2"):
+        raise InvalidRequest("uni_pc_variant", f"must be bh1 or bh2 (vary_coeff is not implemented), got "
+                                               f"{settings.variant!r}")
+    if settings.skip_type not in ("time_uniform", "time_quadratic", "logSNR"):
+        raise InvalidRequest("uni_pc_skip_type", f"must be time_uniform, time_quadratic or logSNR, got "
+                                                 f"{settings.skip_type!r}")
+    _check_int(settings.order, "uni_pc_order", 1, 50)

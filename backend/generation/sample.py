@@ -1,6 +1,6 @@
 """Running one batch's sampler, as A1111 does: k-diffusion samplers step through sigmas over a denoiser that
-turns the UNet's guided output into a denoised estimate; A1111's DDIM, DDIM CFG++ and PLMS step through
-integer timesteps on epsilon (timestep_samplers.py); UniPC still runs a diffusers scheduler.
+turns the UNet's guided output into a denoised estimate; A1111's DDIM, DDIM CFG++, PLMS and UniPC step through
+DDPM timesteps on epsilon (timestep_samplers.py).
 txt2img starts from noise; img2img from the picture's latents noised to where the shortened schedule starts;
 inpainting holds what is outside the mask."""
 
@@ -75,8 +75,6 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
     """The batch's final latents (float32)."""
     if sampler.sampler.timestep_function:
         return _sample_a1111_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
-    if sampler.sampler.k_function is None:
-        return _sample_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
     device = model.execution_device
     schedule = LcmSchedule() if sampler.sampler.k_function == "lcm" else DiscreteSchedule()
     steps, run_steps = (req.steps, req.steps) if start.init is None else start.steps(req.steps)
@@ -108,31 +106,32 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
 
 
 class EpsDenoiser:
-    """(x, integer timestep) -> (guided epsilon, unconditional epsilon) for A1111's timestep samplers. Inpainting
-    with a regular model shows the UNet the original where it is kept (A1111's mask-before-denoising)."""
+    """(x, timestep) -> (guided epsilon, unconditional epsilon) for A1111's timestep samplers (UniPC's timesteps
+    are fractional). Inpainting with a regular model shows the UNet the original where it is kept (A1111's
+    mask-before-denoising)."""
 
     def __init__(self, denoiser: loop.Denoiser, alphas_cumprod: torch.Tensor, prediction_type: str,
                  dtype: torch.dtype, start: Start):
         self.denoiser, self.alphas_cumprod, self.v = denoiser, alphas_cumprod, prediction_type == "v_prediction"
         self.dtype, self.start, self.calls = dtype, start, 0
 
-    def __call__(self, x: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, timestep: float) -> tuple[torch.Tensor, torch.Tensor]:
         if self.start.keep is not None:
             x = self.start.hold(x)
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
         guided = self.denoiser(x.to(self.dtype), t, self.calls).float()
         uncond = self.denoiser.last_uncond.float()
         self.calls += 1
-        if self.v:  # epsilon = sqrt(a) v + sqrt(1 - a) x, for both (it is linear in the output)
-            a = self.alphas_cumprod[timestep].item()
+        if self.v:  # epsilon = sqrt(a) v + sqrt(1 - a) x, for both (linear in the output); A1111 truncates t
+            a = self.alphas_cumprod[int(timestep)].item()
             guided, uncond = (a**0.5 * out + (1 - a) ** 0.5 * x for out in (guided, uncond))
         return guided, uncond
 
 
 def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, rng: ImageNoise,
                             noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
-    """DDIM, DDIM CFG++ and PLMS as A1111 runs them. img2img noises the picture to timestep t_enc but starts
-    the loop one timestep lower, as A1111 does."""
+    """DDIM, DDIM CFG++, PLMS and UniPC as A1111 runs them. img2img noises the picture to timestep t_enc but
+    starts the loop one timestep lower, as A1111 does."""
     device = model.execution_device
     name = sampler.sampler.timestep_function
     alphas_cumprod = DiscreteSchedule().alphas_cumprod
@@ -154,6 +153,10 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
     with torch.no_grad():
         if name == "plms":
             x = timestep_samplers.plms(eps_model, x, timesteps, alphas_cumprod, on_step)
+        elif name == "unipc":
+            on_step = lambda i, x: hooks.report_step(i + 1, len(timesteps), x)  # noqa: E731
+            x = timestep_samplers.unipc(eps_model, x, timesteps, alphas_cumprod, on_step, req.unipc,
+                                        img2img=start.init is not None)
         else:
             x = timestep_samplers.ddim(eps_model, x, timesteps, alphas_cumprod,
                                        lambda: rng.next(tuple(x.shape[1:])).to(device), on_step,
@@ -161,37 +164,3 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
     if start.keep is not None:
         x = start.hold(x)
     return x.float()
-
-
-def _sample_timesteps(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, rng: ImageNoise,
-                      noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
-    device = model.execution_device
-    scheduler = sampler.make_scheduler(model.scheduler_config)
-    noise = noise.to(device, model.dtype)
-    if start.init is None:
-        timesteps = loop.schedule_timesteps(scheduler, req.steps, device)
-        latents = noise * scheduler.init_noise_sigma
-    else:
-        steps, run_steps = start.steps(req.steps) if start.total_steps else (req.steps, None)
-        timesteps = loop.schedule_timesteps(scheduler, steps, device, start.strength, run_steps)
-        init = start.init.to(device, model.dtype)
-        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
-    hold = None if start.keep is None else _holding(scheduler, timesteps, start, rng.seeds)
-    return loop.denoise(denoiser, scheduler, timesteps, latents, hooks, rng.torch_generators, hold).float()
-
-
-def _holding(scheduler, timesteps: torch.Tensor, start: Start, seeds: list[int]):
-    """After each step, put the original (noised to the level of the next step that runs, or clean after the
-    last) back where `keep` is 1. Indexed by the schedule actually run, not the full one."""
-    original, keep = start.init, start.keep
-    h, w = original.shape[-2:]
-    noise = ImageNoise([s + 10_000 for s in seeds]).first((original.shape[1], h, w))
-
-    def hold(latents: torch.Tensor, index: int) -> torch.Tensor:
-        target = original.to(latents.device, torch.float32)
-        if index + 1 < len(timesteps):
-            target = scheduler.add_noise(target, noise.to(target.device), timesteps[index + 1 : index + 2])
-        k = keep.to(latents.device)
-        return (target * k + latents.float() * (1 - k)).to(latents.dtype)
-
-    return hold

@@ -3,16 +3,11 @@ import pytest
 from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest
 from backend.options import request_fields
-from backend.samplers import SAMPLERS, SCHEDULES, resolve, scheduler_base_config
+from backend.samplers import SAMPLERS, SCHEDULES, resolve
 
 
 @pytest.mark.parametrize("name", [s.name for s in SAMPLERS])
 def test_every_sampler_resolves_builds_and_runs(service, name):
-    resolved = resolve(name)
-    if resolved.sampler.scheduler_class is not None:  # UniPC still runs a diffusers scheduler
-        scheduler = resolved.make_scheduler(scheduler_base_config("epsilon"))
-        assert isinstance(scheduler, resolved.sampler.scheduler_class)
-        assert scheduler.config.timestep_spacing == "leading" and scheduler.config.steps_offset == 1
     result = service.generate(GenerationRequest(prompt="x", sampler_name=name, steps=3, width=64, height=64,
                                                 seed=5, checkpoint="sd1.safetensors", save_images=False))
     assert result.images[0].size == (64, 64)

@@ -4,6 +4,8 @@ import numpy as np
 from PIL import Image
 
 from backend.generation.requests import MaskedContent
+from backend.generation.timestep_samplers import UniPCSettings
+from backend.options import request_fields
 from ui.generation_controls import fields_from_infotext
 from ui.png_info import read_parameters
 from ui.tabs import editor_image_and_mask
@@ -77,6 +79,18 @@ def test_settings_in_an_infotext_become_override_settings():
     assert values["override_settings"] == ["Clip skip: 2", "ENSD: 31337", "Eta: 0.5", "Sigma noise: 0.98", "RNG: NV"]
     assert override_fields(values["override_settings"]) == {"clip_skip": 2, "eta_noise_seed_delta": 31337, "eta": 0.5,
                                                             "s_noise": 0.98, "rng_source": "NV"}
+
+
+def test_unipc_settings_in_an_infotext_reach_the_request():
+    from ui.generation_controls import option_overrides
+
+    values = fields_from_infotext("p\nSteps: 3, Sampler: UniPC, Seed: 1, Size: 64x64, UniPC variant: bh2, "
+                                  "UniPC order: 2, UniPC lower order final: False")
+    assert values["override_settings"] == ["UniPC variant: bh2", "UniPC order: 2", "UniPC lower order final: False"]
+    options = option_overrides(values["override_settings"])
+    assert options == {"uni_pc_variant": "bh2", "uni_pc_order": 2, "uni_pc_lower_order_final": False}
+    settings = request_fields({"uni_pc_skip_type": "logSNR", **options}, "UniPC")["unipc"]
+    assert settings == UniPCSettings(variant="bh2", skip_type="logSNR", order=2, lower_order_final=False)
 
 
 def test_lora_hashes_are_kept_for_finding_networks_by_hash():

@@ -74,9 +74,9 @@ def test_unknown_upscaler_and_oversize_are_refused(service):
         service.submit(_req(width=1024, height=1024, hr_scale=4.0))
 
 
-@pytest.mark.parametrize("sampler", ["DDIM", "PLMS"])
+@pytest.mark.parametrize("sampler", ["DDIM", "PLMS", "UniPC"])
 def test_timestep_sampler_hires_equals_a1111(service, tiny, sampler):
-    """A1111's img2img for DDIM/PLMS: noised to timestep t_enc, the loop starting one timestep lower."""
+    """A1111's img2img for DDIM/PLMS/UniPC: noised to timestep t_enc, the loop starting one timestep lower."""
     model = tiny["sd1"]
     cond, uncond = reference_conds(model, "a castle", "blur")
     first = a1111_timestep_latents(model.unet, cond, uncond, sampler, 4, 12.0, [77], 64, 64)
