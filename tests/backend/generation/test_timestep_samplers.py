@@ -17,8 +17,9 @@ from tests.fixtures.reference import max_pixel_diff, reference_conds
 
 def _ours(service, sampler, steps=8, **kw):
     kw.setdefault("cfg_scale", 12.0)  # strong guidance: the tiny model's epsilons differ little otherwise
+    kw.setdefault("checkpoint", "sd1.safetensors")
     req = GenerationRequest(prompt="a lighthouse at dusk", negative_prompt="fog", steps=steps, width=64, height=64,
-                            seed=21, sampler_name=sampler, checkpoint="sd1.safetensors", save_images=False, **kw)
+                            seed=21, sampler_name=sampler, save_images=False, **kw)
     return service.generate(req)
 
 
@@ -50,6 +51,15 @@ def test_ddim_eta_draws_each_images_noise_as_a1111(service, tiny):
 
 def test_cfgpp_differs_from_ddim(service):
     assert max_pixel_diff(_ours(service, "DDIM").images[0], _ours(service, "DDIM CFG++").images[0]) > 3
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "PLMS", "UniPC"])
+def test_timestep_samplers_equal_a1111_on_sdxl_and_sd2_v(service, tiny, sampler):
+    for family, checkpoint in (("sdxl", "sdxl.safetensors"), ("sd2", "sd2-v.safetensors")):
+        model = tiny[family]
+        ours = _ours(service, sampler, checkpoint=checkpoint)
+        theirs = _theirs(model, sampler, sdxl=family == "sdxl", v_prediction=model.v_prediction)
+        assert max_pixel_diff(ours.images[0], theirs[0]) <= 1, family
 
 
 @pytest.mark.parametrize("steps", [5, 3])
