@@ -539,7 +539,8 @@ class GenerationService:
         if hires_fix:
             params.update(_hires_params(req))
         if req.is_inpainting:
-            params["Mask blur"] = req.mask_blur
+            blur_x, blur_y = req.mask_blurs  # A1111 writes one blur only, and only when they agree
+            params["Mask blur"] = blur_x if blur_x == blur_y and blur_x > 0 else None
             if req.inpaint_full_res:
                 params["Inpaint area"] = "Only masked"
                 params["Masked area padding"] = req.inpaint_full_res_padding

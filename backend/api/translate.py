@@ -98,7 +98,9 @@ def _img2img_fields(body: Img2ImgBody, limits: Limits) -> dict:
     if body.mask:
         fields.update(
             mask=decode_b64_image(body.mask, "mask", limits.max_upload_pixels),
-            mask_blur=body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y),
+            mask_blur=body.mask_blur if body.mask_blur is not None else body.mask_blur_x,
+            mask_blur_x=body.mask_blur if body.mask_blur is not None else body.mask_blur_x,
+            mask_blur_y=body.mask_blur if body.mask_blur is not None else body.mask_blur_y,
             inpainting_fill=MaskedContent(body.inpainting_fill), inpaint_full_res=bool(body.inpaint_full_res),
             inpaint_full_res_padding=body.inpaint_full_res_padding,
             inpainting_mask_invert=bool(body.inpainting_mask_invert))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
-from scipy.ndimage import gaussian_filter
+from PIL import Image, ImageOps
+from scipy.ndimage import correlate1d, gaussian_filter
 
 from backend.errors import InvalidRequest
 from backend.generation.requests import ResizeMode
@@ -55,8 +55,16 @@ def prepare_mask(mask: Image.Image, size: tuple[int, int], invert: bool) -> Imag
     return ImageOps.invert(mask) if invert else mask
 
 
-def blur_mask(mask: Image.Image, radius: int) -> Image.Image:
-    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask
+def blur_mask(mask: Image.Image, blur_x: int, blur_y: int) -> Image.Image:
+    """A1111's mask blur: a Gaussian of sigma `blur_x` along rows, then one of `blur_y` along columns, each
+    2 * int(2.5 * sigma + 0.5) + 1 taps wide, the edges mirrored (OpenCV's default border)."""
+    array = np.asarray(mask.convert("L"), dtype=np.float64)
+    for axis, sigma in ((1, blur_x), (0, blur_y)):
+        if sigma > 0:
+            radius = int(2.5 * sigma + 0.5)
+            taps = np.exp(-((np.arange(-radius, radius + 1) / sigma) ** 2) / 2)
+            array = correlate1d(array, taps / taps.sum(), axis=axis, mode="mirror")
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
 
 
 def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:

@@ -26,6 +26,7 @@ class InpaintWork:
 
     image: Image.Image  # what is generated from (masked-content "fill" already applied)
     mask: Image.Image  # blurred mask at generation size
+    latent_mask: Image.Image  # what is repainted in latent space: the blurred mask, or the request's latent_mask
     overlay_base: Image.Image  # pixels kept outside the mask
     overlay_mask: Image.Image  # blurred mask at the overlay's size
     region: tuple[int, int, int, int] | None  # only-masked crop box in the original, else None
@@ -68,7 +69,7 @@ def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: R
     else:
         def denoise(hooks: sampling.Hooks):
             latents = sampling.encode_image(model, work.image)
-            latent_mask = _latent_mask(work.mask, latents.shape[-2:]).to(latents.device)
+            latent_mask = _latent_mask(work.latent_mask, latents.shape[-2:]).to(latents.device)
             latents = _masked_content_latents(latents, latent_mask, req.inpainting_fill, seeds)
             return _sample_regular(model, req, sampler, seeds, latents, latent_mask, hooks, resources)
 
@@ -82,7 +83,7 @@ def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
     mask = image_ops.prepare_mask(req.mask, original.size, req.inpainting_mask_invert)
     if mask.getbbox() is None:
         raise InvalidRequest("mask", "the mask is empty: paint (white) the area to repaint")
-    blurred = image_ops.blur_mask(mask, req.mask_blur)
+    blurred = image_ops.blur_mask(mask, *req.mask_blurs)
     size = (req.width, req.height)
     if req.inpaint_full_res:
         region = image_ops.crop_region(blurred, req.inpaint_full_res_padding, req.width, req.height)
@@ -93,9 +94,13 @@ def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
         region = None
         image = image_ops.resize_image(original, req.width, req.height, req.resize_mode)
         work_mask = image_ops.resize_image(blurred.convert("RGB"), req.width, req.height, req.resize_mode).convert("L")
-        base, overlay_mask = image, work_mask
-    filled = image_ops.fill_masked(image, work_mask) if req.inpainting_fill == MaskedContent.FILL else image
-    return InpaintWork(filled, work_mask, base, overlay_mask, region)
+        base, overlay_mask = image, work_mask.point(lambda v: min(255, 2 * v))  # A1111 doubles it here
+    latent_mask = work_mask
+    if req.latent_mask is not None:
+        latent_mask = image_ops.resize_image(req.latent_mask.convert("RGB"), req.width, req.height,
+                                             req.resize_mode).convert("L")
+    filled = image_ops.fill_masked(image, latent_mask) if req.inpainting_fill == MaskedContent.FILL else image
+    return InpaintWork(filled, work_mask, latent_mask, base, overlay_mask, region)
 
 
 def _init_latents(model: LoadedModel, req: GenerationRequest) -> torch.Tensor:

@@ -87,6 +87,10 @@ class GenerationRequest:
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
     mask: Image.Image | None = None
     mask_blur: int = 4
+    mask_blur_x: int | None = None  # A1111's separate blurs along rows / columns; None = mask_blur
+    mask_blur_y: int | None = None
+    latent_mask: Image.Image | None = None  # A1111's p.latent_mask (scripts): what is repainted in latent space
+    # and filled, where `mask` (blurred) only decides what is pasted back
     inpainting_fill: MaskedContent = MaskedContent.ORIGINAL
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
@@ -100,6 +104,11 @@ class GenerationRequest:
     @property
     def is_inpainting(self) -> bool:
         return self.mask is not None
+
+    @property
+    def mask_blurs(self) -> tuple[int, int]:
+        return (self.mask_blur if self.mask_blur_x is None else self.mask_blur_x,
+                self.mask_blur if self.mask_blur_y is None else self.mask_blur_y)
 
 
 def validate(req: GenerationRequest, limits: Limits) -> None:
@@ -145,6 +154,9 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
         _check_int(int(req.resize_mode), "resize_mode", 0, 3)
     if req.mask is not None:
         _check_int(req.mask_blur, "mask_blur", 0, 64)
+        for name in ("mask_blur_x", "mask_blur_y"):
+            if getattr(req, name) is not None:
+                _check_int(getattr(req, name), name, 0, 256)
         _check_int(req.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
         _check_int(int(req.inpainting_fill), "inpainting_fill", 0, 3)
 

@@ -1,12 +1,11 @@
 """Model upscalers from A1111's folders (models/ESRGAN, models/RealESRGAN), run as A1111 runs them: BGR input in
 0..1, output clamped, x255 and rounded; the image cut into tiles of 192 with an overlap of 8 and joined with
-linear blends over the overlaps (A1111's split_grid / combine_grid); a scale beyond the model's runs it again
+linear blends over the overlaps (backend/tile_grid.py); a scale beyond the model's runs it again
 (up to 3 passes), then LANCZOS to the exact size."""
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend import tile_grid
 from backend.errors import CheckpointError
 from backend.loading.checkpoint_file import open_checkpoint, read_pickle
 from backend.upscale.nets import build_network
@@ -115,56 +115,10 @@ def run_network(net: torch.nn.Module, image: Image.Image) -> Image.Image:
     return _from_bgr_tensor(net(_to_bgr_tensor(image).to(param.device, param.dtype)).cpu())
 
 
-def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """A1111's grid: tiles evenly spread, the last flush with the far edge. An image smaller than a tile gets
-    one tile starting before it (the rest of the tile is black, as PIL crops beyond an image)."""
-    count = max(1, math.ceil((size - overlap) / (tile - overlap)))
-    step = (size - tile) / (count - 1) if count > 1 else 0
-    starts = []
-    for i in range(count):
-        start = int(i * step)
-        starts.append(size - tile if start + tile >= size else start)
-    return starts
-
-
 def upscale_tiled(net: torch.nn.Module, image: Image.Image, tile: int = TILE, overlap: int = OVERLAP) -> Image.Image:
-    """Run the network tile by tile and join the results, blending each overlap linearly into what is already
-    there (A1111's split_grid / combine_grid, always with whole tiles)."""
-    w, h = image.size
-    tw = th = tile
-    rows = []
-    scale = None
-    for y in _tile_starts(h, th, overlap):
-        row = []
-        for x in _tile_starts(w, tw, overlap):
-            out = run_network(net, image.crop((x, y, x + tw, y + th)))
-            scale = out.width // tw
-            row.append((x * scale, out))
-        rows.append((y * scale, row))
-    return _combine(rows, w * scale, h * scale, tw * scale, th * scale, overlap * scale)
-
-
-def _ramp(length: int, across: int, vertical: bool) -> Image.Image:
-    values = (np.arange(length, dtype=np.float32) * 255 / length).astype(np.uint8)
-    array = np.repeat(values[:, None], across, axis=1) if vertical else np.repeat(values[None, :], across, axis=0)
-    return Image.fromarray(array, "L")
-
-
-def _combine(rows, width: int, height: int, tile_w: int, tile_h: int, overlap: int) -> Image.Image:
-    across = _ramp(overlap, tile_h, vertical=False)
-    down = _ramp(overlap, width, vertical=True)
-    canvas = Image.new("RGB", (width, height))
-    for y, row in rows:
-        strip = Image.new("RGB", (width, tile_h))
-        for x, tile in row:
-            if x == 0:
-                strip.paste(tile, (0, 0))
-                continue
-            strip.paste(tile.crop((0, 0, overlap, tile_h)), (x, 0), mask=across)
-            strip.paste(tile.crop((overlap, 0, tile_w, tile_h)), (x + overlap, 0))
-        if y == 0:
-            canvas.paste(strip, (0, 0))
-            continue
-        canvas.paste(strip.crop((0, 0, width, overlap)), (0, y), mask=down)
-        canvas.paste(strip.crop((0, overlap, width, tile_h)), (0, y + overlap))
-    return canvas
+    """Run the network tile by tile (always whole tiles) and join the results (backend/tile_grid.py)."""
+    grid = tile_grid.split(image, tile, tile, overlap)
+    outputs = [run_network(net, tile_image) for _, _, tile_image in grid.tiles()]
+    scale = outputs[0].width // tile
+    results = iter(outputs)
+    return tile_grid.combine(grid.map(lambda x, y, t: next(results), scale))
