@@ -45,6 +45,7 @@ from backend.prompts.encode import PromptEncoder, encoder_for, text_width
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import ResolvedSampler, resolve
+from backend import scripts
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,10 @@ class GenerationService:
         resolve(request.sampler_name, request.scheduler)
         if request.enable_hr and request.hr_upscaler is not None:
             hires.check_upscaler(request.hr_upscaler, self.upscalers)
+        if request.script is not None and (request.init_image is None or request.mask is not None):
+            raise InvalidRequest("script_name", f"{request.script.title} runs on img2img's picture, without a mask")
+        if request.script is not None:
+            scripts.check(request.script, request)
         checkpoint = self.registry.find_checkpoint(request.checkpoint) if request.checkpoint \
             else self._require_selected()
         if request.vae not in (None, AUTOMATIC_VAE, NO_VAE):
@@ -253,6 +258,19 @@ class GenerationService:
 
     def upscaler_names(self) -> list[str]:
         return hires.upscaler_names(self.upscalers)
+
+    def image_upscaler_names(self) -> list[str]:
+        """A1111's upscaler list (None, Lanczos, Nearest, then the models): what SD upscale and Extras use."""
+        return [name for name in self.upscaler_names() if name not in hires.LATENT_MODES]
+
+    # ---------------------------------------------------------------- scripts
+
+    def script_names(self) -> dict:
+        return scripts.api_names()
+
+    def script(self, name: str, args: list | None = None) -> scripts.ScriptRun:
+        """An img2img script by A1111's title (any case), with A1111's positional script_args."""
+        return scripts.parse(name, args, self.image_upscaler_names())
 
     def extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool = False) -> ExtrasResult:
         """Upscale pictures (the Extras tab and API) on the worker that owns the device."""
@@ -372,7 +390,10 @@ class GenerationService:
                                                                                                      req.height)
         measures = self.models.plan.for_request(width, height, req.batch_size)
         with seamless([model.unet, model.vae], req.tiling):
-            self._run_batches(job, model, req, sampler, result, measures)
+            if req.script is not None:
+                self._run_script(job, model, req, sampler, result, measures)
+            else:
+                self._run_batches(job, model, req, sampler, result, measures)
         if len(result.images) > 1:
             result.grid = make_grid(result.images)
             if req.save_images and not result.interrupted:
@@ -406,6 +427,39 @@ class GenerationService:
             if interrupted:
                 result.interrupted = True
                 break
+
+    def _run_script(self, job: Job, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
+                    result: GenerationResult, measures: Measures) -> None:
+        """An img2img script: its jobs run here, one after another, like batches; its pictures are the result,
+        saved with the first job's parameters (as A1111 does)."""
+        def process(sub_req: GenerationRequest) -> GenerationResult:
+            validate(sub_req, self.settings.limits)
+            sub = dataclasses.replace(result, request=sub_req, images=[], infotexts=[], seeds=[], paths=[])
+            self._run_batches(job, model, sub_req, sampler, sub, measures)
+            return sub
+
+        def report(text: str) -> None:
+            job.progress.textinfo = text
+            job.check_interrupt()
+
+        tools = scripts.ScriptTools(process, lambda image, name, scale: hires.upscale_by(image, name, scale,
+                                                                                          self.upscalers), report)
+        try:
+            output = scripts.run(req.script, req, tools)
+        except Interrupted:
+            result.interrupted = True
+            return
+        result.interrupted = output.interrupted
+        keep_partial = bool(self.options.get("save_incomplete_images"))
+        for image, seed in zip(output.images, output.seeds, strict=True):
+            result.images.append(image)
+            result.seeds.append(seed)
+            result.infotexts.append(output.infotext)
+            if req.save_images and (not output.interrupted or keep_partial):
+                path = self._save(result, lambda image=image, seed=seed: self.outputs.save_image(
+                    image, req.kind, seed, output.infotext))
+                if path is not None:
+                    result.paths.append(path)
 
     def _apply_networks(self, model: LoadedModel, req: GenerationRequest,
                         result: GenerationResult) -> GenerationRequest:
@@ -556,6 +610,7 @@ class GenerationService:
             params["TI hashes"] = ", ".join(f"{e.name}: {e.short_hash}" for e in result.embeddings)
         if req.emphasis != "Original" and _uses_brackets(req):
             params["Emphasis"] = req.emphasis
+        params.update(req.extra_params)
         if measures is not None and measures.fallbacks:
             params["Memory fallback"] = " + ".join(measures.fallbacks)
         params["Version"] = VERSION

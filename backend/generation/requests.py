@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 import torch
@@ -95,7 +95,8 @@ class GenerationRequest:
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
-    extra: dict = field(default_factory=dict)  # nothing yet; keeps room for extension fields
+    script: object | None = None  # an img2img script (backend/scripts.ScriptRun): Poor man's outpainting, ...
+    extra_params: tuple[tuple[str, object], ...] = ()  # infotext keys a script adds (A1111's extra_generation_params)
 
     @property
     def kind(self) -> str:

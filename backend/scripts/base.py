@@ -1,0 +1,46 @@
+"""What every script shares: the tools it is given, what it returns, and its argument parsing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from backend.errors import InvalidRequest
+
+
+@dataclass
+class ScriptTools:
+    """What a script may use: run an img2img request (returns a GenerationResult), upscale a picture, and say
+    what it is doing."""
+
+    process: Callable
+    upscale: Callable[[Image.Image, str, float], Image.Image]
+    report: Callable[[str], None] = lambda text: None
+
+
+@dataclass
+class ScriptOutput:
+    images: list[Image.Image] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    infotext: str = ""  # A1111 reports the first job's parameters for the whole result
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    """A chosen script and its settings (a dataclass of the script's module)."""
+
+    title: str
+    settings: object
+
+
+def arg(args: list, index: int, default, cast, name: str):
+    """The script argument at `index` (A1111's order), or its default; a wrong type is a 422 naming it."""
+    if index >= len(args) or args[index] is None:
+        return default
+    try:
+        return cast(args[index])
+    except (TypeError, ValueError):
+        raise InvalidRequest("script_args", f"argument {index} ({name}) cannot be {args[index]!r}") from None
