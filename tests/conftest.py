@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from app import build_service  # noqa: E402
 from backend.service import GenerationService  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from tests.fixtures import tiny_models  # noqa: E402
+from tests.fixtures import tiny_models, tiny_upscalers  # noqa: E402
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -47,6 +47,7 @@ def models_dir(tmp_path_factory, tiny) -> Path:
         tiny_models.write_checkpoint(tiny[kind], root / "Stable-diffusion" / name)
     tiny_models.write_diffusers_folder(tiny["sd1"], root / "Stable-diffusion" / "diffusers-sd1")
     (root / "VAE").mkdir()
+    tiny_upscalers.write_esrgan(root / "ESRGAN" / "4x_tiny.pth")
     return root
 
 

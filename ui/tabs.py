@@ -18,6 +18,7 @@ from backend.generation.requests import GenerationRequest, MaskedContent, Resize
 from backend.options import request_fields as option_fields
 from ui.context import UiContext
 from ui.extra_networks import build_extra_networks
+from ui.scripts import build_scripts, script_choice
 from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
                                     option_overrides, request_fields, run_job, unapplied_keys)
 
@@ -39,6 +40,7 @@ class Tab:
     send_to_img2img: gr.Button | None = None
     send_to_inpaint: gr.Button | None = None
     send_to_extras: gr.Button | None = None
+    scripts: dict = field(default_factory=dict)  # the Script dropdown and its scripts' controls (img2img)
 
 
 def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
@@ -48,6 +50,7 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
             controls = build_controls(name)
             build_extra_networks(ctx, name, top_bar["checkpoint"])
             extra = {**images, **_build_extra(name, ctx)}
+            scripts = build_scripts(ctx, name) if name == "img2img" else {}
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{name}_generate")
@@ -59,7 +62,8 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
                 to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{name}_send_to_img2img")
                 to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{name}_send_to_inpaint")
                 to_extras = gr.Button("Send to extras", size="sm", elem_id=f"{name}_send_to_extras")
-    tab = Tab(name, controls, outputs, extra, generate, interrupt, skip, paste, to_img2img, to_inpaint, to_extras)
+    tab = Tab(name, controls, outputs, extra, generate, interrupt, skip, paste, to_img2img, to_inpaint, to_extras,
+              scripts)
     _wire(ctx, tab, top_bar)
     return tab
 
@@ -116,9 +120,11 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
     return extra
 
 
-def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None) -> GenerationRequest:
+def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
+                 find_script=None) -> GenerationRequest:
     """Widget values of `tab` (and the top bar) -> a backend request. Settings come from `options` (the
-    Settings tab), unless a pasted infotext overrides them."""
+    Settings tab), unless a pasted infotext overrides them; `find_script(title, args)` gives the chosen
+    script."""
     options = {**(options or {}), **option_overrides(values[tab.controls.override_settings] or [])}
     fields = option_fields(options, values[tab.controls.sampler] or "")
     fields.update(request_fields(values, tab.controls))
@@ -145,6 +151,9 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None)
             raise InvalidRequest("image", "upload an image first")
         fields.update(denoising_strength=float(values[extra["denoising_strength"]]),
                       resize_mode=ResizeMode(RESIZE_MODES.index(values[extra["resize_mode"]])))
+    chosen = script_choice(values, tab.scripts) if tab.scripts else None
+    if chosen is not None:
+        fields["script"] = find_script(*chosen)
     return GenerationRequest(**fields)
 
 
@@ -168,11 +177,12 @@ def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None
 
 
 def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
-    inputs = tab.controls.all() | set(tab.extra.values()) | {top["checkpoint"], top["vae"]}
+    script_inputs = {w for w in tab.scripts.values() if not isinstance(w, gr.Group)}
+    inputs = tab.controls.all() | set(tab.extra.values()) | script_inputs | {top["checkpoint"], top["vae"]}
 
     def on_generate(values: dict):
         try:
-            request = make_request(tab, values, top, ctx.service.get_options())
+            request = make_request(tab, values, top, ctx.service.get_options(), ctx.service.script)
         except BackendError as err:
             yield {tab.outputs.error: f"**Error:** {err}"}
             return

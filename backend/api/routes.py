@@ -194,7 +194,8 @@ class SdApi:
         """A1111's override_settings apply to this request only, unless override_settings_restore_afterwards
         is false: then they stay, as if POSTed to /options (the model switch included)."""
         overrides, unknown = self.service.options.check(body.override_settings or {})
-        req, warnings = to_request(body, self.service.get_options(), overrides, self.service.settings.limits)
+        req, warnings = to_request(body, self.service.get_options(), overrides, self.service.settings.limits,
+                                   self.service.script)
         if unknown:
             warnings.append(f"override_settings ignored (unknown to A1111): {', '.join(unknown)}")
         job = self.service.submit(req)
@@ -317,7 +318,7 @@ class SdApi:
         return {}
 
     def scripts(self) -> dict:
-        return {"txt2img": [], "img2img": []}
+        return self.service.script_names()
 
     def prompt_styles(self) -> list[dict]:
         return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import Img2ImgBody, Txt2ImgBody
@@ -23,14 +24,21 @@ UNIMPLEMENTED_FIELDS = {
 OPTION_FIELDS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
-def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits) -> tuple[GenerationRequest, list]:
+def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits,
+               find_script: Callable[[str, list], object]) -> tuple[GenerationRequest, list]:
     """The body with the current options and this request's (checked) override_settings -> a request, and
-    warnings about what it asked for that has no effect. A script (script_name) is refused: none is available
-    (A1111 answers an unknown script with an error too)."""
-    script = (body.model_extra or {}).get("script_name")
-    if script:
-        raise InvalidRequest("script_name", f"script '{script}' is not available; GET /sdapi/v1/scripts lists the "
-                                            "scripts there are (none yet)")
+    warnings about what it asked for that has no effect. `find_script(script_name, script_args)` gives the
+    img2img script; txt2img has none here (A1111 answers an unknown script with an error too)."""
+    extra = body.model_extra or {}
+    script = None
+    if extra.get("script_name"):
+        if not isinstance(body, Img2ImgBody):
+            raise InvalidRequest("script_name", f"unknown script '{extra['script_name']}': txt2img has no scripts "
+                                                "here (GET /sdapi/v1/scripts)")
+        args = extra.get("script_args") or []
+        if not isinstance(args, list):
+            raise InvalidRequest("script_args", "expected a list, in the order of the script's controls")
+        script = find_script(str(extra["script_name"]), args)
     settings = {**options, **overrides}
     sampler = body.sampler_name or body.sampler_index or "Euler"
     fields = dict(
@@ -46,7 +54,7 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         **{**option_fields(settings, sampler), **_eta(body)},
     )
     if isinstance(body, Img2ImgBody):
-        fields.update(_img2img_fields(body, limits))
+        fields.update(_img2img_fields(body, limits), script=script)
     elif body.enable_hr:
         fields.update(_hires_fields(body))
     return GenerationRequest(**fields), _warnings(body, overrides)

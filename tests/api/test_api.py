@@ -84,7 +84,8 @@ def test_listings(api):
     assert samplers["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral"]
     assert {s["label"] for s in requests.get(f"{api}/schedulers", timeout=30).json()} >= {"Karras", "Uniform"}
     assert requests.get(f"{api}/sd-vae", timeout=30).json() == []
-    assert requests.get(f"{api}/scripts", timeout=30).json() == {"txt2img": [], "img2img": []}
+    assert requests.get(f"{api}/scripts", timeout=30).json() == {
+        "txt2img": [], "img2img": ["outpainting mk2", "poor man's outpainting", "sd upscale"]}
     assert "ram" in requests.get(f"{api}/memory", timeout=30).json()
     assert requests.post(f"{api}/refresh-checkpoints", timeout=30).status_code == 200
     models = requests.get(f"{api}/sd-models", timeout=30).json()
@@ -203,6 +204,25 @@ def test_extras_endpoints_and_lists(api):
     assert requests.get(f"{api}/face-restorers", timeout=30).json() == []
     r = requests.post(f"{api}/txt2img", json={**SMALL, "script_name": "outpainting mk2"}, timeout=60)
     assert r.status_code == 422 and r.json()["field"] == "script_name"
+
+
+def test_img2img_scripts_by_name_and_args(api):
+    image = Image.new("RGB", (64, 64), (40, 120, 200))
+    body = {**SMALL, "init_images": [b64_png(image)], "denoising_strength": 0.6}
+    r = requests.post(f"{api}/img2img", json={**body, "script_name": "SD upscale",
+                                              "script_args": ["", 16, "Lanczos", 2.0]}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0]).size == (128, 128)
+    assert "SD upscale upscaler: Lanczos" in json.loads(r.json()["info"])["infotexts"][0]
+    r = requests.post(f"{api}/img2img", json={**body, "script_name": "poor man's outpainting",
+                                              "script_args": [32, 4, 1, ["right"]]}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0]).size == (128, 64)
+    for bad, field in (({"script_name": "loopback"}, "script_name"),
+                       ({"script_name": "sd upscale", "script_args": ["", 16, "nope"]}, "script_args"),
+                       ({"script_name": "sd upscale", "script_args": "16"}, "script_args")):
+        r = requests.post(f"{api}/img2img", json={**body, **bad}, timeout=60)
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
 
 
 def test_hires_fix_through_the_api(api):

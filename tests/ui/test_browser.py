@@ -440,3 +440,67 @@ def test_send_to_extras_is_lossless(page, app_url):
     page.wait_for_selector("#extras_result img", timeout=60_000)
     result = fetch("#extras_result img")
     assert np.array_equal(np.asarray(result.convert("RGB")), np.asarray(saved.convert("RGB")))
+
+
+def _choose(page, dropdown_id: str, option: str) -> None:
+    page.click(f"#{dropdown_id} input")
+    page.click(f"li[role=option]:has-text(\"{option}\") >> nth=0")
+    page.keyboard.press("Escape")
+
+
+def _fetch(page, app_url, selector):
+    import io
+
+    import requests
+    from PIL import Image
+
+    src = page.get_attribute(selector, "src")
+    return Image.open(io.BytesIO(requests.get(src if src.startswith("http") else app_url + src, timeout=30).content))
+
+
+def test_poor_mans_outpainting_from_the_img2img_tab(page, app_url, tmp_path):
+    """The picture grows by the chosen pixels; the border is generated and the inside kept pixel for pixel."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    picture = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    picture.save(tmp_path / "source.png")
+    page.click("#tab_img2img-button")
+    paste_parameters(page, "img2img", "a field\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 12, Size: 64x64")
+    page.set_input_files("#img2img_image input[type=file]", str(tmp_path / "source.png"))
+    page.wait_for_selector("#img2img_image img", timeout=30_000)
+    _choose(page, "img2img_script", "Poor man's outpainting")
+    page.wait_for_selector("#img2img_pm_pixels", state="visible", timeout=30_000)
+    set_number(page, "img2img_pm_pixels", 32)
+    set_number(page, "img2img_pm_mask_blur", 1)
+    page.click("#img2img_generate")
+    page.wait_for_function("document.querySelector('#img2img_info textarea').value.includes('Seed: 12')",
+                           timeout=120_000)
+    result = np.asarray(_fetch(page, app_url, "#img2img_gallery img").convert("RGB"), dtype=np.int16)
+    assert result.shape == (128, 128, 3)
+    assert np.array_equal(result[39:89, 39:89], np.asarray(picture, dtype=np.int16)[7:57, 7:57])
+    assert result[:16].mean() > 10  # the new border is generated, not the black it started as
+
+
+def test_extras_with_an_esrgan_model(page, app_url, models_dir, tmp_path):
+    """The ESRGAN file in models/ESRGAN is listed and runs: 2x equals the backend's upscale of the same file."""
+    import numpy as np
+    from PIL import Image
+
+    from backend.generation import hires
+    from backend.upscale.models import UpscalerLibrary
+
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    picture.save(tmp_path / "small.png")
+    _open_tab(page, "tab_extras")
+    page.set_input_files("#extras_image input[type=file]", str(tmp_path / "small.png"))
+    page.wait_for_selector("#extras_image img", timeout=30_000)
+    _choose(page, "extras_upscaler_1", "4x_tiny")
+    page.click("#extras_generate")
+    page.wait_for_function("document.querySelector('#extras_info textarea').value.includes('4x_tiny')",
+                           timeout=60_000)
+    result = _fetch(page, app_url, "#extras_result img").convert("RGB")
+    expected = hires.upscale_by(picture, "4x_tiny", 2.0, UpscalerLibrary([models_dir / "ESRGAN"]))
+    assert result.size == (96, 80)
+    assert np.array_equal(np.asarray(result), np.asarray(expected))

@@ -13,33 +13,7 @@ from backend.generation.requests import GenerationRequest
 from backend.upscale.models import UpscalerLibrary, run_network, upscale_tiled
 from backend.upscale.nets import build_network
 from tests.conftest import build_backend
-
-G = torch.Generator().manual_seed(5)
-NF, GC = 8, 32
-
-
-def _conv(out, inp):
-    return torch.randn((out, inp, 3, 3), generator=G) * 0.05, torch.randn((out,), generator=G) * 0.01
-
-
-def _old_esrgan(blocks=1, ups=2, in_ch=3):
-    """The original ESRGAN layout (model.0 ... model.10)."""
-    sd = {}
-    sd["model.0.weight"], sd["model.0.bias"] = _conv(NF, in_ch)
-    for b in range(blocks):
-        for r in range(1, 4):
-            for c in range(1, 6):
-                out = NF if c == 5 else GC
-                w, bias = _conv(out, NF + (c - 1) * GC)
-                sd[f"model.1.sub.{b}.RDB{r}.conv{c}.0.weight"], sd[f"model.1.sub.{b}.RDB{r}.conv{c}.0.bias"] = w, bias
-    sd[f"model.1.sub.{blocks}.weight"], sd[f"model.1.sub.{blocks}.bias"] = _conv(NF, NF)
-    index = 3
-    for _ in range(ups):
-        sd[f"model.{index}.weight"], sd[f"model.{index}.bias"] = _conv(NF, NF)
-        index += 3
-    sd[f"model.{index - 1}.weight"], sd[f"model.{index - 1}.bias"] = _conv(NF, NF)
-    sd[f"model.{index + 1}.weight"], sd[f"model.{index + 1}.bias"] = _conv(3, NF)
-    return sd
+from tests.fixtures.tiny_upscalers import G, NF, conv_weights, old_esrgan
 
 
 def _new_layout(old: dict, ups: int) -> dict:
@@ -86,13 +60,13 @@ def _reference_rrdb(sd, x, unshuffle=1):
 
 def _srvgg(convs=2, scale=4):
     sd = {}
-    sd["body.0.weight"], sd["body.0.bias"] = _conv(NF, 3)
+    sd["body.0.weight"], sd["body.0.bias"] = conv_weights(NF, 3)
     sd["body.1.weight"] = torch.rand((NF,), generator=G) * 0.3
     for i in range(convs):
-        sd[f"body.{2 + 2 * i}.weight"], sd[f"body.{2 + 2 * i}.bias"] = _conv(NF, NF)
+        sd[f"body.{2 + 2 * i}.weight"], sd[f"body.{2 + 2 * i}.bias"] = conv_weights(NF, NF)
         sd[f"body.{3 + 2 * i}.weight"] = torch.rand((NF,), generator=G) * 0.3
     last = 2 + 2 * convs
-    sd[f"body.{last}.weight"], sd[f"body.{last}.bias"] = _conv(3 * scale * scale, NF)
+    sd[f"body.{last}.weight"], sd[f"body.{last}.bias"] = conv_weights(3 * scale * scale, NF)
     return sd
 
 
@@ -109,7 +83,7 @@ X = torch.rand((1, 3, 12, 16), generator=G)
 
 
 def test_esrgan_both_layouts_equal_the_reference():
-    old = _old_esrgan()
+    old = old_esrgan()
     expected = _reference_rrdb(old, X)
     for sd in (old, _new_layout(old, 2), {"params_ema": _new_layout(old, 2)}):
         net = build_network(sd)
@@ -118,7 +92,7 @@ def test_esrgan_both_layouts_equal_the_reference():
 
 
 def test_real_esrgan_x2_unshuffles_its_input():
-    old = _old_esrgan(in_ch=12)
+    old = old_esrgan(in_ch=12)
     net = build_network({"params_ema": _new_layout(old, 2)})
     assert net.scale == 2
     torch.testing.assert_close(net(X), _reference_rrdb(old, X, unshuffle=2), rtol=1e-5, atol=1e-5)
@@ -141,7 +115,7 @@ def _image(w, h, seed=1):
 
 
 def test_bgr_in_and_rounded_rgb_out():
-    net = build_network(_old_esrgan())
+    net = build_network(old_esrgan())
     image = _image(20, 12)
     bgr = torch.from_numpy(np.asarray(image)[:, :, ::-1].copy()).permute(2, 0, 1)[None].double() / 255
     with torch.no_grad():
@@ -170,7 +144,7 @@ def upscaler_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("upscaler-models")
     (root / "ESRGAN").mkdir()
     (root / "RealESRGAN").mkdir()
-    torch.save(_old_esrgan(), root / "ESRGAN" / "4x_tiny.pth")
+    torch.save(old_esrgan(), root / "ESRGAN" / "4x_tiny.pth")
     save_file({k: v.contiguous() for k, v in _srvgg().items()},
               str(root / "RealESRGAN" / "realesr-animevideov3.safetensors"))
     return root
