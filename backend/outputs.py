@@ -31,6 +31,12 @@ class OutputWriter:
         return _save_numbered(image, self.root / "extras-images", lambda n: f"{n:05d}.png", postprocessing,
                               key="postprocessing")
 
+    def save_named(self, image: Image.Image, folder: Path, stem: str, postprocessing: str) -> Path:
+        """Batch-from-folder Extras results keep their source's name (A1111's default); a name already there is
+        never overwritten: `stem-1.png`, `stem-2.png`, ... instead."""
+        return _save_numbered(image, folder, lambda n: f"{stem}-{n}.png" if n else f"{stem}.png", postprocessing,
+                              key="postprocessing", first=0)
+
     def save_grid(self, image: Image.Image, kind: str, infotext: str) -> Path:
         folder = self.folder(kind, grid=True)
         return _save_numbered(image, folder, lambda n: f"grid-{n:04d}.png", infotext)
@@ -50,9 +56,10 @@ def png_info(infotext: str, key: str = "parameters") -> PngImagePlugin.PngInfo:
     return info
 
 
-def _save_numbered(image: Image.Image, folder: Path, name_for, infotext: str, key: str = "parameters") -> Path:
+def _save_numbered(image: Image.Image, folder: Path, name_for, infotext: str, key: str = "parameters",
+                   first: int | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    number = next_number(folder)
+    number = next_number(folder) if first is None else first
     # Write to a temporary file, then link it into place: link() fails instead of overwriting, so a file
     # that appeared meanwhile (another process) is never replaced; we just take the next number.
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")

@@ -31,7 +31,7 @@ from backend.options import IMPLEMENTED, Options
 from backend.networks.hypernetworks import HypernetLibrary, HypernetPatcher
 from backend.networks.library import NetworkFile, NetworkLibrary
 from backend.styles import Style, StyleLibrary
-from backend.upscale.extras import ExtrasRequest, run_extras
+from backend.upscale.extras import ExtrasRequest, folder_images, run_extras
 from backend.upscale.extras import check as check_extras
 from backend.upscale.models import UpscalerLibrary
 from backend.networks.patch import NetworkPatcher, WantedNetwork
@@ -275,7 +275,19 @@ class GenerationService:
     def extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool = False) -> ExtrasResult:
         """Upscale pictures (the Extras tab and API) on the worker that owns the device."""
         check_extras(req, self.upscalers, self.settings.limits.max_upload_pixels * 4)
-        return self.queue.submit("extras", (images, req, save)).wait()
+        return self.queue.submit("extras", (images, req, save, None, None)).wait()
+
+    def extras_from_folder(self, input_dir: str, output_dir: str, req: ExtrasRequest) -> ExtrasResult:
+        """Extras' batch from a folder on this machine (the UI offers it only when served to this machine):
+        every picture in `input_dir`, saved under its own name in `output_dir` (empty: outputs/extras-images,
+        numbered), never over an existing file."""
+        check_extras(req, self.upscalers, self.settings.limits.max_upload_pixels * 4)
+        named, warnings = folder_images(Path(input_dir.strip()).expanduser(), self.settings.limits.max_upload_pixels)
+        target = Path(output_dir.strip()).expanduser() if output_dir.strip() else None
+        stems = [name for name, _ in named] if target is not None else None
+        result = self.queue.submit("extras", ([image for _, image in named], req, True, stems, target)).wait()
+        result.warnings[:0] = warnings
+        return result
 
     # ---------------------------------------------------------------- options
 
@@ -365,14 +377,18 @@ class GenerationService:
             return checkpoint
         return self._generate(job, job.payload)
 
-    def _run_extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool) -> ExtrasResult:
+    def _run_extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool, stems: list[str] | None,
+                    folder: Path | None) -> ExtrasResult:
         result = ExtrasResult()
-        for image in images:
+        for index, image in enumerate(images):
             upscaled, info = run_extras(image, req, self.upscalers)
             text = ", ".join(f"{k}: {v}" for k, v in info.items())
             result.images.append(upscaled)
             result.infotexts.append(text)
-            if save:
+            if save and folder is not None:
+                self._save(result, lambda upscaled=upscaled, text=text, stem=stems[index]:
+                           self.outputs.save_named(upscaled, folder, stem, text))
+            elif save:
                 self._save(result, lambda upscaled=upscaled, text=text: self.outputs.save_extras(upscaled, text))
         return result
 

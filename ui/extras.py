@@ -1,22 +1,38 @@
-"""Extras tab: upscale a picture by a factor or to a size, with a second upscaler blended in (A1111's Extras)."""
+"""Extras tab: upscale a picture by a factor or to a size, with a second upscaler blended in (A1111's Extras):
+a single image, a batch of uploaded files, or (when served to this machine only) every picture in a folder."""
 
 from __future__ import annotations
 
 import gradio as gr
+from PIL import Image
 
-from backend.errors import BackendError
+from backend.errors import BackendError, InvalidRequest
 from backend.upscale.extras import ExtrasRequest
 from ui.context import UiContext
 
 RESIZE_MODES = ["Scale by", "Scale to"]
+SINGLE, BATCH, FOLDER = "single", "batch", "folder"
 
 
 def build_extras_tab(ctx: UiContext) -> gr.Image:
     """The tab's widgets and handler; returns its image input (other tabs send pictures to it)."""
-    upscalers = [n for n in ctx.service.upscaler_names() if not n.startswith("Latent")]
+    upscalers = ctx.service.image_upscaler_names()
+    mode_state = gr.State(SINGLE)
     with gr.Row():
         with gr.Column():
-            image = gr.Image(label="Source", type="pil", format="png", elem_id="extras_image", height=320)
+            with gr.Tabs(elem_id="extras_mode"):
+                with gr.Tab("Single Image", elem_id="extras_single_tab") as single_tab:
+                    image = gr.Image(label="Source", type="pil", format="png", elem_id="extras_image", height=320)
+                with gr.Tab("Batch Process", elem_id="extras_batch_tab") as batch_tab:
+                    files = gr.File(label="Batch Process", file_count="multiple", file_types=["image"],
+                                    elem_id="extras_image_batch")
+                with gr.Tab("Batch from Directory", elem_id="extras_folder_tab",
+                            visible=ctx.local_only) as folder_tab:
+                    input_dir = gr.Textbox(label="Input directory", elem_id="extras_batch_input_dir",
+                                           placeholder="A folder on this machine")
+                    output_dir = gr.Textbox(label="Output directory", elem_id="extras_batch_output_dir",
+                                            placeholder="Leave blank to save to outputs/extras-images")
+                    show = gr.Checkbox(value=True, label="Show result images", elem_id="extras_show_results")
             mode = gr.Radio(RESIZE_MODES, value="Scale by", label="Resize", elem_id="extras_resize_mode")
             with gr.Row():
                 scale = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize")
@@ -32,21 +48,50 @@ def build_extras_tab(ctx: UiContext) -> gr.Image:
         with gr.Column():
             error = gr.Markdown(elem_id="extras_error", elem_classes=["error-box"])
             result = gr.Image(label="Result", interactive=False, type="pil", format="png", elem_id="extras_result")
+            gallery = gr.Gallery(label="Results", format="png", elem_id="extras_gallery", columns=4, height=300)
             info = gr.Textbox(label="Info", interactive=False, elem_id="extras_info")
 
-    def on_run(picture, mode, scale, width, height, crop, upscaler_1, upscaler_2, visibility):
-        if picture is None:
-            return "**Error:** upload an image first", None, ""
+    for tab, name in ((single_tab, SINGLE), (batch_tab, BATCH), (folder_tab, FOLDER)):
+        tab.select(lambda name=name: name, outputs=mode_state)
+
+    def on_run(which, picture, uploads, in_dir, out_dir, show_results, mode, scale, width, height, crop,
+               upscaler_1, upscaler_2, visibility):
         req = ExtrasRequest(resize_mode=RESIZE_MODES.index(mode), upscaling_resize=float(scale),
                             upscaling_resize_w=int(width), upscaling_resize_h=int(height), upscaling_crop=bool(crop),
                             upscaler_1=upscaler_1, upscaler_2=upscaler_2, upscaler_2_visibility=float(visibility))
         try:
-            done = ctx.service.extras([picture], req, save=True)
+            if which == SINGLE:
+                if picture is None:
+                    return "**Error:** upload an image first", None, [], ""
+                done = ctx.service.extras([picture], req, save=True)
+            elif which == BATCH:
+                if not uploads:
+                    return "**Error:** add the pictures to process first", None, [], ""
+                limit = ctx.service.settings.limits.max_upload_pixels
+                done = ctx.service.extras([_open(f, limit) for f in uploads], req, save=True)
+            else:
+                done = ctx.service.extras_from_folder(in_dir or "", out_dir or "", req)
         except BackendError as err:
-            return f"**Error:** {err}", None, ""
+            return f"**Error:** {err}", None, [], ""
+        except OSError as err:
+            return f"**Error:** cannot read that picture ({err.strerror or type(err).__name__})", None, [], ""
         warnings = "".join(f"**Warning:** {w}  \n" for w in done.warnings)
-        return warnings, done.images[0], done.infotexts[0]
+        if which == SINGLE:
+            return warnings, done.images[0], [], done.infotexts[0]
+        shown = done.images if which == BATCH or show_results else []
+        return warnings, None, shown, f"{len(done.images)} image(s): {done.infotexts[0]}"
 
-    run.click(on_run, inputs=[image, mode, scale, width, height, crop, upscaler_1, upscaler_2, visibility],
-              outputs=[error, result, info], api_name="extras_generate")
+    run.click(on_run, inputs=[mode_state, image, files, input_dir, output_dir, show, mode, scale, width, height,
+                              crop, upscaler_1, upscaler_2, visibility],
+              outputs=[error, result, gallery, info], api_name="extras_generate")
     return image
+
+
+def _open(upload, max_pixels: int) -> Image.Image:
+    path = upload if isinstance(upload, str) else getattr(upload, "name", upload)
+    with Image.open(path) as picture:
+        if picture.width * picture.height > max_pixels:
+            raise InvalidRequest("image", f"a picture is {picture.width}x{picture.height}, larger than the "
+                                          f"configured maximum of {max_pixels} pixels")
+        picture.load()
+        return picture.copy()

@@ -3,12 +3,19 @@ optional second upscaler blended in, as A1111's postprocessing upscale script do
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
 from backend.errors import InvalidRequest
 from backend.generation import hires
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MAX_FOLDER_IMAGES = 1000
 
 
 @dataclass
@@ -71,3 +78,26 @@ def _upscale(image: Image.Image, name: str, req: ExtrasRequest, info: dict, mode
         image = cropped
         info["Postprocess crop to"] = f"{width}x{height}"
     return image
+
+
+def folder_images(folder: Path, max_pixels: int) -> tuple[list[tuple[str, Image.Image]], list[str]]:
+    """(name, picture) for every image file in `folder` (not its subfolders), by name; what cannot be used is
+    named in the warnings and skipped."""
+    if not folder.is_dir():
+        raise InvalidRequest("input_dir", f"'{folder}' is not a folder on this machine")
+    images, warnings = [], []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_FOLDER_IMAGES]:
+        try:
+            if not path.is_file():
+                raise OSError("not a regular file")
+            with Image.open(path) as opened:
+                if opened.width * opened.height > max_pixels:
+                    raise OSError(f"{opened.width}x{opened.height} is larger than the configured maximum")
+                opened.load()
+                images.append((path.stem, opened.copy()))
+        except (OSError, Image.DecompressionBombError) as err:
+            log.warning("extras batch: skipped %s: %s", path.name, err)
+            warnings.append(f"skipped {path.name}: {err}")
+    if not images:
+        raise InvalidRequest("input_dir", f"'{folder}' has no pictures ({', '.join(IMAGE_SUFFIXES)})")
+    return images, warnings

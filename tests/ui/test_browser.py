@@ -504,3 +504,28 @@ def test_extras_with_an_esrgan_model(page, app_url, models_dir, tmp_path):
     expected = hires.upscale_by(picture, "4x_tiny", 2.0, UpscalerLibrary([models_dir / "ESRGAN"]))
     assert result.size == (96, 80)
     assert np.array_equal(np.asarray(result), np.asarray(expected))
+
+
+def test_extras_batch_of_files_and_from_a_folder(page, tmp_path):
+    from PIL import Image
+
+    for name, size in (("one.png", (16, 8)), ("two.png", (8, 8))):
+        Image.new("RGB", size, "green").save(tmp_path / name)
+    _open_tab(page, "tab_extras")
+    page.click("#extras_batch_tab-button")
+    page.set_input_files("#extras_image_batch input[type=file]", [str(tmp_path / "one.png"), str(tmp_path / "two.png")])
+    page.wait_for_function("document.querySelectorAll('#extras_image_batch .file-preview tr, "
+                           "#extras_image_batch a').length >= 2", timeout=30_000)
+    page.click("#extras_generate")
+    page.wait_for_function("document.querySelector('#extras_info textarea').value.startsWith('2 image(s)')",
+                           timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('#extras_gallery img').length >= 2", timeout=30_000)
+    page.click("#extras_folder_tab-button")  # served to this machine only: the folder batch is offered
+    page.fill("#extras_batch_input_dir textarea", str(tmp_path))
+    page.fill("#extras_batch_output_dir textarea", str(tmp_path / "done"))
+    page.click("#extras_generate")
+    deadline = time.time() + 60
+    while not (tmp_path / "done" / "two.png").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert Image.open(tmp_path / "done" / "one.png").size == (32, 16)
+    assert Image.open(tmp_path / "done" / "two.png").size == (16, 16)

@@ -47,3 +47,28 @@ def test_unknown_upscalers_and_face_restoration_are_refused(service):
         service.extras([_image()], ExtrasRequest(upscaler_1="SwinIR_4x"))
     with pytest.raises(InvalidRequest, match="face restoration"):
         service.extras([_image()], ExtrasRequest(upscaler_1="Lanczos", face_restoration=0.5))
+
+
+def test_batch_from_a_folder_keeps_names_and_never_overwrites(service, tmp_path):
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    target.mkdir()
+    Image.new("RGB", (16, 8), "red").save(source / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(source / "b.jpg")
+    (source / "broken.png").write_bytes(b"not a picture")
+    (source / "notes.txt").write_text("ignored: not a picture type")
+    (target / "a.png").write_bytes(b"the user's own file")
+    req = ExtrasRequest(upscaler_1="Nearest", upscaling_resize=2.0)
+    result = service.extras_from_folder(str(source), str(target), req)
+    assert [image.size for image in result.images] == [(32, 16), (16, 16)]
+    assert (target / "a.png").read_bytes() == b"the user's own file"
+    assert Image.open(target / "a-1.png").size == (32, 16) and Image.open(target / "b.png").size == (16, 16)
+    assert any("broken.png" in w for w in result.warnings)
+    assert "Postprocess upscaler: Nearest" in Image.open(target / "b.png").info["postprocessing"]
+
+
+def test_batch_from_a_folder_refuses_what_is_not_a_folder_of_pictures(service, tmp_path):
+    with pytest.raises(InvalidRequest, match="input_dir: .* is not a folder"):
+        service.extras_from_folder(str(tmp_path / "missing"), "", ExtrasRequest(upscaler_1="Nearest"))
+    with pytest.raises(InvalidRequest, match="has no pictures"):
+        service.extras_from_folder(str(tmp_path), "", ExtrasRequest(upscaler_1="Nearest"))
