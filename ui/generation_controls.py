@@ -175,30 +175,26 @@ OPTION_OVERRIDE_KEYS = {"UniPC variant": ("uni_pc_variant", str), "UniPC skip ty
 
 def override_fields(entries: list[str]) -> dict:
     """["ENSD: 31337", ...] -> request fields."""
-    fields = {}
-    for entry in entries:
-        key, _, value = str(entry).partition(": ")
-        if key in OVERRIDE_KEYS:
-            name, cast = OVERRIDE_KEYS[key]
-            try:
-                fields[name] = cast(value)
-            except ValueError:
-                continue
-    return fields
+    return _read_entries(entries, OVERRIDE_KEYS)
 
 
 def option_overrides(entries: list[str]) -> dict:
     """["UniPC order: 2", ...] -> {"uni_pc_order": 2}: settings read through the options."""
-    options = {}
+    return _read_entries(entries, OPTION_OVERRIDE_KEYS)
+
+
+def _read_entries(entries: list[str], keys: dict) -> dict:
+    """"Key: value" entries whose key is in `keys` -> {name: cast value}; a value that does not cast is left out."""
+    values = {}
     for entry in entries:
         key, _, value = str(entry).partition(": ")
-        if key in OPTION_OVERRIDE_KEYS:
-            name, cast = OPTION_OVERRIDE_KEYS[key]
+        if key in keys:
+            name, cast = keys[key]
             try:
-                options[name] = cast(value)
+                values[name] = cast(value)
             except ValueError:
                 continue
-    return options
+    return values
 
 
 def network_hashes(text: str) -> list[list[str]]:

@@ -65,10 +65,12 @@ def current_values(ctx: UiContext) -> list:
 
 
 def _typed(name: str, value):
-    if name in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta"):
+    if name in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta", "uni_pc_order"):
         return int(value or 0)
-    if name in ("return_grid", "samples_save", "save_incomplete_images", "interrupt_after_current"):
+    if name in ("return_grid", "samples_save", "save_incomplete_images", "interrupt_after_current",
+                "uni_pc_lower_order_final"):
         return bool(value)
-    if name in ("emphasis", "randn_source", "samples_format", "default_sampler", "default_scheduler"):
+    if name in ("emphasis", "randn_source", "samples_format", "default_sampler", "default_scheduler",
+                "uni_pc_variant", "uni_pc_skip_type"):
         return value
     return float(value or 0)

@@ -44,3 +44,10 @@ def arg(args: list, index: int, default, cast, name: str):
         return cast(args[index])
     except (TypeError, ValueError):
         raise InvalidRequest("script_args", f"argument {index} ({name}) cannot be {args[index]!r}") from None
+
+
+def check_smaller_than_tile(what: str, value: int, req) -> None:
+    """Tiles overlap by `value`, so it must be smaller than the tile (the request's width x height)."""
+    if value >= min(req.width, req.height):
+        raise InvalidRequest("script_args", f"{what} ({value}) must be smaller than the tile ({req.width}x{req.height}): "
+                                            "the tiles overlap by that much")

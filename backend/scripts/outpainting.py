@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from backend import tile_grid
 from backend.errors import InvalidRequest
 from backend.generation.requests import MaskedContent
-from backend.scripts.base import ScriptOutput, ScriptTools, arg
+from backend.scripts.base import ScriptOutput, ScriptTools, arg, check_smaller_than_tile
 from backend.scripts.matched_noise import matched_noise
 
 POOR_MANS = "Poor man's outpainting"
@@ -131,9 +131,7 @@ def _mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
 
 
 def check_poor_mans(req, settings: PoorMansSettings) -> None:
-    if settings.pixels >= min(req.width, req.height):
-        raise InvalidRequest("script_args", f"pixels to expand ({settings.pixels}) must be smaller than the tile "
-                                            f"({req.width}x{req.height}): the tiles overlap by that much")
+    check_smaller_than_tile("pixels to expand", settings.pixels, req)
 
 
 def run_poor_mans(req, settings: PoorMansSettings, tools: ScriptTools) -> ScriptOutput:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from backend import tile_grid
 from backend.errors import InvalidRequest
-from backend.scripts.base import ScriptOutput, ScriptTools, arg
+from backend.scripts.base import ScriptOutput, ScriptTools, arg, check_smaller_than_tile
 
 TITLE = "SD upscale"
 
@@ -45,9 +45,7 @@ def settings(args: list, upscaler_names: list[str]) -> SdUpscaleSettings:
 
 
 def check(req, settings: SdUpscaleSettings) -> None:
-    if settings.overlap >= min(req.width, req.height):
-        raise InvalidRequest("script_args", f"tile overlap ({settings.overlap}) must be smaller than the tile "
-                                            f"({req.width}x{req.height})")
+    check_smaller_than_tile("tile overlap", settings.overlap, req)
 
 
 def run(req, settings: SdUpscaleSettings, tools: ScriptTools) -> ScriptOutput:
