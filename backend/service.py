@@ -17,8 +17,8 @@ from backend.errors import Interrupted, InvalidRequest, ModelNotFound
 from backend.generation import hires, sampling
 from backend.generation.img2img import prepare_img2img
 from backend.generation.preview import latent_preview
-from backend.generation.requests import (MASKED_CONTENT_LABELS, GenerationRequest, check_prompt_chunks,
-                                         resolve_seed, validate)
+from backend.generation.requests import (MASKED_CONTENT_LABELS, GenerationRequest, MaskedContent,
+                                         check_prompt_chunks, resolve_seed, validate)
 from backend.generation.tiling import seamless
 from backend.generation.txt2img import prepare_txt2img
 from backend.grid import make_grid
@@ -614,7 +614,8 @@ class GenerationService:
             if req.inpaint_full_res:
                 params["Inpaint area"] = "Only masked"
                 params["Masked area padding"] = req.inpaint_full_res_padding
-            params["Masked content"] = MASKED_CONTENT_LABELS[req.inpainting_fill]
+            if req.inpainting_fill != MaskedContent.ORIGINAL:  # A1111 names only the others
+                params["Masked content"] = MASKED_CONTENT_LABELS[req.inpainting_fill]
             if req.inpainting_mask_invert:
                 params["Mask mode"] = "Inpaint not masked"
         if result.hypernetworks:

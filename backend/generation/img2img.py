@@ -99,7 +99,8 @@ def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
     if req.latent_mask is not None:
         latent_mask = image_ops.resize_image(req.latent_mask.convert("RGB"), req.width, req.height,
                                              req.resize_mode).convert("L")
-    filled = image_ops.fill_masked(image, latent_mask) if req.inpainting_fill == MaskedContent.FILL else image
+    # A1111 pre-fills for every content but "original" (the latent ones then replace the masked latents)
+    filled = image_ops.fill_masked(image, latent_mask) if req.inpainting_fill != MaskedContent.ORIGINAL else image
     return InpaintWork(filled, work_mask, latent_mask, base, overlay_mask, region)
 
 
