@@ -171,6 +171,27 @@ def _supports(sampler: Sampler, schedule_label: str) -> bool:
     return sampler.k_function is not None or schedule_label == "Uniform"
 
 
+def infotext_schedule(sampler: Sampler, chosen: str | None) -> str:
+    """A1111's `Schedule type`: k-diffusion samplers write the schedule they used, except "Automatic" on a
+    sampler without a schedule of its own (Euler, ...), which stays "Automatic"; DDIM, PLMS and UniPC use no
+    sigma schedule and write the choice as it was made."""
+    label = find_schedule(chosen)
+    if sampler.k_function is None or label != "Automatic":
+        return label
+    return "Automatic" if sampler.default_schedule == "Uniform" else sampler.default_schedule
+
+
+def hires_infotext_schedule(first: Sampler, first_choice: str | None, second: Sampler,
+                            second_choice: str | None) -> str | None:
+    """A1111's `Hires schedule type`: the second pass's schedule when it differs from the one the first pass
+    wrote (a k-diffusion schedule, not "Automatic")."""
+    if second.k_function is None:
+        return None
+    written = infotext_schedule(first, first_choice) if first.k_function else None
+    label = infotext_schedule(second, second_choice)
+    return None if label in ("Automatic", written) else label
+
+
 def takes_ddim_eta(sampler_name: str) -> bool:
     """Whether the named sampler reads eta_ddim; an unknown name reads neither and is refused later."""
     base, _ = split_legacy_name(sampler_name, None)

@@ -44,7 +44,7 @@ from backend.loading.detect import Family, TextEncoderSpec
 from backend.prompts.encode import PromptEncoder, encoder_for, text_width
 from backend.outputs import OutputWriter
 from backend.registry import ModelFile
-from backend.samplers import ResolvedSampler, resolve
+from backend.samplers import ResolvedSampler, hires_infotext_schedule, infotext_schedule, resolve
 from backend import scripts
 from backend.settings import Settings
 
@@ -137,6 +137,12 @@ class GenerationService:
         resolve(request.sampler_name, request.scheduler)
         if request.enable_hr and request.hr_upscaler is not None:
             hires.check_upscaler(request.hr_upscaler, self.upscalers)
+        if request.enable_hr and request.hr_checkpoint:
+            try:
+                hr_checkpoint = self.registry.find_checkpoint(request.hr_checkpoint)
+            except ModelNotFound as err:
+                raise InvalidRequest("hr_checkpoint_name", str(err)) from None
+            request = dataclasses.replace(request, hr_checkpoint=hr_checkpoint.title)
         if request.script is not None and (request.init_image is None or request.mask is not None):
             raise InvalidRequest("script_name", f"{request.script.title} runs on img2img's picture, without a mask")
         if request.script is not None:
@@ -430,7 +436,7 @@ class GenerationService:
             seeds = [first_seed + batch_no * req.batch_size + i for i in range(req.batch_size)]
 
             def attempt(m: Measures, seeds=seeds) -> list[_Denoised]:
-                return self._denoise(model, req, sampler, seeds, job, m)
+                return self._denoise(model, req, sampler, seeds, job, m, result)
 
             try:
                 parts, measures = run_with_fallbacks(attempt, measures, len(seeds), self.models.device)
@@ -499,12 +505,16 @@ class GenerationService:
                 result.warnings.append(f"Lora not found: {tag.name}")
                 continue
             wanted.append(WantedNetwork(found, tag.name, tag.te, tag.unet, tag.dyn))
-        patcher = model.caches.setdefault("networks", NetworkPatcher())
-        result.warnings += patcher.apply(model, wanted, self.networks)
-        result.networks = wanted
-        model.caches.setdefault("hypernetworks", HypernetPatcher()).apply(model.unet, hypernets)
-        result.hypernetworks = hypernets
+        result.networks, result.hypernetworks = wanted, hypernets
+        self._patch_networks(model, result)
         return dataclasses.replace(req, prompt=parsed.text)
+
+    def _patch_networks(self, model: LoadedModel, result: GenerationResult) -> None:
+        """Merge the job's LoRAs and hypernetworks into `model` (or restore it when there are none)."""
+        patcher = model.caches.setdefault("networks", NetworkPatcher())
+        warnings = patcher.apply(model, result.networks, self.networks)
+        result.warnings += [w for w in warnings if w not in result.warnings]
+        model.caches.setdefault("hypernetworks", HypernetPatcher()).apply(model.unet, result.hypernetworks)
 
     def _check_prompts(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
         """Length limits, and which embeddings the prompts use (for `TI hashes`)."""
@@ -517,15 +527,20 @@ class GenerationService:
         result.embeddings = list(used.values())
 
     def _denoise(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                 job: Job, measures: Measures) -> list[_Denoised]:
+                 job: Job, measures: Measures, result: GenerationResult) -> list[_Denoised]:
         """Sample one batch under `measures`; with a batch split, its parts run one after another (same seeds).
         An interrupt keeps what the current part has reached, as A1111 does."""
+        resources = self.resources
+        if req.enable_hr and req.hr_checkpoint:  # each batch's first pass on the request's model again
+            model = self.models.get(self.registry.find_checkpoint(req.checkpoint), req.vae)
+            resources = dataclasses.replace(resources, switch_model=lambda title: self._switch_for_hires(
+                title, req, result, len(seeds)))
         self.models.apply(measures)
         prepare = prepare_txt2img if req.kind == "txt2img" else prepare_img2img
         size = -(-len(seeds) // measures.batch_split)
         parts = []
         for start in range(0, len(seeds), size):
-            work = prepare(model, req, sampler, seeds[start : start + size], self.resources)
+            work = prepare(model, req, sampler, seeds[start : start + size], resources)
             if work.ready_images is not None:
                 parts.append(_Denoised(work, None))
                 continue
@@ -539,6 +554,14 @@ class GenerationService:
                 break
         return parts
 
+    def _switch_for_hires(self, title: str, req: GenerationRequest, result: GenerationResult,
+                          batch: int) -> LoadedModel:
+        """Hires fix's checkpoint: activate it with the job's networks and measures for the final size."""
+        model = self.models.get(self.registry.find_checkpoint(title), req.vae)
+        self._patch_networks(model, result)
+        self.models.apply(self.models.plan.for_request(*hires.target(req).final_size, batch))
+        return model
+
     def _decode(self, model: LoadedModel, parts: list[_Denoised],
                 measures: Measures) -> tuple[list[Image.Image], Measures]:
         images = []
@@ -546,9 +569,10 @@ class GenerationService:
             if part.latents is None:
                 images += part.work.ready_images
                 continue
+            decoder = part.work.decode_model or model
             pixels, measures = decode_with_fallbacks(
-                lambda dtype, latents=part.latents: sampling.decode_latents(model, latents, dtype),
-                model.vae.dtype, measures, self.models.apply, self.models.device)
+                lambda dtype, latents=part.latents, decoder=decoder: sampling.decode_latents(decoder, latents, dtype),
+                decoder.vae.dtype, measures, self.models.apply, self.models.device)
             images += part.work.finish(sampling.to_pil(pixels))
         return images, measures
 
@@ -584,7 +608,7 @@ class GenerationService:
         params: dict[str, object] = {
             "Steps": req.steps,
             "Sampler": result.sampler.sampler.name,
-            "Schedule type": result.sampler.schedule,
+            "Schedule type": infotext_schedule(result.sampler.sampler, req.scheduler),
             "CFG scale": req.cfg_scale,
             "Seed": seed,
             "Size": f"{req.width}x{req.height}",
@@ -607,7 +631,8 @@ class GenerationService:
             "Tiling": "True" if req.tiling else None,
         }
         if hires_fix:
-            params.update(_hires_params(req))
+            hr_checkpoint = self.registry.find_checkpoint(req.hr_checkpoint) if req.hr_checkpoint else None
+            params.update(_hires_params(req, hr_checkpoint))
         if req.is_inpainting:
             blur_x, blur_y = req.mask_blurs  # A1111 writes one blur only, and only when they agree
             params["Mask blur"] = blur_x if blur_x == blur_y and blur_x > 0 else None
@@ -649,13 +674,23 @@ def _sigma_options(req: GenerationRequest, sampler) -> dict:
             "Sigma noise": req.s_noise if (churns or sampler.noise) and req.s_noise != 1.0 else None}
 
 
-def _hires_params(req: GenerationRequest) -> dict:
-    """A1111's hires fix infotext keys, in its order."""
+def _hires_params(req: GenerationRequest, hr_checkpoint: ModelFile | None) -> dict:
+    """A1111's hires fix infotext keys, in its order (StableDiffusionProcessingTxt2Img.init)."""
     params: dict[str, object] = {}
+    if hr_checkpoint is not None:  # A1111's short title: the name and the short hash
+        short_hash = hr_checkpoint.short_hash
+        params["Hires checkpoint"] = f"{hr_checkpoint.model_name} [{short_hash}]" if short_hash \
+            else hr_checkpoint.model_name
+    if req.hr_sampler_name and req.hr_sampler_name != req.sampler_name:
+        params["Hires sampler"] = req.hr_sampler_name
     if req.hr_prompt and req.hr_prompt != req.prompt:
         params["Hires prompt"] = req.hr_prompt
     if req.hr_negative_prompt and req.hr_negative_prompt != req.negative_prompt:
         params["Hires negative prompt"] = req.hr_negative_prompt
+    first = resolve(req.sampler_name, req.scheduler).sampler
+    second = resolve(req.hr_sampler_name or req.sampler_name, req.hr_scheduler or req.scheduler).sampler
+    params["Hires schedule type"] = hires_infotext_schedule(first, req.scheduler, second,
+                                                            req.hr_scheduler or req.scheduler)
     if req.hr_resize_x == 0 and req.hr_resize_y == 0:
         params["Hires upscale"] = req.hr_scale
     else:
@@ -664,8 +699,4 @@ def _hires_params(req: GenerationRequest) -> dict:
         params["Hires steps"] = req.hr_second_pass_steps
     if req.hr_upscaler is not None:
         params["Hires upscaler"] = req.hr_upscaler
-    if req.hr_sampler_name and req.hr_sampler_name != req.sampler_name:
-        params["Hires sampler"] = req.hr_sampler_name
-    if req.hr_scheduler and req.hr_scheduler != req.scheduler:
-        params["Hires schedule type"] = req.hr_scheduler
     return params

@@ -10,7 +10,7 @@ import gradio as gr
 
 from backend import infotext
 from backend.errors import BackendError
-from backend.generation.requests import GenerationRequest
+from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest
 from backend.jobs import Job
 from backend.samplers import SAMPLERS, SCHEDULES
 from ui.context import UiContext
@@ -162,6 +162,8 @@ def request_fields(values: dict, c: Controls) -> dict:
     )
 
 
+SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # A1111's hires choices
+
 # Infotext keys that are settings (A1111 pastes them as "Override settings") -> request field and type
 OVERRIDE_KEYS = {"Clip skip": ("clip_skip", int), "ENSD": ("eta_noise_seed_delta", int), "Eta": ("eta", float),
                  "Eta DDIM": ("eta", float), "Sigma churn": ("s_churn", float), "Sigma tmin": ("s_tmin", float),
@@ -284,11 +286,14 @@ def fields_from_infotext(text: str) -> dict[str, object]:
                "Tiling": ("tiling", lambda v: str(v).lower() == "true"),
                "Hires upscale": ("hr_scale", float), "Hires resize-1": ("hr_resize_x", int),
                "Hires resize-2": ("hr_resize_y", int), "Hires steps": ("hr_second_pass_steps", int),
-               "Hires upscaler": ("hr_upscaler", str)}
+               "Hires upscaler": ("hr_upscaler", str), "Hires checkpoint": ("hr_checkpoint", str),
+               "Hires sampler": ("hr_sampler", str), "Hires schedule type": ("hr_scheduler", str),
+               "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str)}
     if "Steps" in parsed:  # a full parameter line: what it does not mention is off, as when it was made
         values.update(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0, tiling=False,
                       enable_hr=any(key.startswith("Hires ") for key in parsed), hr_second_pass_steps=0,
-                      hr_resize_x=0, hr_resize_y=0)
+                      hr_resize_x=0, hr_resize_y=0, hr_checkpoint=SAME_CHECKPOINT, hr_sampler=SAME_SAMPLER,
+                      hr_scheduler=SAME_SCHEDULER, hr_prompt="", hr_negative_prompt="")
     if "Steps" in parsed:
         values["override_settings"] = [f"{key}: {parsed[key]}" for key in (*OVERRIDE_KEYS, *OPTION_OVERRIDE_KEYS)
                                        if key in parsed]
@@ -313,5 +318,6 @@ def unapplied_keys(text: str) -> list[str]:
     parsed = infotext.parse(text or "")
     used = set(fields_from_infotext(text)) | set(OVERRIDE_KEYS) | set(OPTION_OVERRIDE_KEYS) | _INFORMATIONAL
     mapped = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Denoising strength", "Mask blur",
-              "Variation seed", "Variation seed strength", "Tiling", "Hires upscale", "Hires steps", "Hires upscaler"}
+              "Variation seed", "Variation seed strength", "Tiling", "Hires upscale", "Hires steps", "Hires upscaler",
+              "Hires checkpoint", "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt"}
     return [k for k in parsed if k not in used and k not in mapped and not k.endswith(("-1", "-2"))]

@@ -14,12 +14,14 @@ import numpy as np
 from PIL import Image
 
 from backend.errors import BackendError, InvalidRequest
-from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest, MaskedContent, ResizeMode
+from backend.samplers import SAMPLERS, SCHEDULES
 from backend.options import request_fields as option_fields
 from ui.context import UiContext
 from ui.extra_networks import build_extra_networks
 from ui.scripts import build_scripts, script_choice
-from ui.generation_controls import (Controls, Outputs, build_controls, build_outputs, fields_from_infotext,
+from ui.generation_controls import (SAME_SAMPLER, SAME_SCHEDULER, Controls, Outputs, build_controls, build_outputs,
+                                    fields_from_infotext,
                                     option_overrides, request_fields, run_job, unapplied_keys)
 
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
@@ -99,6 +101,20 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
                                                  elem_id="txt2img_hr_resize_x")
                 extra["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                                  elem_id="txt2img_hr_resize_y")
+            with gr.Row():
+                extra["hr_checkpoint"] = gr.Dropdown([SAME_CHECKPOINT, *ctx.checkpoint_titles()], value=SAME_CHECKPOINT,
+                                                     label="Hires checkpoint", allow_custom_value=True,
+                                                     elem_id="txt2img_hr_checkpoint")
+                extra["hr_sampler"] = gr.Dropdown([SAME_SAMPLER, *(s.name for s in SAMPLERS)], value=SAME_SAMPLER,
+                                                  label="Hires sampling method", elem_id="txt2img_hr_sampler")
+                extra["hr_scheduler"] = gr.Dropdown([SAME_SCHEDULER, *SCHEDULES], value=SAME_SCHEDULER,
+                                                    label="Hires schedule type", elem_id="txt2img_hr_scheduler")
+            with gr.Row():
+                extra["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="txt2img_hr_prompt",
+                                                placeholder="Empty: the first pass's prompt")
+                extra["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                         elem_id="txt2img_hr_neg_prompt",
+                                                         placeholder="Empty: the first pass's negative prompt")
     if name == "inpaint":
         extra["mask_upload"] = gr.Image(label="Or upload a mask (white = repaint)", type="pil", format="png",
                                         elem_id="inpaint_mask_upload", height=160)
@@ -136,7 +152,12 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
                       hr_second_pass_steps=int(values[extra["hr_second_pass_steps"]]),
                       denoising_strength=float(values[extra["denoising_strength"]]),
                       hr_scale=float(values[extra["hr_scale"]]), hr_resize_x=int(values[extra["hr_resize_x"]]),
-                      hr_resize_y=int(values[extra["hr_resize_y"]]))
+                      hr_resize_y=int(values[extra["hr_resize_y"]]),
+                      hr_checkpoint=_unless(values[extra["hr_checkpoint"]], SAME_CHECKPOINT),
+                      hr_sampler_name=_unless(values[extra["hr_sampler"]], SAME_SAMPLER),
+                      hr_scheduler=_unless(values[extra["hr_scheduler"]], SAME_SCHEDULER),
+                      hr_prompt=values[extra["hr_prompt"]] or "",
+                      hr_negative_prompt=values[extra["hr_negative_prompt"]] or "")
     if tab.name == "img2img":
         fields.update(init_image=values[extra["init_image"]])
     if tab.name == "inpaint":
@@ -155,6 +176,11 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
     if chosen is not None:
         fields["script"] = find_script(*chosen)
     return GenerationRequest(**fields)
+
+
+def _unless(value: str | None, same: str) -> str | None:
+    """A hires choice, or None for "use the first pass's"."""
+    return None if not value or value == same else value
 
 
 def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None):
@@ -308,7 +334,8 @@ def token_counter_html(counts: tuple[int, int]) -> str:
 def _fillable(tab: Tab) -> list[tuple[str, gr.components.Component]]:
     """(name, widget) of every field infotext can fill on `tab`, in a fixed order."""
     extras = ("denoising_strength", "mask_blur", "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale",
-              "hr_resize_x", "hr_resize_y")
+              "hr_resize_x", "hr_resize_y", "hr_checkpoint", "hr_sampler", "hr_scheduler", "hr_prompt",
+              "hr_negative_prompt")
     named = list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in extras]
     return [(name, w) for name, w in named
             if isinstance(w, gr.components.Component) and not isinstance(w, (gr.Button, gr.HTML))]

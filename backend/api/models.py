@@ -42,6 +42,7 @@ class Txt2ImgBody(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_checkpoint_name: str | None = None
 
 
 class Img2ImgBody(Txt2ImgBody):

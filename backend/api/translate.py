@@ -8,7 +8,7 @@ from collections.abc import Callable
 from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import Img2ImgBody, Txt2ImgBody
 from backend.errors import InvalidRequest
-from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
+from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest, MaskedContent, ResizeMode
 from backend.options import IMPLEMENTED
 from backend.options import request_fields as option_fields
 from backend.service import VERSION, GenerationResult
@@ -66,6 +66,7 @@ def _hires_fields(body: Txt2ImgBody) -> dict:
                 hr_resize_y=body.hr_resize_y, hr_sampler_name=body.hr_sampler_name or None,
                 hr_scheduler=body.hr_scheduler or None, hr_prompt=body.hr_prompt or "",
                 hr_negative_prompt=body.hr_negative_prompt or "",
+                hr_checkpoint=None if body.hr_checkpoint_name in (None, "", SAME_CHECKPOINT) else body.hr_checkpoint_name,
                 denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)
 
 

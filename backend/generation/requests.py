@@ -15,6 +15,7 @@ from backend.settings import Limits
 
 MAX_SEED = 2**32 - 1
 EMPHASIS_MODES = ("Original", "No norm", "None")
+SAME_CHECKPOINT = "Use same checkpoint"  # A1111's hr_checkpoint_name for "no other model"
 
 
 class ResizeMode(IntEnum):
@@ -61,7 +62,7 @@ class GenerationRequest:
     s_tmax: float = 0.0  # 0 = infinity
     s_noise: float = 1.0
     unipc: UniPCSettings = UniPCSettings()  # A1111's uni_pc_* options
-    network_hashes: tuple[tuple[str, str], ...] = ()
+    network_hashes: tuple[tuple[str, str], ...] = ()  # (name, short hash) from a pasted infotext's `Lora hashes`
     styles: tuple[str, ...] = ()  # names from styles.csv, merged into the prompts when the job is submitted
     # hires fix (txt2img)
     enable_hr: bool = False
@@ -73,7 +74,8 @@ class GenerationRequest:
     hr_sampler_name: str | None = None  # None: the first pass's
     hr_scheduler: str | None = None
     hr_prompt: str = ""  # "": the first pass's
-    hr_negative_prompt: str = ""  # (name, short hash) from a pasted infotext's `Lora hashes`
+    hr_negative_prompt: str = ""
+    hr_checkpoint: str | None = None  # the second pass's model (title or name); None: the first pass's
     batch_size: int = 1
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model

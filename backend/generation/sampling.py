@@ -35,10 +35,12 @@ class Hooks(Protocol):
 
 @dataclass(frozen=True)
 class Resources:
-    """The libraries generation may draw on besides the model: textual-inversion embeddings and upscalers."""
+    """What generation may draw on besides the model: textual-inversion embeddings, upscalers, and a way to
+    switch to another model (hires fix's checkpoint): title -> that model, loaded and ready."""
 
     embeddings: EmbeddingLibrary | None = None
     upscalers: object | None = None  # backend.upscale.models.UpscalerLibrary
+    switch_model: Callable[[str], LoadedModel] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class BatchWork:
     denoise: Callable[[Hooks], torch.Tensor] | None
     finish: Callable[[list[Image.Image]], list[Image.Image]] = field(default=lambda images: images)
     ready_images: list[Image.Image] | None = None
+    decode_model: LoadedModel | None = None  # the model whose VAE decodes the latents, when not the batch's
 
 
 class NoHooks:

@@ -22,6 +22,8 @@ def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     if model.is_inpainting:
         return txt2img_with_inpainting_model(model, req, sampler, seeds, resources)
 
+    work = sampling.BatchWork(None)
+
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
@@ -29,15 +31,20 @@ def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         latents = sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, Start())
         if not req.enable_hr:
             return latents
-        return _hires_pass(model, req, sampler, seeds, latents, hooks, resources)
+        return _hires_pass(model, req, sampler, seeds, latents, hooks, resources, work)
 
-    return sampling.BatchWork(denoise)
+    work.denoise = denoise
+    return work
 
 
 def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                latents: torch.Tensor, hooks: sampling.Hooks, resources: sampling.Resources | None) -> torch.Tensor:
+                latents: torch.Tensor, hooks: sampling.Hooks, resources: sampling.Resources | None,
+                work: sampling.BatchWork) -> torch.Tensor:
+    """The second pass; with a hires checkpoint, A1111 switches models after the first pass (and its decode,
+    for an image upscaler): the new model encodes, samples and decodes."""
     to = hires.target(req)
     upscaler = req.hr_upscaler or "Latent"
+    images = None
     if upscaler in hires.LATENT_MODES:
         samples = hires.upscale_latents(latents, upscaler, to)
     else:
@@ -45,6 +52,10 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSam
         images = hires.to_uint8_images(sampling.decode_latents(model, latents))
         models = resources.upscalers if resources else None
         images = [hires.upscale_image(image, upscaler, to.width, to.height, models) for image in images]
+    if req.hr_checkpoint:
+        model = resources.switch_model(req.hr_checkpoint)
+        work.decode_model = model
+    if images is not None:
         samples = _encode_sampled(model, images, seeds, req.rng_source)
     samples = hires.crop_latents(samples, to)
     width, height = to.final_size

@@ -195,6 +195,18 @@ def test_hires_fix_from_the_ui(page):
     page.wait_for_function("document.querySelector('#txt2img_gallery img')?.naturalWidth === 128", timeout=30_000)
 
 
+def test_hires_pass_choices_from_a_pasted_infotext_reach_the_image(page):
+    paste_parameters(page, "txt2img", "a tower\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 6, Size: 64x64, "
+                                      "Denoising strength: 0.5, Hires checkpoint: sd1-pickle, Hires sampler: DPM++ 2M, "
+                                      'Hires prompt: "a tall tower", Hires upscale: 2, Hires upscaler: Latent')
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 6')",
+                           timeout=60_000)
+    info = page.input_value("#txt2img_info textarea")
+    assert "Hires checkpoint: sd1-pickle" in info and "Hires sampler: DPM++ 2M" in info
+    assert "Hires prompt: a tall tower" in info and "Hires schedule type: Karras" in info
+
+
 def test_pasted_settings_reach_the_image(page):
     paste_parameters(page, "txt2img", "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 4, Size: 64x64, "
                                       "ENSD: 31337, RNG: NV, Clip skip: 2")

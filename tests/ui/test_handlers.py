@@ -34,7 +34,9 @@ def test_infotext_fills_the_fields():
                       "schedule": "Karras", "cfg_scale": 5.5, "seed": 42, "width": 640, "height": 384,
                       "denoising_strength": 0.4, "mask_blur": 8, "subseed_strength": 0.0, "seed_resize_from_w": 0,
                       "seed_resize_from_h": 0, "tiling": False, "enable_hr": False, "hr_second_pass_steps": 0,
-                      "hr_resize_x": 0, "hr_resize_y": 0, "override_settings": [], "network_hashes": []}
+                      "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint": "Use same checkpoint",
+                      "hr_sampler": "Use same sampler", "hr_scheduler": "Use same scheduler", "hr_prompt": "",
+                      "hr_negative_prompt": "", "override_settings": [], "network_hashes": []}
 
 
 def test_png_info_reads_parameters():
@@ -105,3 +107,15 @@ def test_parameters_the_ui_cannot_apply_are_named():
     text = ("p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Model hash: abc, Face restoration: CodeFormer, "
             "ADetailer model: face_yolov8n.pt, ENSD: 31337, Hires upscale: 2")
     assert unapplied_keys(text) == ["Face restoration", "ADetailer model"]
+
+
+def test_infotext_fills_the_hires_pass_choices():
+    values = fields_from_infotext('p\nSteps: 3, Sampler: Euler, Schedule type: Automatic, Seed: 1, Size: 64x64, '
+                                  'Denoising strength: 0.5, Hires checkpoint: sd2-v [0123456789], '
+                                  'Hires sampler: DPM++ 2M, Hires prompt: "a, b", Hires schedule type: Karras, '
+                                  'Hires upscale: 2.0')
+    assert (values["hr_checkpoint"], values["hr_sampler"], values["hr_scheduler"]) == (
+        "sd2-v [0123456789]", "DPM++ 2M", "Karras")
+    assert values["hr_prompt"] == "a, b" and values["hr_negative_prompt"] == ""
+    plain = fields_from_infotext("p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Hires upscale: 2.0")
+    assert (plain["hr_checkpoint"], plain["hr_sampler"]) == ("Use same checkpoint", "Use same sampler")

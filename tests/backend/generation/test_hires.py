@@ -85,3 +85,59 @@ def test_timestep_sampler_hires_equals_a1111(service, tiny, sampler):
                                     denoising_strength=0.6)
     ours = service.generate(_req(hr_upscaler="Latent", sampler_name=sampler, cfg_scale=12.0))
     assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, second)[0]) <= 1
+
+
+def test_hires_checkpoint_runs_the_second_pass_on_another_model_as_a1111(service, tiny):
+    """A1111 switches models after the first pass: the hires checkpoint's text encoder, UNet and VAE make the
+    second pass (here SD 2-v after SD 1); the infotext names it as A1111's short title."""
+    ours = service.generate(_req(hr_upscaler="Latent", hr_checkpoint="sd2-v"))
+    sd1, sd2 = tiny["sd1"], tiny["sd2"]
+    cond, uncond = reference_conds(sd1, "a castle", "blur")
+    first = a1111_latents(sd1.unet, cond, uncond, "Euler", None, 4, 7.0, [77], 64, 64)
+    init = F.interpolate(first, size=(16, 16), mode="bilinear", antialias=False)
+    cond, uncond = reference_conds(sd2, "a castle", "blur")
+    second = a1111_latents(sd2.unet, cond, uncond, "Euler", None, 4, 7.0, [77], 128, 128, v_prediction=True,
+                           init=init, denoising_strength=0.6)
+    assert max_pixel_diff(ours.images[0], decode_truncated(sd2.vae, second)[0]) <= 3
+    title = service.registry.find_checkpoint("sd2-v.safetensors")
+    assert f"Hires checkpoint: {title.model_name} [{title.short_hash}]" in ours.infotexts[0]
+    again = service.generate(_req(hr_upscaler="Latent"))  # the next request is back on its own model
+    assert max_pixel_diff(again.images[0], _a1111_hires(sd1, lambda x: F.interpolate(
+        x, size=(16, 16), mode="bilinear", antialias=False))) <= 3
+
+
+def test_hires_checkpoint_with_batches_and_an_image_upscaler(service):
+    result = service.generate(_req(hr_upscaler="Lanczos", hr_checkpoint="sd1-pickle.ckpt", n_iter=2))
+    same = service.generate(_req(hr_upscaler="Lanczos", n_iter=2))  # the same weights in another file
+    assert all(max_pixel_diff(a, b) == 0 for a, b in zip(result.images, same.images, strict=True))
+
+
+def test_unknown_hires_checkpoint_is_refused(service):
+    with pytest.raises(InvalidRequest, match="hr_checkpoint_name"):
+        service.submit(_req(hr_checkpoint="nope"))
+
+
+def test_hires_sampler_prompts_and_schedule_in_a1111s_order(service):
+    text = service.generate(_req(hr_upscaler="Latent", sampler_name="Euler", hr_sampler_name="DPM++ 2M",
+                                 hr_prompt="a castle, sharp", hr_negative_prompt="blur, noise")).infotexts[0]
+    assert ('RNG: CPU, Hires sampler: DPM++ 2M, Hires prompt: "a castle, sharp", '
+            'Hires negative prompt: "blur, noise", Hires schedule type: Karras, Hires upscale: 2.0, '
+            'Hires upscaler: Latent') in text
+    assert "Schedule type: Automatic," in text  # Euler has no schedule of its own: A1111 writes the choice
+    same = service.generate(_req(hr_upscaler="Latent", sampler_name="DPM++ 2M", hr_sampler_name="Euler",
+                                 hr_scheduler="Karras")).infotexts[0]
+    assert "Schedule type: Karras," in same and "Hires schedule type" not in same  # the same as the first's
+    assert "Hires sampler: Euler" in same
+
+
+def test_hires_sampler_runs_the_second_pass_as_a1111(service, tiny):
+    kw = dict(hr_upscaler="Latent", denoising_strength=0.9, cfg_scale=12.0)
+    ours = service.generate(_req(hr_sampler_name="DPM++ 2M SDE", **kw)).images[0]
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, "a castle", "blur")
+    first = a1111_latents(model.unet, cond, uncond, "Euler", None, 4, 12.0, [77], 64, 64)
+    init = F.interpolate(first, size=(16, 16), mode="bilinear", antialias=False)
+    second = a1111_latents(model.unet, cond, uncond, "DPM++ 2M SDE", None, 4, 12.0, [77], 128, 128, init=init,
+                           denoising_strength=0.9)
+    assert max_pixel_diff(ours, decode_truncated(model.vae, second)[0]) <= 3
+    assert max_pixel_diff(ours, service.generate(_req(**kw)).images[0]) > 3  # Euler there: another image
