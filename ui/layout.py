@@ -131,12 +131,15 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_widgets, settings_values = build_settings_tab(ctx)
         _wire_send_to(tabs, tab_group, png_image, png_text, png_buttons, extras_image)
-        # Every page load shows the server's state now, not the state when the page was built.
-        demo.load(lambda: _server_state(ctx), outputs=[top["checkpoint"], top["vae"], top["status"]])
-        demo.load(settings_values, outputs=list(settings_widgets.values()))
+        # Every page load shows the server's state now, not the state when the page was built; the marker says
+        # when that is done (one after another, so the marker comes last).
+        ready = gr.HTML("", elem_id="page_ready")
         dropdowns = [w for tab in tabs.values() for w in (tab.controls.sampler, tab.controls.schedule)]
-        demo.load(lambda: _default_sampling(ctx, len(tabs)), outputs=dropdowns)
-        demo.load(lambda: ctx.service.get_options()["CLIP_stop_at_last_layers"], outputs=top["clip_skip"])
+        demo.load(lambda: _server_state(ctx), outputs=[top["checkpoint"], top["vae"], top["status"]]).then(
+            settings_values, outputs=list(settings_widgets.values())).then(
+            lambda: _default_sampling(ctx, len(tabs)), outputs=dropdowns).then(
+            lambda: ctx.service.get_options()["CLIP_stop_at_last_layers"], outputs=top["clip_skip"]).then(
+            lambda: "<span data-ready='1'></span>", outputs=ready)
     return demo
 
 

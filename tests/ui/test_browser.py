@@ -36,6 +36,7 @@ def page(browser, app_url):
     page = context.new_page()
     page.goto(app_url)
     page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    page.wait_for_selector("#page_ready [data-ready]", state="attached", timeout=60_000)  # defaults are set
     yield page
     context.close()
 
