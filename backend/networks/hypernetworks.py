@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from backend.errors import CheckpointError
@@ -135,41 +135,30 @@ class HypernetLibrary:
             return self._loaded[path]
 
 
-class HypernetAttention:
-    """An attention processor: keys and values are computed from the context passed through the hypernetworks
-    (for the context's width), queries from the input as usual; scaled dot-product attention."""
+class _ContextTransform:
+    """A forward pre-hook for an attention layer's to_k or to_v: its input (the context) goes through each
+    hypernetwork's MLP for that width first. As a hook it works under every attention processor (SDPA, sliced,
+    xformers) and leaves the projection itself alone (LoRA merges it in place)."""
 
-    def __init__(self, hypernetworks: list[Hypernetwork]):
-        self.hypernetworks = hypernetworks
+    def __init__(self, hypernetworks: list[Hypernetwork], which: int):
+        self.hypernetworks, self.which = hypernetworks, which  # 0: keys, 1: values
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        context_k = context_v = context
+    def __call__(self, module, args):
+        context = args[0]
         for hypernetwork in self.hypernetworks:
-            pair = hypernetwork.layers.get(context_k.shape[-1])
+            pair = hypernetwork.layers.get(context.shape[-1])
             if pair is not None:
-                k_net, v_net = pair
-                k_net.to(context.device), v_net.to(context.device)
-                context_k = k_net(context_k.float()).to(context.dtype)
-                context_v = v_net(context_v.float()).to(context.dtype)
-        batch = hidden_states.shape[0]
-        heads = attn.heads
-        q = attn.to_q(hidden_states)
-        k, v = attn.to_k(context_k), attn.to_v(context_v)
-
-        def split(t):
-            return t.view(batch, -1, heads, t.shape[-1] // heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attention_mask)
-        out = out.transpose(1, 2).reshape(batch, -1, heads * (q.shape[-1] // heads)).to(q.dtype)
-        return attn.to_out[1](attn.to_out[0](out))
+                net = pair[self.which].to(context.device)
+                context = net(context.float()).to(args[0].dtype)
+        return (context, *args[1:])
 
 
 class HypernetPatcher:
-    """The hypernetworks in use on one model's UNet; the attention processors they replaced come back after."""
+    """The hypernetworks in use on one model's UNet, as hooks on every attention layer's key and value
+    projections; removed when no longer wanted."""
 
     def __init__(self):
-        self._original: dict | None = None
+        self._handles: list = []
         self.signature: tuple = ()
 
     def apply(self, unet, wanted: list[tuple[Hypernetwork, float]]) -> None:
@@ -180,13 +169,15 @@ class HypernetPatcher:
         if wanted:
             for hypernetwork, multiplier in wanted:
                 hypernetwork.set_multiplier(multiplier)
-            self._original = dict(unet.attn_processors)
-            processor = HypernetAttention([h for h, _ in wanted])
-            unet.set_attn_processor({name: processor for name in self._original})
+            networks = [h for h, _ in wanted]
+            for module in unet.modules():
+                if isinstance(module, Attention):
+                    self._handles.append(module.to_k.register_forward_pre_hook(_ContextTransform(networks, 0)))
+                    self._handles.append(module.to_v.register_forward_pre_hook(_ContextTransform(networks, 1)))
         self.signature = signature
 
     def restore(self, unet) -> None:
-        if self._original is not None:
-            unet.set_attn_processor(self._original)
-            self._original = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
         self.signature = ()

@@ -7,8 +7,11 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from backend.generation.requests import GenerationRequest
+from backend.networks.hypernetworks import HypernetPatcher, load_hypernetwork
+from backend.settings import MemoryFlags
 from tests.conftest import build_backend
 from tests.fixtures.a1111_reference import a1111_txt2img
 from tests.fixtures.reference import reference_conds
@@ -60,9 +63,11 @@ def _wrapped(model, data, multiplier):
     return merged
 
 
-def test_hypernetwork_equals_a1111s_rule_and_comes_off(hypernet_models, tiny, tmp_path):
+@pytest.mark.parametrize("slicing", [False, True])
+def test_hypernetwork_equals_a1111s_rule_and_comes_off(hypernet_models, tiny, tmp_path, slicing):
+    """Also under sliced attention: the hypernetworks hook the key/value projections, not the processor."""
     root, data = hypernet_models
-    svc = build_backend(root, tmp_path / "out")
+    svc = build_backend(root, tmp_path / "out", memory=MemoryFlags(attention_slicing=slicing))
     try:
         base = dict(negative_prompt="ugly", steps=3, width=64, height=64, seed=3, sampler_name="Euler",
                     checkpoint="sd1.safetensors", save_images=False)
@@ -80,3 +85,21 @@ def test_hypernetwork_equals_a1111s_rule_and_comes_off(hypernet_models, tiny, tm
     assert "Hypernet: sparkle, Hypernet hash: " in ours.infotexts[0]
     assert np.array_equal(px(plain.images[0]), px(after.images[0]))
     assert missing.warnings == ["Hypernetwork not found: nope"]
+
+
+def test_hypernetworks_survive_a_change_of_attention_processor(hypernet_models, tiny):
+    """An out-of-memory fallback switches the UNet to sliced attention; the hypernetworks stay in effect."""
+    root, _ = hypernet_models
+    unet = copy.deepcopy(tiny["sd1"].unet)
+    patcher = HypernetPatcher()
+    patcher.apply(unet, [(load_hypernetwork(root / "hypernetworks" / "sparkle.pt"), 0.7)])
+    x, context = torch.randn(1, 4, 8, 8, generator=G), torch.randn(1, 77, WIDTH, generator=G)
+    with torch.no_grad():
+        hooked = unet(x, 500, encoder_hidden_states=context).sample
+        unet.set_attn_processor(AttnProcessor2_0())
+        unet.set_attention_slice("auto")
+        sliced = unet(x, 500, encoder_hidden_states=context).sample
+        patcher.restore(unet)
+        plain = unet(x, 500, encoder_hidden_states=context).sample
+    assert torch.allclose(hooked, sliced, atol=1e-5)
+    assert not torch.allclose(hooked, plain, atol=1e-3)
