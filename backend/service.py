@@ -274,6 +274,13 @@ class GenerationService:
     def script_names(self) -> dict:
         return scripts.api_names()
 
+    def script_info(self) -> list[dict]:
+        return scripts.api_info(self.image_upscaler_names())
+
+    def script_arguments(self, title: str) -> list[scripts.ScriptArg]:
+        """A script's controls (A1111's order), for the UI to build."""
+        return scripts.arguments(scripts.find_title(title), self.image_upscaler_names())
+
     def script(self, name: str, args: list | None = None) -> scripts.ScriptRun:
         """An img2img script by A1111's title (any case), with A1111's positional script_args."""
         return scripts.parse(name, args, self.image_upscaler_names())

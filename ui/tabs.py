@@ -19,7 +19,7 @@ from backend.samplers import SAMPLERS, SCHEDULES
 from backend.options import request_fields as option_fields
 from ui.context import UiContext
 from ui.extra_networks import build_extra_networks
-from ui.scripts import build_scripts, script_choice
+from ui.scripts import build_scripts, script_choice, script_inputs
 from ui.generation_controls import (SAME_SAMPLER, SAME_SCHEDULER, Controls, Outputs, build_controls, build_outputs,
                                     fields_from_infotext,
                                     option_overrides, request_fields, run_job, unapplied_keys)
@@ -203,8 +203,8 @@ def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None
 
 
 def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
-    script_inputs = {w for w in tab.scripts.values() if not isinstance(w, gr.Group)}
-    inputs = tab.controls.all() | set(tab.extra.values()) | script_inputs | {top["checkpoint"], top["vae"]}
+    scripts = script_inputs(tab.scripts) if tab.scripts else set()
+    inputs = tab.controls.all() | set(tab.extra.values()) | scripts | {top["checkpoint"], top["vae"]}
 
     def on_generate(values: dict):
         try:

@@ -169,6 +169,7 @@ class SdApi:
         r("/refresh-vae", self.refresh_checkpoints, ["POST"])
         r("/png-info", self.png_info, ["POST"], PngInfoBody)
         r("/scripts", self.scripts, ["GET"])
+        r("/script-info", self.script_info, ["GET"])
         r("/embeddings", self.embeddings, ["GET"])
         r("/loras", self.loras, ["GET"])
         r("/hypernetworks", self.hypernetworks, ["GET"])
@@ -319,6 +320,9 @@ class SdApi:
 
     def scripts(self) -> dict:
         return self.service.script_names()
+
+    def script_info(self) -> list[dict]:
+        return self.service.script_info()
 
     def prompt_styles(self) -> list[dict]:
         return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}

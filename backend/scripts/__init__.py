@@ -6,9 +6,24 @@ from __future__ import annotations
 
 from backend.errors import InvalidRequest
 from backend.scripts import outpainting, sd_upscale
-from backend.scripts.base import ScriptOutput, ScriptRun, ScriptTools
+from backend.scripts.base import ScriptArg, ScriptOutput, ScriptRun, ScriptTools
 
 TITLES = (outpainting.POOR_MANS, outpainting.MK2, sd_upscale.TITLE)
+
+
+def arguments(title: str, upscaler_names: list[str]) -> list[ScriptArg]:
+    """A script's controls in A1111's order, with their defaults and ranges."""
+    if title == outpainting.POOR_MANS:
+        return outpainting.POOR_MANS_ARGS
+    if title == outpainting.MK2:
+        return outpainting.MK2_ARGS
+    return sd_upscale.arguments(upscaler_names)
+
+
+def api_info(upscaler_names: list[str]) -> list[dict]:
+    """GET /sdapi/v1/script-info, in A1111's ScriptInfo shape."""
+    return [{"name": title.lower(), "is_alwayson": False, "is_img2img": True,
+             "args": [a.api() for a in arguments(title, upscaler_names)]} for title in TITLES]
 
 
 def api_names() -> dict:
@@ -51,4 +66,5 @@ def run(script: ScriptRun, req, tools: ScriptTools) -> ScriptOutput:
     return sd_upscale.run(req, script.settings, tools)
 
 
-__all__ = ["ScriptOutput", "ScriptRun", "ScriptTools", "TITLES", "api_names", "check", "find_title", "parse", "run"]
+__all__ = ["ScriptArg", "ScriptOutput", "ScriptRun", "ScriptTools", "TITLES", "api_info", "api_names", "arguments",
+           "check", "find_title", "parse", "run"]

@@ -29,6 +29,31 @@ class ScriptOutput:
 
 
 @dataclass(frozen=True)
+class ScriptArg:
+    """One of a script's controls, in A1111's order: what GET /script-info reports and the UI builds.
+    kind: "info" (text only), "slider", "radio" (one of `choices`), "checkboxes" (any of `choices`)."""
+
+    key: str
+    kind: str
+    label: str | None
+    value: object
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple | None = None
+
+    def api(self) -> dict:
+        """A1111's ScriptArg shape."""
+        return {"label": self.label, "value": list(self.value) if isinstance(self.value, tuple) else self.value,
+                "minimum": self.minimum, "maximum": self.maximum, "step": self.step,
+                "choices": list(self.choices) if self.choices is not None else None}
+
+
+def info(text: str) -> ScriptArg:
+    return ScriptArg("info", "info", None, text)
+
+
+@dataclass(frozen=True)
 class ScriptRun:
     """A chosen script and its settings (a dataclass of the script's module)."""
 
@@ -36,14 +61,15 @@ class ScriptRun:
     settings: object
 
 
-def arg(args: list, index: int, default, cast, name: str):
-    """The script argument at `index` (A1111's order), or its default; a wrong type is a 422 naming it."""
+def arg(args: list, spec: list[ScriptArg], key: str, cast):
+    """The script argument `key` from A1111's positional `args`, or its default; a wrong type is a 422."""
+    index = next(i for i, a in enumerate(spec) if a.key == key)
     if index >= len(args) or args[index] is None:
-        return default
+        return cast(spec[index].value)
     try:
         return cast(args[index])
     except (TypeError, ValueError):
-        raise InvalidRequest("script_args", f"argument {index} ({name}) cannot be {args[index]!r}") from None
+        raise InvalidRequest("script_args", f"argument {index} ({key}) cannot be {args[index]!r}") from None
 
 
 def check_smaller_than_tile(what: str, value: int, req) -> None:

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from backend import tile_grid
 from backend.errors import InvalidRequest
 from backend.generation.requests import MaskedContent
-from backend.scripts.base import ScriptOutput, ScriptTools, arg, check_smaller_than_tile
+from backend.scripts.base import ScriptArg, ScriptOutput, ScriptTools, arg, check_smaller_than_tile, info
 from backend.scripts.matched_noise import matched_noise
 
 POOR_MANS = "Poor man's outpainting"
@@ -29,39 +29,57 @@ DIRECTIONS = ("left", "right", "up", "down")
 FILLS = ("fill", "original", "latent noise", "latent nothing")
 
 
+# The controls, in A1111's order (its script_args order)
+POOR_MANS_ARGS = [
+    ScriptArg("pixels", "slider", "Pixels to expand", 128, 8, 256, 8),
+    ScriptArg("mask_blur", "slider", "Mask blur", 4, 0, 64, 1),
+    ScriptArg("fill", "radio", "Masked content", "fill", choices=FILLS),  # sent as its index, as A1111's
+    ScriptArg("direction", "checkboxes", "Outpainting direction", DIRECTIONS, choices=DIRECTIONS),
+]
+MK2_ARGS = [
+    info("Recommended settings: Sampling Steps: 80-100, Sampler: Euler a, Denoising strength: 0.8"),
+    ScriptArg("pixels", "slider", "Pixels to expand", 128, 8, 256, 8),
+    ScriptArg("mask_blur", "slider", "Mask blur", 8, 0, 64, 1),
+    ScriptArg("direction", "checkboxes", "Outpainting direction", DIRECTIONS, choices=DIRECTIONS),
+    ScriptArg("noise_q", "slider", "Fall-off exponent (lower=higher detail)", 1.0, 0.0, 4.0, 0.01),
+    ScriptArg("color_variation", "slider", "Color variation", 0.05, 0.0, 1.0, 0.01),
+]
+
+
 @dataclass(frozen=True)
 class PoorMansSettings:
-    pixels: int = 128
-    mask_blur: int = 4
-    inpainting_fill: MaskedContent = MaskedContent.FILL
-    directions: tuple[str, ...] = DIRECTIONS
+    pixels: int
+    mask_blur: int
+    inpainting_fill: MaskedContent
+    directions: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Mk2Settings:
-    pixels: int = 128
-    mask_blur: int = 8
-    directions: tuple[str, ...] = DIRECTIONS
-    noise_q: float = 1.0  # fall-off exponent of the noise's spectrum (lower = more detail)
-    color_variation: float = 0.05
+    pixels: int
+    mask_blur: int
+    directions: tuple[str, ...]
+    noise_q: float  # fall-off exponent of the noise's spectrum (lower = more detail)
+    color_variation: float
 
 
 def poor_mans_settings(args: list) -> PoorMansSettings:
     """A1111's order: pixels, mask_blur, inpainting_fill (index or name), direction."""
+    spec = POOR_MANS_ARGS
     settings = PoorMansSettings(
-        pixels=arg(args, 0, 128, int, "pixels"), mask_blur=arg(args, 1, 4, int, "mask_blur"),
-        inpainting_fill=arg(args, 2, MaskedContent.FILL, _fill, "inpainting_fill"),
-        directions=arg(args, 3, DIRECTIONS, _directions, "direction"))
+        pixels=arg(args, spec, "pixels", int), mask_blur=arg(args, spec, "mask_blur", int),
+        inpainting_fill=arg(args, spec, "fill", _fill), directions=arg(args, spec, "direction", _directions))
     _check_common(settings.pixels, settings.mask_blur)
     return settings
 
 
 def mk2_settings(args: list) -> Mk2Settings:
     """A1111's order: (an info text), pixels, mask_blur, direction, noise_q, color_variation."""
+    spec = MK2_ARGS
     settings = Mk2Settings(
-        pixels=arg(args, 1, 128, int, "pixels"), mask_blur=arg(args, 2, 8, int, "mask_blur"),
-        directions=arg(args, 3, DIRECTIONS, _directions, "direction"),
-        noise_q=arg(args, 4, 1.0, float, "noise_q"), color_variation=arg(args, 5, 0.05, float, "color_variation"))
+        pixels=arg(args, spec, "pixels", int), mask_blur=arg(args, spec, "mask_blur", int),
+        directions=arg(args, spec, "direction", _directions), noise_q=arg(args, spec, "noise_q", float),
+        color_variation=arg(args, spec, "color_variation", float))
     _check_common(settings.pixels, settings.mask_blur)
     if not 0 <= settings.noise_q <= 4 or not 0 <= settings.color_variation <= 1:
         raise InvalidRequest("script_args", "noise_q must be 0..4 and color_variation 0..1")

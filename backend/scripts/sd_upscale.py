@@ -10,22 +10,32 @@ from dataclasses import dataclass
 
 from backend import tile_grid
 from backend.errors import InvalidRequest
-from backend.scripts.base import ScriptOutput, ScriptTools, arg, check_smaller_than_tile
+from backend.scripts.base import ScriptArg, ScriptOutput, ScriptTools, arg, check_smaller_than_tile, info
 
 TITLE = "SD upscale"
 
 
+def arguments(upscaler_names: list[str]) -> list[ScriptArg]:
+    """The controls, in A1111's order (its script_args order)."""
+    return [info("Will upscale the image by the selected scale factor; use width and height sliders to set tile "
+                 "size"),
+            ScriptArg("overlap", "slider", "Tile overlap", 64, 0, 256, 16),
+            ScriptArg("upscaler", "radio", "Upscaler", "None", choices=tuple(upscaler_names)),  # name or index
+            ScriptArg("scale", "slider", "Scale Factor", 2.0, 1.0, 4.0, 0.05)]
+
+
 @dataclass(frozen=True)
 class SdUpscaleSettings:
-    overlap: int = 64
-    upscaler: str = "None"
-    scale: float = 2.0
+    overlap: int
+    upscaler: str
+    scale: float
 
 
 def settings(args: list, upscaler_names: list[str]) -> SdUpscaleSettings:
     """A1111's order: (an info text), overlap, upscaler (its index in the upscaler list, or its name),
     scale factor."""
-    chosen = arg(args, 2, 0, lambda v: v, "upscaler_index")
+    spec = arguments(upscaler_names)
+    chosen = arg(args, spec, "upscaler", lambda v: v)
     if isinstance(chosen, int) and not isinstance(chosen, bool):
         if not 0 <= chosen < len(upscaler_names):
             raise InvalidRequest("script_args", f"upscaler index {chosen} is out of range 0..{len(upscaler_names) - 1}")
@@ -35,8 +45,8 @@ def settings(args: list, upscaler_names: list[str]) -> SdUpscaleSettings:
         name = by_lower.get(str(chosen).strip().lower())
         if name is None:
             raise InvalidRequest("script_args", f"unknown upscaler '{chosen}'; available: {', '.join(upscaler_names)}")
-    result = SdUpscaleSettings(overlap=arg(args, 1, 64, int, "overlap"), upscaler=name,
-                               scale=arg(args, 3, 2.0, float, "scale_factor"))
+    result = SdUpscaleSettings(overlap=arg(args, spec, "overlap", int), upscaler=name,
+                               scale=arg(args, spec, "scale", float))
     if not 0 <= result.overlap <= 256:
         raise InvalidRequest("script_args", f"tile overlap must be 0..256, got {result.overlap}")
     if not 1.0 <= result.scale <= 4.0:

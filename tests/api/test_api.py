@@ -207,6 +207,12 @@ def test_extras_endpoints_and_lists(api):
 
 
 def test_img2img_scripts_by_name_and_args(api):
+    scripts = {s["name"]: s for s in requests.get(f"{api}/script-info", timeout=30).json()}
+    assert set(scripts) == {"outpainting mk2", "poor man's outpainting", "sd upscale"}
+    assert scripts["poor man's outpainting"]["args"][0] == {"label": "Pixels to expand", "value": 128, "minimum": 8,
+                                                           "maximum": 256, "step": 8, "choices": None}
+    assert scripts["sd upscale"]["args"][2]["choices"][:3] == ["None", "Lanczos", "Nearest"]
+    assert len(scripts["outpainting mk2"]["args"]) == 6 and scripts["sd upscale"]["is_img2img"]
     image = Image.new("RGB", (64, 64), (40, 120, 200))
     body = {**SMALL, "init_images": [b64_png(image)], "denoising_strength": 0.6}
     r = requests.post(f"{api}/img2img", json={**body, "script_name": "SD upscale",
