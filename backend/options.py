@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from backend.errors import InvalidRequest
-from backend.generation.timestep_samplers import UniPCSettings
+from backend.generation.timestep_samplers import UNIPC_VARIANTS, UniPCSettings
 from backend.samplers import takes_ddim_eta
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ SUPPORTED_VALUES = {
     "samples_format": ("png",),
     "randn_source": ("CPU", "GPU", "NV"),
     "emphasis": ("Original", "No norm", "None"),
-    "uni_pc_variant": ("bh1", "bh2"),
+    "uni_pc_variant": UNIPC_VARIANTS,
 }
 
 MAX_TEXT = 4096

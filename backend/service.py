@@ -267,7 +267,7 @@ class GenerationService:
 
     def image_upscaler_names(self) -> list[str]:
         """A1111's upscaler list (None, Lanczos, Nearest, then the models): what SD upscale and Extras use."""
-        return [name for name in self.upscaler_names() if name not in hires.LATENT_MODES]
+        return hires.image_upscaler_names(self.upscalers)
 
     # ---------------------------------------------------------------- scripts
 

@@ -51,8 +51,7 @@ def script_choice(values: dict, built: dict) -> tuple[str, list] | None:
         if widget is None:
             args.append("")
         elif a.kind == "slider":
-            value = values[widget]
-            args.append(int(value) if float(value).is_integer() and isinstance(a.step, int) else float(value))
+            args.append(int(values[widget]) if isinstance(a.step, int) else float(values[widget]))
         elif a.kind == "checkboxes":
             args.append(list(values[widget] or []))
         else:

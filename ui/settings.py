@@ -7,6 +7,7 @@ import gradio as gr
 
 from backend.errors import BackendError
 from backend.samplers import SAMPLERS, SCHEDULES
+from backend.generation.timestep_samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS
 from ui.context import UiContext
 
 # option name -> (label, widget factory)
@@ -23,8 +24,8 @@ SETTINGS = {
     "s_tmin": ("Sigma tmin", lambda **kw: gr.Slider(0.0, 10.0, step=0.01, **kw)),
     "s_tmax": ("Sigma tmax (0 = infinity)", lambda **kw: gr.Slider(0.0, 999.0, step=0.01, **kw)),
     "s_noise": ("Sigma noise", lambda **kw: gr.Slider(0.0, 1.1, step=0.001, **kw)),
-    "uni_pc_variant": ("UniPC variant", lambda **kw: gr.Radio(["bh1", "bh2"], **kw)),
-    "uni_pc_skip_type": ("UniPC skip type", lambda **kw: gr.Radio(["time_uniform", "time_quadratic", "logSNR"], **kw)),
+    "uni_pc_variant": ("UniPC variant", lambda **kw: gr.Radio(list(UNIPC_VARIANTS), **kw)),
+    "uni_pc_skip_type": ("UniPC skip type", lambda **kw: gr.Radio(list(UNIPC_SKIP_TYPES), **kw)),
     "uni_pc_order": ("UniPC order (clamped to the steps)", lambda **kw: gr.Slider(1, 50, step=1, **kw)),
     "uni_pc_lower_order_final": ("UniPC lower order final", lambda **kw: gr.Checkbox(**kw)),
     "return_grid": ("Show the grid in results", lambda **kw: gr.Checkbox(**kw)),

@@ -32,6 +32,12 @@ def upscaler_names(models=None) -> list[str]:
     return [*LATENT_MODES, *IMAGE_UPSCALERS, *([f.name for f in models.all()] if models else [])]
 
 
+def image_upscaler_names(models=None) -> list[str]:
+    """A1111's upscaler list without the latent modes (None, Lanczos, Nearest, the models): what Extras and SD
+    upscale take."""
+    return [name for name in upscaler_names(models) if name not in LATENT_MODES]
+
+
 def check_upscaler(name: str, models=None) -> None:
     if name not in upscaler_names(models):
         raise InvalidRequest("hr_upscaler", f"unknown upscaler '{name}'; available: {', '.join(upscaler_names(models))}")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from backend.errors import InvalidRequest
-from backend.generation.timestep_samplers import UniPCSettings
+from backend.generation.timestep_samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS, UniPCSettings
 from backend.settings import Limits
 
 MAX_SEED = 2**32 - 1
@@ -220,10 +220,10 @@ def resolve_seed(seed: int, rng: random.Random | None = None) -> int:
 
 
 def _check_unipc(settings: UniPCSettings) -> None:
-    if settings.variant not in ("bh1", "bh2"):
+    if settings.variant not in UNIPC_VARIANTS:
         raise InvalidRequest("uni_pc_variant", f"must be bh1 or bh2 (vary_coeff is not implemented), got "
                                                f"{settings.variant!r}")
-    if settings.skip_type not in ("time_uniform", "time_quadratic", "logSNR"):
+    if settings.skip_type not in UNIPC_SKIP_TYPES:
         raise InvalidRequest("uni_pc_skip_type", f"must be time_uniform, time_quadratic or logSNR, got "
                                                  f"{settings.skip_type!r}")
     _check_int(settings.order, "uni_pc_order", 1, 50)

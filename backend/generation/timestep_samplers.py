@@ -82,6 +82,10 @@ def plms(eps_model: EpsModel, x, timesteps: list[int], alphas_cumprod, on_step):
     return x
 
 
+UNIPC_VARIANTS = ("bh1", "bh2")  # A1111's vary_coeff is not implemented
+UNIPC_SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
+
+
 @dataclass(frozen=True)
 class UniPCSettings:
     """A1111's uni_pc_* options (its defaults)."""

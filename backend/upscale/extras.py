@@ -32,11 +32,10 @@ class ExtrasRequest:
 
 
 def check(req: ExtrasRequest, models, max_pixels: int) -> None:
-    names = hires.upscaler_names(models)
+    names = hires.image_upscaler_names(models)
     for field, name in (("upscaler_1", req.upscaler_1), ("upscaler_2", req.upscaler_2)):
-        if name not in names or name in hires.LATENT_MODES:
-            raise InvalidRequest(field, f"unknown upscaler '{name}'; available: "
-                                        f"{', '.join(n for n in names if n not in hires.LATENT_MODES)}")
+        if name not in names:
+            raise InvalidRequest(field, f"unknown upscaler '{name}'; available: {', '.join(names)}")
     if req.face_restoration > 0:
         raise InvalidRequest("gfpgan_visibility", "face restoration (GFPGAN, CodeFormer) is not available: its "
                                                   "weights would have to be downloaded, and this server is offline")
