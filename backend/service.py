@@ -279,7 +279,7 @@ class GenerationService:
 
     def script_arguments(self, title: str) -> list[scripts.ScriptArg]:
         """A script's controls (A1111's order), for the UI to build."""
-        return scripts.arguments(scripts.find_title(title), self.image_upscaler_names())
+        return scripts.arguments(title, self.image_upscaler_names())
 
     def script(self, name: str, args: list | None = None) -> scripts.ScriptRun:
         """An img2img script by A1111's title (any case), with A1111's positional script_args."""

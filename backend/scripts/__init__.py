@@ -4,26 +4,54 @@ Outpainting mk2 and SD upscale. Each turns one request into several img2img jobs
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from backend.errors import InvalidRequest
 from backend.scripts import outpainting, sd_upscale
 from backend.scripts.base import ScriptArg, ScriptOutput, ScriptRun, ScriptTools
 
-TITLES = (outpainting.POOR_MANS, outpainting.MK2, sd_upscale.TITLE)
+
+@dataclass(frozen=True)
+class Script:
+    """What a script offers: its controls (given the upscaler names), its settings from A1111's positional
+    script_args, a check against the request before it is queued, and the run itself."""
+
+    title: str
+    arguments: Callable[[list[str]], list[ScriptArg]]
+    settings: Callable[[list, list[str]], object]
+    run: Callable[[object, object, ScriptTools], ScriptOutput]
+    check: Callable[[object, object], None] = lambda req, settings: None
+
+
+SCRIPTS = (
+    Script(outpainting.POOR_MANS, lambda names: outpainting.POOR_MANS_ARGS,
+           lambda args, names: outpainting.poor_mans_settings(args), outpainting.run_poor_mans,
+           outpainting.check_poor_mans),
+    Script(outpainting.MK2, lambda names: outpainting.MK2_ARGS, lambda args, names: outpainting.mk2_settings(args),
+           outpainting.run_mk2),
+    Script(sd_upscale.TITLE, sd_upscale.arguments, sd_upscale.settings, sd_upscale.run, sd_upscale.check),
+)
+TITLES = tuple(script.title for script in SCRIPTS)
+
+
+def find(name: str) -> Script:
+    for script in SCRIPTS:
+        if script.title.lower() == str(name).strip().lower():
+            return script
+    raise InvalidRequest("script_name", f"unknown script '{name}'; img2img has: {', '.join(TITLES)} "
+                                        "(GET /sdapi/v1/scripts)")
 
 
 def arguments(title: str, upscaler_names: list[str]) -> list[ScriptArg]:
     """A script's controls in A1111's order, with their defaults and ranges."""
-    if title == outpainting.POOR_MANS:
-        return outpainting.POOR_MANS_ARGS
-    if title == outpainting.MK2:
-        return outpainting.MK2_ARGS
-    return sd_upscale.arguments(upscaler_names)
+    return find(title).arguments(upscaler_names)
 
 
 def api_info(upscaler_names: list[str]) -> list[dict]:
     """GET /sdapi/v1/script-info, in A1111's ScriptInfo shape."""
-    return [{"name": title.lower(), "is_alwayson": False, "is_img2img": True,
-             "args": [a.api() for a in arguments(title, upscaler_names)]} for title in TITLES]
+    return [{"name": script.title.lower(), "is_alwayson": False, "is_img2img": True,
+             "args": [a.api() for a in script.arguments(upscaler_names)]} for script in SCRIPTS]
 
 
 def api_names() -> dict:
@@ -31,40 +59,20 @@ def api_names() -> dict:
     return {"txt2img": [], "img2img": sorted(title.lower() for title in TITLES)}
 
 
-def find_title(name: str) -> str:
-    for title in TITLES:
-        if title.lower() == str(name).strip().lower():
-            return title
-    raise InvalidRequest("script_name", f"unknown script '{name}'; img2img has: {', '.join(TITLES)} "
-                                        "(GET /sdapi/v1/scripts)")
-
-
 def parse(name: str, args: list | None, upscaler_names: list[str]) -> ScriptRun:
     """A1111's positional script_args (missing ones take the script's defaults) -> a ScriptRun."""
-    title = find_title(name)
-    args = list(args or [])
-    if title == outpainting.POOR_MANS:
-        return ScriptRun(title, outpainting.poor_mans_settings(args))
-    if title == outpainting.MK2:
-        return ScriptRun(title, outpainting.mk2_settings(args))
-    return ScriptRun(title, sd_upscale.settings(args, upscaler_names))
+    script = find(name)
+    return ScriptRun(script.title, script.settings(list(args or []), upscaler_names))
 
 
-def check(script: ScriptRun, req) -> None:
+def check(run: ScriptRun, req) -> None:
     """What can only be checked against the request (its tile size), before it is queued."""
-    if script.title == outpainting.POOR_MANS:
-        outpainting.check_poor_mans(req, script.settings)
-    elif script.title == sd_upscale.TITLE:
-        sd_upscale.check(req, script.settings)
+    find(run.title).check(req, run.settings)
 
 
 def run(script: ScriptRun, req, tools: ScriptTools) -> ScriptOutput:
-    if script.title == outpainting.POOR_MANS:
-        return outpainting.run_poor_mans(req, script.settings, tools)
-    if script.title == outpainting.MK2:
-        return outpainting.run_mk2(req, script.settings, tools)
-    return sd_upscale.run(req, script.settings, tools)
+    return find(script.title).run(req, script.settings, tools)
 
 
-__all__ = ["ScriptArg", "ScriptOutput", "ScriptRun", "ScriptTools", "TITLES", "api_info", "api_names", "arguments",
-           "check", "find_title", "parse", "run"]
+__all__ = ["SCRIPTS", "TITLES", "Script", "ScriptArg", "ScriptOutput", "ScriptRun", "ScriptTools", "api_info",
+           "api_names", "arguments", "check", "find", "parse", "run"]
