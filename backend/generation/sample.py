@@ -149,12 +149,12 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
     if name == "ddim_cfgpp":
         denoiser = dataclasses.replace(denoiser, cfg_scale=denoiser.cfg_scale / 12.5)
     eps_model = EpsDenoiser(denoiser, alphas_cumprod, model.prediction_type, model.dtype, start)
-    on_step = lambda i, x: hooks.report_step(min(i + 1, len(timesteps) - 1), len(timesteps) - 1, x)  # noqa: E731
+    total = len(timesteps) if name == "unipc" else len(timesteps) - 1  # DDIM and PLMS skip the first timestep
+    on_step = lambda i, x: hooks.report_step(min(i + 1, total), total, x)  # noqa: E731
     with torch.no_grad():
         if name == "plms":
             x = timestep_samplers.plms(eps_model, x, timesteps, alphas_cumprod, on_step)
         elif name == "unipc":
-            on_step = lambda i, x: hooks.report_step(i + 1, len(timesteps), x)  # noqa: E731
             x = timestep_samplers.unipc(eps_model, x, timesteps, alphas_cumprod, on_step, req.unipc,
                                         img2img=start.init is not None)
         else:
