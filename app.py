@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub, whatever a library tries
@@ -14,94 +16,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no torchvision notices for image processors we never use
 
-from backend.settings import PROJECT_ROOT, Limits, MemoryFlags, Settings  # noqa: E402
+import flags  # noqa: E402
+from backend.settings import Limits, MemoryFlags, Settings  # noqa: E402
 
 log = logging.getLogger("app")
 
 
-# A1111 flags whose purpose this project fulfils without them, or that do not apply here
-NOTICE_FLAGS = {
-    "--opt-sdp-attention": "PyTorch SDPA attention is already the default",
-    "--opt-sdp-no-mem-attention": "PyTorch SDPA attention is already the default",
-    "--skip-torch-cuda-test": "there is no CUDA test to skip: the device is chosen by --device",
-    "--no-download-sd-model": "nothing is ever downloaded",
-    "--enable-insecure-extension-access": "there are no extensions",
-    "--autolaunch": "open the address printed at start in your browser",
-}
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Self-hosted Stable Diffusion web UI (A1111-compatible flags).")
-    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
-    p.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 so other machines can connect")
-    p.add_argument("--share", action="store_true", help="create a public Gradio share link")
-    p.add_argument("--gradio-auth", default=None, help="user:pass[,user2:pass2] required to open the UI")
-    p.add_argument("--api", action="store_true", help="serve the A1111-compatible REST API under /sdapi/v1")
-    p.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2] HTTP Basic auth for the API")
-    p.add_argument("--insecure-no-auth", action="store_true",
-                   help="allow --listen/--share without --gradio-auth/--api-auth (anyone who reaches it can use it)")
-    p.add_argument("--data-dir", type=Path, default=PROJECT_ROOT, help="root holding models/ and outputs/")
-    p.add_argument("--models-dir", type=Path, default=None, help="models root (default DATA_DIR/models)")
-    p.add_argument("--ckpt-dir", type=Path, default=None, help="checkpoints (default MODELS_DIR/Stable-diffusion)")
-    p.add_argument("--vae-dir", type=Path, default=None, help="VAEs (default MODELS_DIR/VAE)")
-    p.add_argument("--embeddings-dir", type=Path, default=None,
-                   help="textual-inversion embeddings (default: MODELS_DIR/embeddings, and DATA_DIR/embeddings "
-                        "where it exists, as A1111 keeps them)")
-    p.add_argument("--lora-dir", type=Path, default=None, help="LoRA networks (default MODELS_DIR/Lora)")
-    p.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default DATA_DIR/outputs)")
-    p.add_argument("--ckpt", default=None, help="checkpoint to load first (name or title)")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu", "mps"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
-    p.add_argument("--no-half", action="store_true", help="run the whole model in fp32")
-    p.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32")
-    p.add_argument("--xformers", action="store_true", help="use xformers attention where its CUDA kernels work")
-    p.add_argument("--attention-slicing", action="store_true",
-                   help="compute attention in slices (saves memory; slower on top of SDPA/xformers)")
-    p.add_argument("--medvram", action="store_true", help="model offload: one component on the GPU at a time")
-    p.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
-    p.add_argument("--lowvram", action="store_true", help="sequential offload: each layer on the GPU only while it runs")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (channels_last); slow first image")
-    p.add_argument("--checkpoint-cache", type=int, default=1, metavar="N",
-                   help="inactive checkpoints kept in RAM for fast switching back (default 1; 0 = none)")
-    p.add_argument("--checkpoint-cache-gb", type=float, default=None, metavar="GB",
-                   help="RAM budget for those cached checkpoints (default: a third of the RAM)")
-    p.add_argument("--prediction-type", action="append", default=[], metavar="NAME=v|epsilon",
-                   help="override what a checkpoint predicts (SD 2.x 768-v vs 512 look alike); repeatable")
-    p.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
-    p.add_argument("--max-upload-pixels", type=int, default=4096 * 4096, help="largest uploaded image, in pixels")
-    p.add_argument("--hypernetwork-dir", type=Path, default=None, help="hypernetworks (default MODELS_DIR/hypernetworks)")
-    p.add_argument("--esrgan-models-path", type=Path, default=None, help="ESRGAN models (default MODELS_DIR/ESRGAN)")
-    p.add_argument("--realesrgan-models-path", type=Path, default=None,
-                   help="Real-ESRGAN models (default MODELS_DIR/RealESRGAN)")
-    compat = p.add_argument_group("A1111 flags that need nothing here (accepted, with a one-line notice)")
-    for flag in NOTICE_FLAGS:
-        compat.add_argument(flag, action="store_true", help=NOTICE_FLAGS[flag])
-    compat.add_argument("--theme", choices=["light", "dark"], default=None, help="UI theme (open ?__theme=dark)")
-    p.add_argument("--styles-file", type=Path, default=None, help="styles file (default DATA_DIR/styles.csv)")
-    p.add_argument("--ui-settings-file", type=Path, default=None, help="settings file (default DATA_DIR/config.json)")
-    p.add_argument("--disable-safe-unpickle", action="store_true",
-                   help="refused: pickle checkpoints are always loaded with the restricted unpickler")
-    p.add_argument("--max-prompt-chunks", type=int, default=75,
-                   help="longest prompt, in 75-token chunks (default 75: far above any real prompt)")
-    return p.parse_args(argv)
-
-
-def announce_compat_flags(args: argparse.Namespace) -> None:
-    """A one-line notice for each accepted A1111 flag that does nothing here; refuse the unsafe one."""
-    if args.disable_safe_unpickle:
-        raise SystemExit("--disable-safe-unpickle is refused: .ckpt/.pt files can run code when unpickled, so they "
-                         "are always read with the restricted unpickler. Convert a refused file to .safetensors.")
-    for flag, why in NOTICE_FLAGS.items():
-        if getattr(args, flag.lstrip("-").replace("-", "_")):
-            log.info("%s: accepted, no effect here (%s)", flag, why)
-    if args.theme:
-        log.info("--theme %s: open the UI with ?__theme=%s", args.theme, args.theme)
-
-
-def cmd_flags(args: argparse.Namespace) -> dict:
-    """The effective flags, as GET /sdapi/v1/cmd-flags returns them (paths as text, never credentials)."""
-    hidden = {"gradio_auth", "api_auth"}
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in hidden}
+# the flags live in flags.py; these names stay importable from app for scripts and tests
+parse_args, announce_compat_flags = flags.parse_args, flags.announce_compat_flags
 
 
 def parse_prediction_overrides(items: list[str]) -> dict[str, str]:
@@ -137,10 +59,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         outputs_dir=args.outputs_dir or args.data_dir / "outputs",
         ckpt_dir=args.ckpt_dir,
         vae_dir=args.vae_dir,
-        device=args.device,
-        precision="fp32" if args.no_half else args.precision,
+        device=flags.device_choice(args),
+        precision=flags.precision_choice(args),
         no_half_vae=args.no_half_vae,
-        memory=MemoryFlags(xformers=args.xformers, attention_slicing=args.attention_slicing, medvram=args.medvram,
+        memory=MemoryFlags(xformers=args.xformers or args.force_enable_xformers or args.xformers_flash_attention,
+                           attention_slicing=args.attention_slicing, medvram=args.medvram,
                            medvram_sdxl=args.medvram_sdxl, lowvram=args.lowvram, compile=args.compile),
         checkpoint_cache=args.checkpoint_cache,
         checkpoint_cache_gb=args.checkpoint_cache_gb,
@@ -148,6 +71,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         prediction_overrides=parse_prediction_overrides(args.prediction_type),
         limits=Limits(max_width=args.max_size, max_height=args.max_size, max_upload_pixels=args.max_upload_pixels,
                       max_prompt_chunks=args.max_prompt_chunks),
+        local_only=not (flags.is_exposed(args) or args.hide_ui_dir_config),
+        data_dir=args.data_dir,
+        freeze_all_settings=args.freeze_settings,
+        frozen_settings=frozenset(n.strip() for n in (args.freeze_specific_settings or "").split(",") if n.strip()),
     )
 
 
@@ -156,7 +83,9 @@ def parse_credentials(text: str | None) -> list[tuple[str, str]]:
     if not text:
         return []
     pairs = []
-    for item in text.split(","):
+    for item in text.replace("\n", ",").split(","):
+        if not item.strip():
+            continue
         user, sep, password = item.strip().partition(":")
         if not sep or not user:
             raise SystemExit(f"credentials must look like user:password, got '{item.strip()}'")
@@ -166,20 +95,33 @@ def parse_credentials(text: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
+def ui_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """--gradio-auth and the entries of --gradio-auth-path (one user:password per line or comma-separated)."""
+    pairs = parse_credentials(args.gradio_auth)
+    if args.gradio_auth_path:
+        try:
+            text = args.gradio_auth_path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise SystemExit(f"--gradio-auth-path: cannot read the file ({err.strerror})") from None
+        pairs += parse_credentials(text)
+    return pairs
+
+
 def check_exposure(args: argparse.Namespace) -> None:
     """Exposing the server beyond this machine needs credentials, unless the user explicitly opts out."""
-    exposed = args.listen or args.share
-    if not exposed or args.insecure_no_auth:
+    if not flags.is_exposed(args) or args.insecure_no_auth:
         return
-    if not args.gradio_auth:
-        raise SystemExit("--listen/--share exposes the UI to other machines: add --gradio-auth user:pass "
-                         "(or --insecure-no-auth to allow anyone)")
+    if args.nowebui and (args.api_auth or ui_credentials(args)):
+        return
+    if not ui_credentials(args):
+        raise SystemExit("--listen/--share/--server-name exposes the server to other machines: add --gradio-auth "
+                         "user:pass (or --insecure-no-auth to allow anyone)")
 
 
 def api_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
     """--api-auth if given, else the UI's --gradio-auth: whoever may use the UI may use the API and its docs,
     and nobody else. Without either (local use only) the API is open, as in A1111."""
-    return parse_credentials(args.api_auth) or parse_credentials(args.gradio_auth)
+    return parse_credentials(args.api_auth) or ui_credentials(args)
 
 
 def build_service(settings: Settings):
@@ -219,29 +161,53 @@ def build_service(settings: Settings):
                              hypernetworks=hypernetworks, styles=styles)
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=args.loglevel or logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if not args.xformers:  # its "can't load C++/CUDA extensions" warning only matters to --xformers users
         logging.getLogger("xformers").setLevel(logging.ERROR)
     announce_compat_flags(args)
     check_exposure(args)
-    auth = parse_credentials(args.gradio_auth) or None
     api_auth = api_credentials(args)
     settings = settings_from_args(args)
     service = build_service(settings)
     if not service.registry.checkpoints:
         log.warning("No checkpoints found. Put .safetensors/.ckpt files or diffusers folders into %s",
                     settings.checkpoint_dir)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if args.nowebui:
+        server = serve_api_only(args, service, api_auth)
+        close = server.close
+    else:
+        close = serve_ui(args, service, api_auth)
+    while not stop.wait(0.5):
+        pass
+    log.info("Stopping: interrupting the running job, refusing the waiting ones")
+    service.shutdown()
+    time.sleep(SHUTDOWN_GRACE_S)  # lets the interrupted job's answer reach its client
+    close()
+    return 0
 
+
+SHUTDOWN_GRACE_S = 1.0
+
+
+def serve_ui(args: argparse.Namespace, service, api_auth: list[tuple[str, str]]):
+    """The web UI (and with --api the REST API in front of it); returns what closes them."""
     from ui.context import UiContext
     from ui.layout import CSS, JS, build_ui
 
-    demo = build_ui(UiContext(service, local_only=not (args.listen or args.share)))
+    ui = UiContext(service)
+    demo = build_ui(ui)
     demo.queue(default_concurrency_limit=16)
-    launch = dict(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, auth=auth,
-                  prevent_thread_lock=True, show_error=True, css=CSS, js=JS, footer_links=[])
+    launch = dict(server_name=flags.server_address(args), server_port=args.port or 7860,
+                  auth=ui_credentials(args) or None, prevent_thread_lock=True, show_error=True, css=CSS, js=JS,
+                  footer_links=[], ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile,
+                  ssl_verify=args.disable_tls_verify is not False, root_path=args.subpath or None,
+                  allowed_paths=[str(p) for p in args.gradio_allowed_path], max_file_size=MAX_UPLOAD_BYTES)
     try:
         app, local_url, share_url = demo.launch(share=args.share, **launch)
     except Exception as err:  # noqa: BLE001 - a share link needs the internet; keep serving locally without it
@@ -249,18 +215,65 @@ def main(argv: list[str] | None = None) -> None:
             raise
         log.error("Could not create a share link (%s); serving locally only.", err)
         app, local_url, share_url = demo.launch(share=False, **launch)
+    guard_gradio_routes(app, bool(ui_credentials(args)))
     if args.api:
         from backend.api.routes import mount_api
 
-        mount_api(app, service, api_auth, cmd_flags(args))
+        mount_api(app, service, api_auth, api_options(args))
     log.info("Running on %s%s", local_url, f" and {share_url}" if share_url else "")
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        service.shutdown()
+
+    def close():
         demo.close()
+        ui.close()
+
+    return close
+
+
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # one uploaded file through the UI, as the API's body limit
+
+
+def guard_gradio_routes(app, has_login: bool) -> None:
+    """Gradio's own FastAPI schema and docs pages answer without its login; with a login they are removed
+    (with --api, /docs and /openapi.json are the REST API's, behind its auth)."""
+    if not has_login:
+        return
+    exposed = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in exposed]
+
+
+def api_options(args: argparse.Namespace):
+    from backend.api.routes import ApiOptions
+
+    return ApiOptions(flags=flags.cmd_flags(args, args.data_dir), log_requests=args.api_log,
+                      cors_origins=[o for o in (args.cors_allow_origins or "").split(",") if o],
+                      cors_origin_regex=args.cors_allow_origins_regex)
+
+
+def serve_api_only(args: argparse.Namespace, service, api_auth: list[tuple[str, str]]):
+    """--nowebui: the REST API and its docs alone, as A1111 (port 7861 unless --port)."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from backend.api.routes import mount_api
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    mount_api(app, service, api_auth, api_options(args))
+    config = uvicorn.Config(app, host=flags.server_address(args), port=args.port or 7861, log_level="warning",
+                            ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile, root_path=args.subpath or "")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # main() owns SIGINT/SIGTERM
+    thread = threading.Thread(target=server.run, name="api-server", daemon=True)
+    thread.start()
+    log.info("API only (--nowebui) on http://%s:%d/sdapi/v1 (docs at /docs)", flags.server_address(args),
+             args.port or 7861)
+
+    class Running:
+        @staticmethod
+        def close():
+            server.should_exit = True
+            thread.join(timeout=5)
+
+    return Running
 
 
 if __name__ == "__main__":

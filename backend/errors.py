@@ -14,6 +14,11 @@ class InvalidRequest(BackendError):
         self.message = message
 
 
+class Forbidden(BackendError):
+    """A feature this server does not offer to its callers, e.g. reading or writing server folders when it is
+    served beyond this machine."""
+
+
 class ModelNotFound(BackendError):
     """A model, VAE or other file name that the registry does not know."""
 
@@ -32,3 +37,7 @@ class OutOfMemory(BackendError):
 
 class Interrupted(BackendError):
     """The user stopped the job."""
+
+
+class ServiceStopping(BackendError):
+    """The server is shutting down: the job was not run (or is refused)."""

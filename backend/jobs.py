@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from backend.errors import BackendError, Interrupted
+from backend.errors import BackendError, Interrupted, ServiceStopping
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,15 @@ class JobQueue:
         self._lock = threading.Lock()
         self._pending: list[Job] = []
         self._current: Job | None = None
+        self._stopping = False
         self._thread = threading.Thread(target=self._work, name="generation-worker", daemon=True)
         self._thread.start()
 
     def submit(self, kind: str, payload: Any) -> Job:
         job = Job(f"job-{next(self._ids)}", kind, payload)
         with self._lock:
+            if self._stopping:
+                raise ServiceStopping("the server is shutting down")
             self._pending.append(job)
         self._queue.put(job)
         return job
@@ -204,13 +207,28 @@ class JobQueue:
             job.skip()
         return job
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down: jobs still waiting fail with ServiceStopping (their callers get a clear answer), the
+        running job is interrupted (it ends with what it has made), and the worker thread ends. New jobs are
+        refused from now on."""
+        with self._lock:
+            self._stopping = True
+            waiting, self._pending = self._pending, []
+            running = self._current
+        for job in waiting:
+            job.cancel()
+            job.error = ServiceStopping("the server is shutting down; this job did not run")
+            job._finish(JobState.FAILED)
+        if running is not None:
+            running.cancel()
         self._queue.put(None)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=timeout)
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             with self._lock:
+                if job not in self._pending:  # failed by stop() before it ran
+                    continue
                 self._pending.remove(job)
                 self._current = job
             try:

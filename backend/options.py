@@ -33,7 +33,21 @@ IMPLEMENTED = frozenset({
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "return_grid", "samples_format",
     "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin",
     "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save", "default_sampler",
-    "default_scheduler", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+    "default_scheduler", "tiling", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+})
+
+# A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's
+# default is refused (POST /options, override_settings, config.json), never stored and pretended.
+UNIMPLEMENTED_GENERATION = frozenset({
+    "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img", "s_min_uncond",
+    "s_min_uncond_all", "initial_noise_multiplier", "img2img_extra_noise", "always_discard_next_to_last_sigma",
+    "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho", "pad_cond_uncond", "pad_cond_uncond_v0",
+    "batch_cond_uncond", "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
+    "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
+    "use_old_scheduling", "upcast_attn", "img2img_fix_steps", "img2img_color_correction",
+    "img2img_background_color", "inpainting_mask_weight", "sd_unet", "auto_vae_precision", "sd_noise_schedule",
+    "comma_padding_backtrack", "enable_quantization", "sd_vae_decode_method", "sd_vae_encode_method",
+    "sd_hypernetwork",
 })
 
 # The only values of these options that are implemented; another value is refused rather than pretended.
@@ -46,6 +60,7 @@ SUPPORTED_VALUES = {
 
 MAX_TEXT = 4096
 MAX_LIST = 256
+MAX_STORED_BYTES = 1024 * 1024  # all changed options together, as JSON: far above any real config.json
 
 
 def load_defaults() -> dict:
@@ -114,9 +129,15 @@ class Options:
         return known, unknown
 
     def update(self, values: dict) -> None:
-        """Store values that went through `check` (and write config.json)."""
+        """Store values that went through `check` (and write config.json). The options together stay under
+        MAX_STORED_BYTES, so no sequence of requests can grow the file (and every read of it) without bound."""
         with self._lock:
-            self._values.update(values)
+            merged = {**self._values, **values}
+            changed = {k: v for k, v in merged.items() if v != self.defaults.get(k)}
+            if len(json.dumps(changed, ensure_ascii=False).encode("utf-8")) > MAX_STORED_BYTES:
+                raise InvalidRequest(next(iter(values), "options"), f"the settings would exceed "
+                                     f"{MAX_STORED_BYTES // 1024} KB together; not stored")
+            self._values = merged
             try:
                 self._save()
             except OSError as err:
@@ -131,6 +152,13 @@ class Options:
             raise InvalidRequest(name, f"is longer than {MAX_TEXT} characters")
         if isinstance(value, list) and (len(value) > MAX_LIST or not all(isinstance(v, str) for v in value)):
             raise InvalidRequest(name, f"expected a list of at most {MAX_LIST} strings")
+        if isinstance(value, list) and any(len(v) > MAX_TEXT for v in value):
+            raise InvalidRequest(name, f"a list item is longer than {MAX_TEXT} characters")
+        if isinstance(value, dict) and len(json.dumps(value)) > MAX_TEXT:
+            raise InvalidRequest(name, f"is larger than {MAX_TEXT} characters as JSON")
+        if name in UNIMPLEMENTED_GENERATION and value != default:
+            raise InvalidRequest(name, f"is not implemented yet: only A1111's default ({json.dumps(default)}) is "
+                                       "accepted, so that no image is made without it while claiming it")
         supported = SUPPORTED_VALUES.get(name)
         if supported is not None and value not in supported:
             raise InvalidRequest(name, f"{value!r} is not supported yet; supported: {', '.join(supported)}")
@@ -180,6 +208,7 @@ def request_fields(values: dict, sampler_name: str) -> dict:
         eta=float(number("eta_ddim", 0.0) if ddim else number("eta_ancestral", 1.0)),
         s_churn=float(number("s_churn", 0.0)), s_tmin=float(number("s_tmin", 0.0)),
         s_tmax=float(number("s_tmax", 0.0)), s_noise=float(number("s_noise", 1.0)),
+        tiling=bool(values.get("tiling")),
         unipc=UniPCSettings(variant=values.get("uni_pc_variant") or "bh1",
                             skip_type=values.get("uni_pc_skip_type") or "time_uniform",
                             order=int(number("uni_pc_order", 3)),

@@ -24,22 +24,21 @@ class OutputWriter:
 
     def save_image(self, image: Image.Image, kind: str, seed: int, infotext: str) -> Path:
         folder = self.folder(kind)
-        return _save_numbered(image, folder, lambda n: f"{n:05d}-{seed}.png", infotext)
+        return _save_numbered(image, folder, lambda n: f"{n:05d}-{seed}.png", {"parameters": infotext})
 
-    def save_extras(self, image: Image.Image, postprocessing: str) -> Path:
-        """Extras results go to outputs/extras-images/NNNNN.png (no date folder, as A1111)."""
-        return _save_numbered(image, self.root / "extras-images", lambda n: f"{n:05d}.png", postprocessing,
-                              key="postprocessing")
+    def save_extras(self, image: Image.Image, texts: dict[str, str]) -> Path:
+        """Extras results go to outputs/extras-images/NNNNN.png (no date folder, as A1111), with `texts` (the
+        source's `parameters`, `postprocessing`, `extras`) as PNG text chunks."""
+        return _save_numbered(image, self.root / "extras-images", lambda n: f"{n:05d}.png", texts)
 
-    def save_named(self, image: Image.Image, folder: Path, stem: str, postprocessing: str) -> Path:
+    def save_named(self, image: Image.Image, folder: Path, stem: str, texts: dict[str, str]) -> Path:
         """Batch-from-folder Extras results keep their source's name (A1111's default); a name already there is
         never overwritten: `stem-1.png`, `stem-2.png`, ... instead."""
-        return _save_numbered(image, folder, lambda n: f"{stem}-{n}.png" if n else f"{stem}.png", postprocessing,
-                              key="postprocessing", first=0)
+        return _save_numbered(image, folder, lambda n: f"{stem}-{n}.png" if n else f"{stem}.png", texts, first=0)
 
     def save_grid(self, image: Image.Image, kind: str, infotext: str) -> Path:
         folder = self.folder(kind, grid=True)
-        return _save_numbered(image, folder, lambda n: f"grid-{n:04d}.png", infotext)
+        return _save_numbered(image, folder, lambda n: f"grid-{n:04d}.png", {"parameters": infotext})
 
 
 def next_number(folder: Path) -> int:
@@ -50,13 +49,14 @@ def next_number(folder: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-def png_info(infotext: str, key: str = "parameters") -> PngImagePlugin.PngInfo:
+def png_info(texts: dict[str, str]) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
-    info.add_text(key, infotext)
+    for key, text in texts.items():
+        info.add_text(key, text)
     return info
 
 
-def _save_numbered(image: Image.Image, folder: Path, name_for, infotext: str, key: str = "parameters",
+def _save_numbered(image: Image.Image, folder: Path, name_for, texts: dict[str, str],
                    first: int | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     number = next_number(folder) if first is None else first
@@ -65,7 +65,7 @@ def _save_numbered(image: Image.Image, folder: Path, name_for, infotext: str, ke
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=png_info(infotext, key))
+            image.save(f, format="PNG", pnginfo=png_info(texts))
         while True:
             target = folder / name_for(number)
             try:

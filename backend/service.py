@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ import torch
 from PIL import Image
 
 from backend import infotext
-from backend.errors import Interrupted, InvalidRequest, ModelNotFound
+from backend.errors import CheckpointError, Forbidden, Interrupted, InvalidRequest, ModelNotFound
 from backend.generation import hires, sampling
 from backend.generation.img2img import prepare_img2img
 from backend.generation.preview import latent_preview
@@ -31,7 +33,8 @@ from backend.options import IMPLEMENTED, Options
 from backend.networks.hypernetworks import HypernetLibrary, HypernetPatcher
 from backend.networks.library import NetworkFile, NetworkLibrary
 from backend.styles import Style, StyleLibrary
-from backend.upscale.extras import ExtrasRequest, folder_images, run_extras
+from backend.upscale.extras import (ExtrasRequest, check_picture as check_extras_picture, folder_pictures,
+                                    open_picture, picture_size, run_extras)
 from backend.upscale.extras import check as check_extras
 from backend.upscale.models import UpscalerLibrary
 from backend.networks.patch import NetworkPatcher, WantedNetwork
@@ -42,7 +45,7 @@ from backend.prompts.schedule import prompt_schedule
 from backend.loading.build import build_tokenizer
 from backend.loading.detect import Family, TextEncoderSpec
 from backend.prompts.encode import PromptEncoder, encoder_for, text_width
-from backend.outputs import OutputWriter
+from backend.outputs import OutputWriter, read_infotext
 from backend.registry import ModelFile
 from backend.samplers import ResolvedSampler, hires_infotext_schedule, infotext_schedule, resolve
 from backend import scripts
@@ -81,7 +84,24 @@ class GenerationResult:
 class ExtrasResult:
     images: list[Image.Image] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)  # `Postprocess upscale by: 2, Postprocess upscaler: ...`
+    parameters: list[str | None] = field(default_factory=list)  # each source's own generation parameters
     warnings: list[str] = field(default_factory=list)
+    count: int = 0  # pictures done (more than `images` when a folder batch keeps only the first results)
+
+
+@dataclass
+class ExtrasJob:
+    """What the worker upscales: pictures, or picture files it opens one at a time; where results go; how
+    many results to keep for the caller (None: all)."""
+
+    sources: list[Image.Image | Path]
+    req: ExtrasRequest
+    save: bool
+    folder: Path | None = None
+    keep: int | None = None
+
+
+MAX_KEPT_FOLDER_RESULTS = 32  # a folder batch shows its first results; all of them are saved
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,8 @@ class GenerationService:
         self._lock = threading.Lock()
         # what the user chose (--ckpt, else the model saved in the settings); plain requests use it
         self._selected: str | None = settings.default_checkpoint or self.options.snapshot().get("sd_model_checkpoint")
+        self._implicit_choice = False  # True when _selected was picked by _require_selected, not by the user
+        self._unloadable: set[Path] = set()
         self._counting_tokenizer = None
         self.queue = JobQueue(self._run_job)
 
@@ -131,7 +153,8 @@ class GenerationService:
         """Check the request now (bad input fails fast, before queueing), then queue it. A request without a
         checkpoint gets the one selected now, so a later switch does not change what it runs on."""
         if request.styles:  # as A1111: the prompts (and their infotext) carry the styles' text
-            prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, list(request.styles))
+            prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, list(request.styles),
+                                                 max_chars=self.settings.limits.max_prompt_chars)
             request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative)
         validate(request, self.settings.limits)
         resolve(request.sampler_name, request.scheduler)
@@ -180,7 +203,7 @@ class GenerationService:
         """Make `name` the model plain requests use, and load it (the returned job ends when it is loaded)."""
         checkpoint = self.registry.find_checkpoint(name)
         with self._lock:
-            previous, self._selected = self._selected, checkpoint.title
+            previous, self._selected, self._implicit_choice = self._selected, checkpoint.title, False
         return self.queue.submit("load", (checkpoint, previous))
 
     def current_checkpoint(self) -> ModelFile | None:
@@ -191,14 +214,31 @@ class GenerationService:
             return None
 
     def _require_selected(self) -> ModelFile:
+        """The model plain requests use. When none was chosen (no --ckpt, no saved setting), the first
+        checkpoint that has not failed to load becomes the choice, so that a request with its own model
+        (override_settings) never becomes everyone's model."""
         with self._lock:
             selected = self._selected
         if selected:
             try:
                 return self.registry.find_checkpoint(selected)
             except ModelNotFound:
-                log.warning("the selected checkpoint %r is gone; using the loaded or first one", selected)
-        return self.models.default_checkpoint()
+                log.warning("the selected checkpoint %r is gone; using the first one", selected)
+        usable = [c for c in self.registry.checkpoints if c.path not in self._unloadable]
+        if not usable:
+            return self.models.default_checkpoint()  # raises ModelNotFound with the folder's name
+        with self._lock:
+            if self._selected == selected:
+                self._selected, self._implicit_choice = usable[0].title, True
+        return usable[0]
+
+    def _forget_unloadable_default(self, checkpoint: ModelFile) -> None:
+        """A checkpoint chosen implicitly that cannot be loaded stops being the default (the next one is tried
+        by the next request); one the user chose stays chosen, and its error is what they see."""
+        with self._lock:
+            if self._implicit_choice and self._selected == checkpoint.title:
+                self._unloadable.add(checkpoint.path)
+                self._selected = None
 
     def prompt_token_count(self, prompt: str) -> tuple[int, int]:
         """A1111's token counter: the longest variant of the prompt (editing, alternation, AND parts), without
@@ -231,7 +271,7 @@ class GenerationService:
         self.styles.save(Style(name.strip(), prompt, negative_prompt))
 
     def apply_styles(self, prompt: str, negative: str, names: list[str]) -> tuple[str, str]:
-        return self.styles.apply(prompt, negative, names)
+        return self.styles.apply(prompt, negative, names, max_chars=self.settings.limits.max_prompt_chars)
 
     # ---------------------------------------------------------------- embeddings
 
@@ -286,21 +326,58 @@ class GenerationService:
         return scripts.parse(name, args, self.image_upscaler_names())
 
     def extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool = False) -> ExtrasResult:
-        """Upscale pictures (the Extras tab and API) on the worker that owns the device."""
-        check_extras(req, self.upscalers, self.settings.limits.max_upload_pixels * 4)
-        return self.queue.submit("extras", (images, req, save, None, None)).wait()
+        """Upscale pictures (the Extras tab and API) on the worker that owns the device. Every size the work
+        implies is checked first."""
+        limits = self.settings.limits
+        check_extras(req, self.upscalers, limits.max_extras_pixels)
+        for image in images:
+            check_extras_picture(image.size, req, self.upscalers, limits.max_extras_pixels)
+        return self.queue.submit("extras", ExtrasJob(list(images), req, save)).wait()
 
-    def extras_from_folder(self, input_dir: str, output_dir: str, req: ExtrasRequest) -> ExtrasResult:
-        """Extras' batch from a folder on this machine (the UI offers it only when served to this machine):
-        every picture in `input_dir`, saved under its own name in `output_dir` (empty: outputs/extras-images,
-        numbered), never over an existing file."""
-        check_extras(req, self.upscalers, self.settings.limits.max_upload_pixels * 4)
-        named, warnings = folder_images(Path(input_dir.strip()).expanduser(), self.settings.limits.max_upload_pixels)
+    def extras_from_folder(self, input_dir: str, output_dir: str, req: ExtrasRequest,
+                           keep_images: bool = True) -> ExtrasResult:
+        """Extras' batch from a folder on this machine, only when served to this machine alone (checked here, on
+        every call): every picture in `input_dir`, read one at a time by the worker, saved under its own name in
+        `output_dir` (empty: outputs/extras-images, numbered), never over an existing file. Results are kept for
+        the caller only with `keep_images`, and at most MAX_KEPT_FOLDER_RESULTS of them."""
+        self.require_local("Batch from Directory")
+        limits = self.settings.limits
+        check_extras(req, self.upscalers, limits.max_extras_pixels)
+        paths, warnings = folder_pictures(Path(input_dir.strip()).expanduser(), limits.max_upload_pixels)
+        usable = []
+        for path in paths:
+            try:
+                check_extras_picture(picture_size(path, limits.max_upload_pixels), req, self.upscalers,
+                                     limits.max_extras_pixels)
+                usable.append(path)
+            except (InvalidRequest, OSError) as err:
+                warnings.append(f"skipped {path.name}: {err}")
+        if not usable:
+            raise InvalidRequest("input_dir", "has no picture that can be upscaled this way")
         target = Path(output_dir.strip()).expanduser() if output_dir.strip() else None
-        stems = [name for name, _ in named] if target is not None else None
-        result = self.queue.submit("extras", ([image for _, image in named], req, True, stems, target)).wait()
+        job = ExtrasJob(usable, req, True, target, keep=MAX_KEPT_FOLDER_RESULTS if keep_images else 0)
+        result = self.queue.submit("extras", job).wait()
         result.warnings[:0] = warnings
         return result
+
+    def require_local(self, feature: str) -> None:
+        """Features that name server folders exist only for a server served to this machine alone."""
+        if not self.settings.local_only:
+            raise Forbidden(f"{feature} reads or writes folders on the server, so it is only available when the "
+                            "server is used on that machine alone (not with --listen, --share, --server-name or "
+                            "--hide-ui-dir-config)")
+
+    def open_outputs_folder(self, tab: str) -> Path | None:
+        """Open a tab's outputs folder in this machine's file manager (A1111's "Open folder"); None when there
+        is no file manager (the caller says where the images are)."""
+        self.require_local("Open folder")
+        folder = self.outputs_folder(tab)
+        folder.mkdir(parents=True, exist_ok=True)
+        opener = shutil.which("xdg-open") or shutil.which("open")
+        if opener is None:
+            return None
+        subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return folder
 
     # ---------------------------------------------------------------- options
 
@@ -315,6 +392,7 @@ class GenerationService:
         """Type-checked update. Returns what could not take effect: unknown names (not stored) and known
         options this project does not implement (stored, no effect)."""
         known, unknown = self.options.check(updates)
+        self._refuse_frozen(known)
         if known.get("sd_model_checkpoint"):
             self.select_checkpoint(str(known["sd_model_checkpoint"])).wait()
             known["sd_model_checkpoint"] = self.current_checkpoint().title
@@ -331,6 +409,14 @@ class GenerationService:
         if not_implemented:
             report["not_implemented"] = not_implemented
         return report
+
+    def _refuse_frozen(self, known: dict) -> None:
+        """--freeze-settings / --freeze-specific-settings, as A1111: such a change is refused, not ignored."""
+        frozen = sorted(known) if self.settings.freeze_all_settings else \
+            sorted(k for k in known if k in self.settings.frozen_settings)
+        if frozen:
+            raise Forbidden(f"settings are frozen on this server (--freeze-settings): {', '.join(frozen)} "
+                            "cannot be changed")
 
     # ---------------------------------------------------------------- queue control
 
@@ -377,7 +463,7 @@ class GenerationService:
 
     def _run_job(self, job: Job):
         if job.kind == "extras":
-            return self._run_extras(*job.payload)
+            return self._run_extras(job, job.payload)
         if job.kind == "load":
             checkpoint, previous = job.payload
             try:
@@ -390,25 +476,45 @@ class GenerationService:
             return checkpoint
         return self._generate(job, job.payload)
 
-    def _run_extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool, stems: list[str] | None,
-                    folder: Path | None) -> ExtrasResult:
+    def _run_extras(self, job: Job, work: ExtrasJob) -> ExtrasResult:
+        """One picture at a time: folder pictures are opened here, and results beyond `work.keep` are saved and
+        let go, so a folder batch never holds the whole folder in memory."""
         result = ExtrasResult()
-        for index, image in enumerate(images):
-            upscaled, info = run_extras(image, req, self.upscalers)
+        limit = self.settings.limits.max_upload_pixels
+        for index, source in enumerate(work.sources):
+            if job.interrupted:
+                result.warnings.append(f"interrupted after {index} of {len(work.sources)} pictures")
+                break
+            job.progress.textinfo = f"Extras: picture {index + 1} of {len(work.sources)}"
+            try:
+                image = open_picture(source, limit) if isinstance(source, Path) else source
+            except (OSError, Image.DecompressionBombError) as err:
+                result.warnings.append(f"skipped {source.name}: {err}")
+                continue
+            upscaled, info = run_extras(image, work.req, self.upscalers)
             text = ", ".join(f"{k}: {v}" for k, v in info.items())
-            result.images.append(upscaled)
-            result.infotexts.append(text)
-            if save and folder is not None:
-                self._save(result, lambda upscaled=upscaled, text=text, stem=stems[index]:
-                           self.outputs.save_named(upscaled, folder, stem, text))
-            elif save:
-                self._save(result, lambda upscaled=upscaled, text=text: self.outputs.save_extras(upscaled, text))
+            texts = {"parameters": read_infotext(image) or "", "postprocessing": text, "extras": text}
+            texts = {k: v for k, v in texts.items() if v}
+            if work.keep is None or len(result.images) < work.keep:
+                result.images.append(upscaled)
+                result.infotexts.append(text)
+                result.parameters.append(texts.get("parameters"))
+            if work.save and work.folder is not None:
+                self._save(result, lambda upscaled=upscaled, texts=texts, stem=source.stem:
+                           self.outputs.save_named(upscaled, work.folder, stem, texts))
+            elif work.save:
+                self._save(result, lambda upscaled=upscaled, texts=texts: self.outputs.save_extras(upscaled, texts))
+        result.count = index + 1 if work.sources else 0
         return result
 
     def _generate(self, job: Job, req: GenerationRequest) -> GenerationResult:
         checkpoint = self.registry.find_checkpoint(req.checkpoint)
         job.progress.textinfo = f"loading {checkpoint.title}"
-        model = self.models.get(checkpoint, req.vae)
+        try:
+            model = self.models.get(checkpoint, req.vae)
+        except CheckpointError:
+            self._forget_unloadable_default(checkpoint)
+            raise
         sampler = resolve(req.sampler_name, req.scheduler)
         req = dataclasses.replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed))
         result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,

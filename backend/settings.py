@@ -17,8 +17,14 @@ class Limits:
     max_steps: int = 150
     max_batch_size: int = 8
     max_batch_count: int = 100
+    max_schedule_steps: int = 10_000  # hires fix's schedule of int(steps / denoising strength) steps
     max_upload_pixels: int = 4096 * 4096
     max_prompt_chunks: int = 75  # 75-token chunks per prompt: 5625 tokens, far above any real prompt
+
+    @property
+    def max_extras_pixels(self) -> int:
+        """Largest picture Extras, SD upscale or hires fix may make, intermediate passes included."""
+        return self.max_upload_pixels * 4
 
     @property
     def max_prompt_chars(self) -> int:
@@ -60,6 +66,17 @@ class Settings:
     hypernetwork_dir: Path | None = None  # default: models_dir/hypernetworks
     upscaler_dirs: tuple[Path, ...] = ()  # default: models_dir/ESRGAN and models_dir/RealESRGAN
     limits: Limits = field(default_factory=Limits)
+    # Served to this machine only (no --listen/--share, no --hide-ui-dir-config). Only then may a caller name
+    # server folders (Extras' folder batch, Open folder); the service checks it on every call.
+    local_only: bool = False
+    data_dir: Path = PROJECT_ROOT  # paths in answers are shown relative to it
+    freeze_all_settings: bool = False  # --freeze-settings: options cannot be changed
+    frozen_settings: frozenset[str] = frozenset()  # --freeze-specific-settings
+
+    def public_path(self, path: Path) -> str:
+        """A path as callers may see it: relative to the data folder, else just its name (no absolute server
+        path is ever answered)."""
+        return public_path(path, self.data_dir)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -84,3 +101,10 @@ class Settings:
     @property
     def hash_cache_file(self) -> Path:
         return (self.cache_dir or self.models_dir / ".cache") / "hashes.json"
+
+
+def public_path(path: Path, data_dir: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(data_dir.resolve()))
+    except (ValueError, OSError):
+        return Path(path).name

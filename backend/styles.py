@@ -16,6 +16,7 @@ from backend.errors import InvalidRequest
 log = logging.getLogger(__name__)
 
 FIELDS = ["name", "prompt", "negative_prompt"]
+MAX_STYLES = 64  # styles applied to one request
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,14 @@ def merge(style_text: str, prompt: str) -> str:
     if "{prompt}" in style_text:
         return style_text.replace("{prompt}", prompt)
     return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
+
+
+def merged_length(style_text: str, prompt: str) -> int:
+    """len(merge(style_text, prompt)), computed without building the text."""
+    count = style_text.count("{prompt}")
+    if count:
+        return len(style_text) + count * (len(prompt) - len("{prompt}"))
+    return len(prompt.strip()) + len(style_text.strip()) + (2 if prompt.strip() and style_text.strip() else 0)
 
 
 class StyleLibrary:
@@ -58,13 +67,22 @@ class StyleLibrary:
         with self._lock:
             return list(self._styles.values())
 
-    def apply(self, prompt: str, negative: str, names: list[str]) -> tuple[str, str]:
+    def apply(self, prompt: str, negative: str, names: list[str], max_chars: int | None = None) -> tuple[str, str]:
+        """The prompts with the styles merged in, in order. With `max_chars`, each merge is checked as it is
+        made: a style that repeats {prompt} doubles the text, so a few dozen could make gigabytes."""
+        if len(names) > MAX_STYLES:
+            raise InvalidRequest("styles", f"at most {MAX_STYLES} styles at once, got {len(names)}")
         with self._lock:
             missing = [n for n in names if n not in self._styles]
             chosen = [self._styles[n] for n in names if n in self._styles]
         if missing:
             raise InvalidRequest("styles", f"unknown style(s): {', '.join(missing)}")
         for style in chosen:
+            for text, name in ((style.prompt, "prompt"), (style.negative_prompt, "negative_prompt")):
+                current = prompt if name == "prompt" else negative
+                if max_chars is not None and merged_length(text, current) > max_chars:
+                    raise InvalidRequest("styles", f"with style '{style.name}' the {name} would be longer than "
+                                                   f"{max_chars} characters (set by --max-prompt-chunks)")
             prompt, negative = merge(style.prompt, prompt), merge(style.negative_prompt, negative)
         return prompt, negative
 

@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from backend.service import GenerationService
+
+SCRATCH_MAX_AGE_S = 600  # long after Gradio has copied a download into its own cache
 
 
 @dataclass
 class UiContext:
     service: GenerationService
-    local_only: bool = True  # served to this machine only (no --listen/--share): "open folder" makes sense
+    # Our own temporary folder for downloads made on request (zips); removed by `close`.
+    scratch_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sd-webui-ui-")))
+
+    @property
+    def local_only(self) -> bool:
+        """Server-folder features are shown only where the service allows them (it checks every call itself)."""
+        return self.service.settings.local_only
+
+    def new_scratch_file(self, name: str) -> Path:
+        """A fresh path for a download; files older than SCRATCH_MAX_AGE_S are removed first, so clicks do
+        not pile files up in the temp folder."""
+        cutoff = time.time() - SCRATCH_MAX_AGE_S
+        for old in self.scratch_dir.glob("*/*"):
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old.parent, ignore_errors=True)
+        folder = self.scratch_dir / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder / name
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
     def checkpoint_titles(self) -> list[str]:
         return [c.title for c in self.service.checkpoints()]

@@ -3,11 +3,13 @@ a single image, a batch of uploaded files, or (when served to this machine only)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 from PIL import Image
 
-from backend.errors import BackendError, InvalidRequest
-from backend.upscale.extras import ExtrasRequest
+from backend.errors import BackendError
+from backend.upscale.extras import ExtrasRequest, open_picture
 from ui.context import UiContext
 
 RESIZE_MODES = ["Scale by", "Scale to"]
@@ -68,18 +70,19 @@ def build_extras_tab(ctx: UiContext) -> gr.Image:
                 if not uploads:
                     return "**Error:** add the pictures to process first", None, [], ""
                 limit = ctx.service.settings.limits.max_upload_pixels
-                done = ctx.service.extras([_open(f, limit) for f in uploads], req, save=True)
+                done = ctx.service.extras([open_picture(Path(_upload_path(f)), limit) for f in uploads], req, save=True)
             else:
-                done = ctx.service.extras_from_folder(in_dir or "", out_dir or "", req)
+                done = ctx.service.extras_from_folder(in_dir or "", out_dir or "", req, keep_images=bool(show_results))
         except BackendError as err:
             return f"**Error:** {err}", None, [], ""
-        except OSError as err:
+        except (OSError, Image.DecompressionBombError) as err:
             return f"**Error:** cannot read that picture ({err.strerror or type(err).__name__})", None, [], ""
         warnings = "".join(f"**Warning:** {w}  \n" for w in done.warnings)
         if which == SINGLE:
             return warnings, done.images[0], [], done.infotexts[0]
         shown = done.images if which == BATCH or show_results else []
-        return warnings, None, shown, f"{len(done.images)} image(s): {done.infotexts[0]}"
+        summary = done.infotexts[0] if done.infotexts else ""
+        return warnings, None, shown, f"{done.count} image(s): {summary}"
 
     run.click(on_run, inputs=[mode_state, image, files, input_dir, output_dir, show, mode, scale, width, height,
                               crop, upscaler_1, upscaler_2, visibility],
@@ -87,11 +90,5 @@ def build_extras_tab(ctx: UiContext) -> gr.Image:
     return image
 
 
-def _open(upload, max_pixels: int) -> Image.Image:
-    path = upload if isinstance(upload, str) else getattr(upload, "name", upload)
-    with Image.open(path) as picture:
-        if picture.width * picture.height > max_pixels:
-            raise InvalidRequest("image", f"a picture is {picture.width}x{picture.height}, larger than the "
-                                          f"configured maximum of {max_pixels} pixels")
-        picture.load()
-        return picture.copy()
+def _upload_path(upload) -> str:
+    return upload if isinstance(upload, str) else getattr(upload, "name", upload)

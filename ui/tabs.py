@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,12 +265,12 @@ def _wire_gallery_buttons(ctx: UiContext, tab: Tab) -> None:
     open_folder, save, zip_all, download = tab.outputs.gallery_buttons
 
     def on_open():
-        folder = ctx.service.outputs_folder(tab.name)
-        opener = shutil.which("xdg-open") or shutil.which("open")
-        if opener is None:
-            gr.Info(f"The images are in {folder}")
-            return
-        subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            opened = ctx.service.open_outputs_folder(tab.name)
+        except BackendError as err:
+            raise gr.Error(str(err)) from None
+        if opened is None:
+            gr.Info(f"The images are in {ctx.service.outputs_folder(tab.name)}")
 
     def on_save(gallery, index):
         files = _gallery_files(gallery)
@@ -285,7 +282,7 @@ def _wire_gallery_buttons(ctx: UiContext, tab: Tab) -> None:
         files = _gallery_files(gallery)
         if not files:
             return gr.update(visible=False)
-        target = Path(tempfile.mkdtemp()) / "images.zip"
+        target = ctx.new_scratch_file("images.zip")
         with zipfile.ZipFile(target, "w") as archive:
             for i, name in enumerate(files):
                 archive.write(name, arcname=f"{i:03d}-{Path(name).name}")

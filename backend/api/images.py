@@ -28,5 +28,5 @@ def decode_b64_image(text: str, field: str, max_pixels: int) -> Image.Image:
 
 def encode_png(image: Image.Image, infotext: str | None) -> str:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=png_info(infotext) if infotext else None)
+    image.save(buf, format="PNG", pnginfo=png_info({"parameters": infotext}) if infotext else None)
     return base64.b64encode(buf.getvalue()).decode("ascii")

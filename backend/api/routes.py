@@ -8,29 +8,33 @@ import html
 import binascii
 import json
 import logging
+import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import psutil
 import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.routing import Mount, Route
 
 from backend import infotext
+from backend.api import docs_page
+from backend.json_depth import MAX_DEPTH, nesting_depth
 from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import (ExtrasBatchBody, ExtrasBody, ExtrasSingleBody, Img2ImgBody, PngInfoBody,
                                 Txt2ImgBody)
 from backend.api.translate import to_request, to_response
-from backend.errors import BackendError, CheckpointError, Interrupted, InvalidRequest, ModelNotFound, OutOfMemory
+from backend.errors import (BackendError, CheckpointError, Forbidden, Interrupted, InvalidRequest, ModelNotFound,
+                            OutOfMemory, ServiceStopping)
 from backend.generation import hires
 from backend.jobs import Job
-from backend.options import docs_text
+from backend.options import IMPLEMENTED, docs_text
 from backend.outputs import read_infotext
 from backend.samplers import SAMPLERS, SCHEDULES
 from backend.service import GenerationService
@@ -40,7 +44,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/sdapi/v1"
 MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_JSON_DEPTH = 64  # far deeper than any A1111 request; deeper nesting would exhaust the parser's recursion
+MAX_JSON_DEPTH = MAX_DEPTH
 
 
 @dataclass
@@ -78,19 +82,39 @@ def _status_of(err: BackendError) -> int:
         return 404
     if isinstance(err, CheckpointError):
         return 422
-    if isinstance(err, OutOfMemory):
+    if isinstance(err, (OutOfMemory, ServiceStopping)):
         return 503
+    if isinstance(err, Forbidden):
+        return 403
     if isinstance(err, Interrupted):
         return 409  # interrupted before it made anything
     return 500
 
 
+@dataclass
+class ApiOptions:
+    """What the command line says about the API: /cmd-flags' answer, --api-log, --cors-allow-origins(-regex)."""
+
+    flags: dict = field(default_factory=dict)
+    log_requests: bool = False
+    cors_origins: list[str] = field(default_factory=list)
+    cors_origin_regex: str | None = None
+
+
 class SdApi:
-    def __init__(self, service: GenerationService, credentials: list[tuple[str, str]], flags: dict | None = None):
+    def __init__(self, service: GenerationService, credentials: list[tuple[str, str]],
+                 options: ApiOptions | None = None):
         self.service = service
-        self.flags = flags or {}
+        self.options = options or ApiOptions()
+        self.flags = self.options.flags
         self.credentials = [(u.encode("utf-8"), p.encode("utf-8")) for u, p in credentials]
-        self.app = FastAPI(title="Stable Diffusion web UI API", version="1", docs_url=None, redoc_url=None)
+        # no schema or docs of its own: /openapi.json and /docs (mount_api) serve them behind the same auth
+        self.app = FastAPI(title="Stable Diffusion web UI API", version="1", docs_url=None, redoc_url=None,
+                           openapi_url=None)
+        if self.options.cors_origins or self.options.cors_origin_regex:
+            self.app.add_middleware(CORSMiddleware, allow_origins=self.options.cors_origins,
+                                    allow_origin_regex=self.options.cors_origin_regex, allow_methods=["*"],
+                                    allow_headers=["*"], allow_credentials=True)
         self._add_routes()
 
     # ---------------------------------------------------------------- plumbing
@@ -114,6 +138,14 @@ class SdApi:
         """`inline` handlers are quick and never block (progress, interrupt, skip): they run on the event loop
         itself, so no number of waiting requests can starve them of a thread."""
         async def endpoint(request: Request):
+            started = time.monotonic()
+            response = await answer(request)
+            if self.options.log_requests:
+                log.info("API %s %s -> %d (%.2f s)", request.method, request.url.path, response.status_code,
+                         time.monotonic() - started)
+            return response
+
+        async def answer(request: Request):
             if not self.authorized(request):
                 return unauthorized()
             try:
@@ -136,12 +168,7 @@ class SdApi:
                                openapi_extra=_openapi_body(body_model))
 
     async def _parse(self, request: Request, model: type[BaseModel]):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise InvalidRequest("body", f"request is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise InvalidRequest("body", f"request is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
+        raw = await read_body(request)
         data = parse_json(raw)
         try:
             return model.model_validate(data)
@@ -199,6 +226,9 @@ class SdApi:
                                    self.service.script)
         if unknown:
             warnings.append(f"override_settings ignored (unknown to A1111): {', '.join(unknown)}")
+        inactive = sorted(k for k in overrides if k not in IMPLEMENTED)
+        if inactive:  # options that do not change images (saving, UI); those that would are refused by check()
+            warnings.append(f"override_settings with no effect on this request: {', '.join(inactive)}")
         job = self.service.submit(req)
 
         def finish(job: Job) -> dict:
@@ -212,10 +242,10 @@ class SdApi:
 
     def sd_models(self) -> list[dict]:
         return [{"title": c.title, "model_name": c.model_name, "hash": c.short_hash, "sha256": c.sha256,
-                 "filename": str(c.path), "config": None} for c in self.service.checkpoints()]
+                 "filename": self._public(c.path), "config": None} for c in self.service.checkpoints()]
 
     def sd_vae(self) -> list[dict]:
-        return [{"model_name": v.model_name, "filename": str(v.path)} for v in self.service.vaes()]
+        return [{"model_name": v.model_name, "filename": self._public(v.path)} for v in self.service.vaes()]
 
     def get_options(self) -> dict:
         return self.service.get_options()
@@ -275,11 +305,11 @@ class SdApi:
         """A1111's shape: None, Lanczos, Nearest first, then the model upscalers by lower-case name."""
         builtin = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
                    for name in hires.IMAGE_UPSCALERS]
-        return builtin + [{"name": f.name, "model_name": f.path.stem, "model_path": str(f.path), "model_url": None,
+        return builtin + [{"name": f.name, "model_name": f.path.stem, "model_path": self._public(f.path), "model_url": None,
                            "scale": f.scale} for f in self.service.upscaler_files()]
 
     def realesrgan_models(self) -> list[dict]:
-        return [{"name": f.name, "path": str(f.path), "scale": f.scale} for f in self.service.upscaler_files()
+        return [{"name": f.name, "path": self._public(f.path), "scale": f.scale} for f in self.service.upscaler_files()
                 if f.name.startswith("R-ESRGAN")]
 
     def face_restorers(self) -> list[dict]:
@@ -304,11 +334,12 @@ class SdApi:
         return [{"name": name} for name in hires.LATENT_MODES]
 
     def loras(self) -> list[dict]:
-        return [{"name": n.name, "alias": n.alias, "path": str(n.path), "metadata": n.metadata}
+        return [{"name": n.name, "alias": n.alias, "path": self._public(n.path), "metadata": n.metadata}
                 for n in self.service.loras()]
 
     def hypernetworks(self) -> list[dict]:
-        return [{"name": name, "path": str(path)} for name, path in sorted(self.service.hypernetwork_files().items())]
+        files = sorted(self.service.hypernetwork_files().items())
+        return [{"name": name, "path": self._public(path)} for name, path in files]
 
     def refresh_loras(self) -> dict:
         self.service.refresh_loras()
@@ -330,6 +361,9 @@ class SdApi:
 
     def cmd_flags(self) -> dict:
         return self.flags
+
+    def _public(self, path) -> str:
+        return self.service.settings.public_path(path)
 
     def memory(self) -> dict:
         vm = psutil.virtual_memory()
@@ -362,19 +396,35 @@ def _embedding_item(e) -> dict:
             "shape": e.width, "vectors": e.count}
 
 
+async def read_body(request: Request) -> bytes:
+    """The body, read as it streams in and refused as soon as it passes MAX_BODY_BYTES, whether or not a
+    Content-Length header announced it (a chunked body has none)."""
+    too_large = InvalidRequest("body", f"request is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def parse_json(raw: bytes) -> dict:
     """The body as a JSON object. Refused with a 4xx: invalid JSON, NaN/Infinity (not JSON, and unanswerable in
     a JSON response), nesting deeper than MAX_JSON_DEPTH, and text that is not valid Unicode (lone surrogates)."""
-    if _nesting_depth(raw) > MAX_JSON_DEPTH:
+    if nesting_depth(raw) > MAX_JSON_DEPTH:
         raise InvalidRequest("body", f"JSON is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
-        data = json.loads(raw or b"{}", parse_constant=_refuse_constant)
+        data = json.loads(raw or b"{}", parse_constant=_refuse_constant, parse_float=_finite_float)
         json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidRequest("body", f"invalid JSON: {err}") from err
     except UnicodeEncodeError as err:
         raise InvalidRequest("body", "contains text that is not valid Unicode (a lone surrogate such as \\ud800)") \
             from err
+    except ValueError as err:  # malformed JSON, bad UTF-8, an integer of thousands of digits
+        raise InvalidRequest("body", f"invalid JSON: {str(err)[:200]}") from err
     except RecursionError as err:
         raise InvalidRequest("body", "JSON is nested too deeply") from err
     if not isinstance(data, dict):
@@ -382,30 +432,15 @@ def parse_json(raw: bytes) -> dict:
     return data
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidRequest("body", f"{text[:40]} is too large for a number")
+    return value
+
+
 def _refuse_constant(name: str):
     raise InvalidRequest("body", f"{name} is not a valid JSON number")
-
-
-def _nesting_depth(raw: bytes) -> int:
-    """Deepest [ / { nesting, counted outside strings, without parsing."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
 
 
 def unauthorized() -> JSONResponse:
@@ -425,23 +460,41 @@ def _openapi_body(model: type[BaseModel] | None) -> dict | None:
 
 
 def mount_api(app, service: GenerationService, credentials: list[tuple[str, str]],
-              flags: dict | None = None) -> SdApi:
-    """Put the API in front of the (already running) Gradio app: /sdapi/v1/..., /docs and /openapi.json."""
-    api = SdApi(service, credentials, flags or {})
-    openapi_url = "/openapi.json"
+              options: ApiOptions | None = None) -> SdApi:
+    """Put the API in front of the (already running) app: /sdapi/v1/..., and its schema and docs (/openapi.json,
+    /docs with Swagger UI, /redoc), all behind the API's auth; the docs' scripts are served from local files."""
+    api = SdApi(service, credentials, options)
+
+    def guarded(handler):
+        async def endpoint(request):
+            if not api.authorized(request):
+                return unauthorized()
+            return await handler(request)
+        return endpoint
 
     async def openapi(request):
-        if not api.authorized(request):
-            return unauthorized()
         schema = api.app.openapi()
         schema["servers"] = [{"url": PREFIX}]
         return JSONResponse(schema)
 
-    async def docs(request):
-        if not api.authorized(request):
-            return unauthorized()
-        return get_swagger_ui_html(openapi_url=openapi_url, title="API docs")
+    async def swagger(request):
+        return HTMLResponse(docs_page.swagger_html(_root(request)))
 
-    routes = [Mount(PREFIX, app=api.app), Route(openapi_url, openapi), Route("/docs", docs)]
+    async def redoc(request):
+        return HTMLResponse(docs_page.redoc_html(_root(request)))
+
+    async def asset(request):
+        found = docs_page.asset(request.path_params["name"])
+        if found is None:
+            return error_response(404, "NotFound", "no such file")
+        return FileResponse(found)
+
+    routes = [Mount(PREFIX, app=api.app), Route("/openapi.json", guarded(openapi)),
+              Route("/docs", guarded(swagger)), Route("/redoc", guarded(redoc)),
+              Route(docs_page.ASSETS + "/{name}", guarded(asset))]
     app.router.routes[0:0] = routes
     return api
+
+
+def _root(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/")

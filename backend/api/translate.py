@@ -9,19 +9,34 @@ from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import Img2ImgBody, Txt2ImgBody
 from backend.errors import InvalidRequest
 from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest, MaskedContent, ResizeMode
-from backend.options import IMPLEMENTED
 from backend.options import request_fields as option_fields
 from backend.service import VERSION, GenerationResult
 from backend.settings import Limits
 
 
-# A1111 request fields this project accepts but does not implement yet: a request that turns one on still
-# runs, and its answer says that the field had no effect (never a silent 200).
-UNIMPLEMENTED_FIELDS = {
-    "restore_faces": lambda v: bool(v), "alwayson_scripts": lambda v: bool(v),
+# A1111 1.10 request fields with no effect here yet. A request that gives one a value other than "off" is refused
+# with a 422 naming it, never answered with a 200 that pretends. (value -> is it off?)
+REFUSED_FIELDS = {
+    "restore_faces": (lambda v: not v, "face restoration needs GFPGAN/CodeFormer weights, which cannot be "
+                                       "downloaded here (GET /sdapi/v1/face-restorers is empty)"),
+    "s_min_uncond": (lambda v: not v, "Negative Guidance minimum sigma is not implemented yet"),
+    "initial_noise_multiplier": (lambda v: v in (None, 1, 1.0), "the initial noise multiplier is not "
+                                                                 "implemented yet"),
+    "disable_extra_networks": (lambda v: not v, "disabling extra networks is not implemented yet"),
+    "mask_round": (lambda v: v is None or v is True, "masks are always rounded here (A1111's default)"),
+    "infotext": (lambda v: not v, "filling the request from an infotext is not implemented yet"),
+    "firstpass_image": (lambda v: not v, "a given first-pass image for hires fix is not implemented yet"),
+    "refiner_checkpoint": (lambda v: v in (None, "", "None"), "the SDXL refiner is not implemented yet"),
+    "latent_mask": (lambda v: not v, "a separate latent mask is not implemented yet"),
+    "alwayson_scripts": (lambda v: not v, "there are no always-on scripts here"),
 }
-# Request fields A1111 accepts but overrides with its options (so they have no effect there either).
-OPTION_FIELDS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+# A1111 fields that A1111's own API overrides or that never change an image: accepted, as there.
+HARMLESS_FIELDS = ("do_not_save_samples", "do_not_save_grid", "comments", "force_task_id", "firstphase_width",
+                   "firstphase_height", "refiner_switch_at", "image_cfg_scale", "sampler_index", "script_args",
+                   "script_name", "send_images", "save_images", "user")
+# The sampler's sigma options: the request's value, unless the option differs from the sampler's default (then
+# the option's), as A1111's Sampler.initialize decides. (name, default; s_tmax 0 = infinity)
+SIGMA_FIELDS = (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", 0.0), ("s_noise", 1.0))
 
 
 def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits,
@@ -29,6 +44,7 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
     """The body with the current options and this request's (checked) override_settings -> a request, and
     warnings about what it asked for that has no effect. `find_script(script_name, script_args)` gives the
     img2img script; txt2img has none here (A1111 answers an unknown script with an error too)."""
+    refuse_unimplemented(body)
     extra = body.model_extra or {}
     script = None
     if extra.get("script_name"):
@@ -45,19 +61,20 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=sampler,
         scheduler=body.scheduler or "Automatic", steps=body.steps, cfg_scale=body.cfg_scale, width=body.width,
         height=body.height, seed=body.seed, batch_size=body.batch_size, n_iter=body.n_iter,
-        subseed=body.subseed, subseed_strength=body.subseed_strength, tiling=bool(body.tiling),
+        subseed=body.subseed, subseed_strength=body.subseed_strength,
         styles=tuple(body.styles or ()),
         seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
         save_images=bool(body.save_images),
-        # A1111 takes these from its options (s_* whatever the request's own fields say); eta from the request
-        **{**option_fields(settings, sampler), **_eta(body)},
+        **{**option_fields(settings, sampler), **_eta(body), **_sigma_fields(body, settings)},
     )
+    if body.tiling is not None:  # else the `tiling` option's
+        fields["tiling"] = bool(body.tiling)
     if isinstance(body, Img2ImgBody):
         fields.update(_img2img_fields(body, limits), script=script)
     elif body.enable_hr:
         fields.update(_hires_fields(body))
-    return GenerationRequest(**fields), _warnings(body, overrides)
+    return GenerationRequest(**fields), _warnings(body)
 
 
 def _hires_fields(body: Txt2ImgBody) -> dict:
@@ -80,18 +97,36 @@ def _eta(body: Txt2ImgBody) -> dict:
     return {"eta": float(given)}
 
 
-def _warnings(body: Txt2ImgBody, overrides: dict) -> list[str]:
-    given = body.model_dump()
-    ignored = [name for name, is_set in UNIMPLEMENTED_FIELDS.items() if name in given and is_set(given[name])]
-    warnings = [f"not implemented yet, had no effect: {', '.join(ignored)}"] if ignored else []
-    from_options = [name for name in OPTION_FIELDS if given.get(name) is not None]
-    if from_options:
-        warnings.append(f"{', '.join(from_options)}: as in A1111, these come from the options (POST /options or "
-                        "override_settings), not from the request")
-    inactive = sorted(k for k in overrides if k not in IMPLEMENTED)
-    if inactive:
-        warnings.append(f"override_settings not implemented yet, had no effect: {', '.join(inactive)}")
-    return warnings
+def refuse_unimplemented(body: Txt2ImgBody) -> None:
+    """A 422 for the first A1111 field set to something this project cannot do yet."""
+    given = {**body.model_dump(), **(body.model_extra or {})}
+    for name, (is_off, why) in REFUSED_FIELDS.items():
+        if name in given and not is_off(given[name]):
+            if name == "alwayson_scripts" and isinstance(given[name], dict):
+                why = f"{why} (asked for: {', '.join(str(k)[:60] for k in given[name])})"
+            raise InvalidRequest(name, why)
+
+
+def _sigma_fields(body: Txt2ImgBody, settings: dict) -> dict:
+    given = {**body.model_dump(), **(body.model_extra or {})}
+    fields = {}
+    for name, default in SIGMA_FIELDS:
+        option, value = settings.get(name, default), given.get(name)
+        if option != default or value is None:
+            fields[name] = float(option)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidRequest(name, f"expected a number, got {value!r}")
+        else:
+            fields[name] = float(value)
+    return fields
+
+
+def _warnings(body: Txt2ImgBody) -> list[str]:
+    """Keys that are neither A1111's nor ours: kept in `parameters`, named here (A1111 ignores them too)."""
+    known = set(type(body).model_fields) | set(REFUSED_FIELDS) | set(HARMLESS_FIELDS) | {"eta"} | \
+        {name for name, _ in SIGMA_FIELDS}
+    unknown = sorted(str(k)[:60] for k in (body.model_extra or {}) if k not in known)
+    return [f"unknown fields, not used: {', '.join(unknown)}"] if unknown else []
 
 
 def _img2img_fields(body: Img2ImgBody, limits: Limits) -> dict:

@@ -55,6 +55,9 @@ def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
 def txt2img_with_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
                                   seeds: list[int], resources: sampling.Resources | None = None) -> sampling.BatchWork:
     """A 9-channel model makes a txt2img image as an inpainting of a blank picture with everything masked."""
+    if req.enable_hr:
+        raise InvalidRequest("enable_hr", "hires fix with an inpainting checkpoint is not implemented yet; make "
+                                          "the image without hires fix, or with a regular checkpoint")
     blank = Image.new("RGB", (req.width, req.height), GRAY)
     white = Image.new("L", blank.size, 255)
     return _inpainting_model_work(model, req, sampler, seeds, blank, white, strength=1.0, resources=resources)

@@ -184,6 +184,11 @@ def _check_hires(req: GenerationRequest, limits: Limits) -> None:
     _check_int(req.hr_second_pass_steps, "hr_second_pass_steps", 0, limits.max_steps)
     _check_int(req.hr_resize_x, "hr_resize_x", 0, limits.max_width)
     _check_int(req.hr_resize_y, "hr_resize_y", 0, limits.max_height)
+    schedule, _ = hires.second_pass_steps(req)
+    if schedule > limits.max_schedule_steps:
+        raise InvalidRequest("denoising_strength", f"{req.denoising_strength} makes hires fix build a schedule of "
+                                                   f"{schedule} steps (steps / denoising strength); the limit is "
+                                                   f"{limits.max_schedule_steps}")
     to = hires.target(req)
     if to.width > limits.max_width or to.height > limits.max_height:
         raise InvalidRequest("hr_scale", f"the hires size {to.width}x{to.height} is larger than the configured "

@@ -15,6 +15,7 @@ import torch
 
 from backend.errors import CheckpointError
 from backend.hashing import sha256_file
+from backend.json_depth import is_shallow
 from backend.loading.checkpoint_file import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ class NetworkFile:
         """Description, activation text and preferred weight from a `<name>.json` sidecar, as A1111 keeps them."""
         sidecar = self.path.with_suffix(".json")
         try:
-            data = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        except (OSError, ValueError):
+            text = sidecar.read_text() if sidecar.is_file() else "{}"
+            data = json.loads(text) if is_shallow(text) else {}
+        except (OSError, ValueError, RecursionError):
             data = {}
         return data if isinstance(data, dict) else {}
 
@@ -75,15 +77,19 @@ def read_metadata(path: Path) -> dict:
             length = int.from_bytes(f.read(8), "little")
             if not 2 <= length <= 100 * 1024 * 1024:
                 return {}
-            header = json.loads(f.read(length))
-    except (OSError, ValueError):
+            raw = f.read(length)
+        if not is_shallow(raw):
+            log.warning("%s: its header nests too deeply; its metadata is skipped", path.name)
+            return {}
+        header = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
         return {}
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
         return {}
     parsed = {}
     for key, value in metadata.items():
-        if isinstance(value, str) and value[:1] in "{[":
+        if isinstance(value, str) and value[:1] in "{[" and is_shallow(value):
             try:
                 value = json.loads(value)
             except ValueError:

@@ -4,6 +4,7 @@ optional second upscaler blended in, as A1111's postprocessing upscale script do
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_FOLDER_IMAGES = 1000
+MAX_SIDE = 16384  # widest "scale to" box
 
 
 @dataclass
@@ -32,19 +34,77 @@ class ExtrasRequest:
 
 
 def check(req: ExtrasRequest, models, max_pixels: int) -> None:
+    """The request's own fields, before any picture is looked at: types, finite ranges, known upscalers."""
     names = hires.image_upscaler_names(models)
     for field, name in (("upscaler_1", req.upscaler_1), ("upscaler_2", req.upscaler_2)):
         if name not in names:
             raise InvalidRequest(field, f"unknown upscaler '{name}'; available: {', '.join(names)}")
+    _check_number(req.face_restoration, "gfpgan_visibility", 0.0, 1.0)
     if req.face_restoration > 0:
         raise InvalidRequest("gfpgan_visibility", "face restoration (GFPGAN, CodeFormer) is not available: its "
                                                   "weights would have to be downloaded, and this server is offline")
-    if req.resize_mode not in (0, 1):
-        raise InvalidRequest("resize_mode", f"must be 0 (scale by) or 1 (scale to), got {req.resize_mode}")
-    if not 0 < req.upscaling_resize <= 8:
-        raise InvalidRequest("upscaling_resize", f"must be between 0 and 8, got {req.upscaling_resize}")
+    if req.resize_mode not in (0, 1) or isinstance(req.resize_mode, bool):
+        raise InvalidRequest("resize_mode", f"must be 0 (scale by) or 1 (scale to), got {req.resize_mode!r}")
+    _check_number(req.upscaler_2_visibility, "extras_upscaler_2_visibility", 0.0, 1.0)
+    if req.resize_mode == 0:
+        _check_number(req.upscaling_resize, "upscaling_resize", 0.0, 8.0)
+        if req.upscaling_resize <= 0:
+            raise InvalidRequest("upscaling_resize", f"must be above 0, got {req.upscaling_resize}")
+        return
+    for field, value in (("upscaling_resize_w", req.upscaling_resize_w), ("upscaling_resize_h", req.upscaling_resize_h)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+            raise InvalidRequest(field, f"must be a whole number of pixels from 1 to {MAX_SIDE}, got {value!r}")
     if req.upscaling_resize_w * req.upscaling_resize_h > max_pixels:
-        raise InvalidRequest("upscaling_resize_w", "the target size is larger than the configured maximum")
+        raise InvalidRequest("upscaling_resize_w", f"{req.upscaling_resize_w}x{req.upscaling_resize_h} is more "
+                                                   f"than the configured maximum of {max_pixels} pixels")
+
+
+def check_picture(size: tuple[int, int], req: ExtrasRequest, models, max_pixels: int) -> None:
+    """Refuse, before any work, a picture whose result or any intermediate picture (an upscaler's passes
+    overshoot the target before the final resize) would exceed `max_pixels`."""
+    if req.upscaler_1 == "None":
+        return
+    scale = _scale_for(size, req)
+    for name in (req.upscaler_1, req.upscaler_2):
+        if name == "None":
+            continue
+        peak = peak_size(size, scale, _model_factor(name, scale, models))
+        if peak[0] * peak[1] > max_pixels:
+            raise InvalidRequest("upscaling_resize", f"upscaling a {size[0]}x{size[1]} picture this way makes a "
+                                                     f"{peak[0]}x{peak[1]} picture on the way, more than the "
+                                                     f"configured maximum of {max_pixels} pixels")
+
+
+def peak_size(size: tuple[int, int], scale: float, factor: float) -> tuple[int, int]:
+    """The largest picture `hires.upscale_by` makes on the way: up to three passes of `factor` until the picture
+    covers int(size * scale) // 8 * 8 (the model's passes overshoot; the final resize only shrinks)."""
+    dest = (int(size[0] * scale // 8 * 8), int(size[1] * scale // 8 * 8))
+    width, height = size
+    for _ in range(3):
+        if width >= dest[0] and height >= dest[1]:
+            break
+        width, height = int(width * factor), int(height * factor)
+    return max(width, dest[0]), max(height, dest[1])
+
+
+def _scale_for(size: tuple[int, int], req: ExtrasRequest) -> float:
+    if req.resize_mode == 1:
+        return max(req.upscaling_resize_w / size[0], req.upscaling_resize_h / size[1])
+    return req.upscaling_resize
+
+
+def _model_factor(name: str, scale: float, models) -> float:
+    """How much one pass of the upscaler grows a picture: a model's own factor, PIL's resize `scale`."""
+    if name in hires.IMAGE_UPSCALERS:
+        return scale
+    file = models.find(name) if models is not None else None
+    return float(file.scale) if file is not None and file.scale else 4.0
+
+
+def _check_number(value, field: str, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise InvalidRequest(field, f"must be a number from {low} to {high}, got {value!r}")
 
 
 def run_extras(image: Image.Image, req: ExtrasRequest, models) -> tuple[Image.Image, dict]:
@@ -79,24 +139,41 @@ def _upscale(image: Image.Image, name: str, req: ExtrasRequest, info: dict, mode
     return image
 
 
-def folder_images(folder: Path, max_pixels: int) -> tuple[list[tuple[str, Image.Image]], list[str]]:
-    """(name, picture) for every image file in `folder` (not its subfolders), by name; what cannot be used is
-    named in the warnings and skipped."""
+def folder_pictures(folder: Path, max_pixels: int) -> tuple[list[Path], list[str]]:
+    """The image files in `folder` (not its subfolders), by name, at most MAX_FOLDER_IMAGES; only their headers
+    are read here (the worker opens one at a time). What cannot be used is named in the warnings and skipped."""
     if not folder.is_dir():
-        raise InvalidRequest("input_dir", f"'{folder}' is not a folder on this machine")
-    images, warnings = [], []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_FOLDER_IMAGES]:
+        raise InvalidRequest("input_dir", "is not a folder on this machine")
+    paths, warnings = [], []
+    candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(candidates) > MAX_FOLDER_IMAGES:
+        warnings.append(f"the folder holds {len(candidates)} pictures; only the first {MAX_FOLDER_IMAGES} are done")
+    for path in candidates[:MAX_FOLDER_IMAGES]:
         try:
-            if not path.is_file():
-                raise OSError("not a regular file")
-            with Image.open(path) as opened:
-                if opened.width * opened.height > max_pixels:
-                    raise OSError(f"{opened.width}x{opened.height} is larger than the configured maximum")
-                opened.load()
-                images.append((path.stem, opened.copy()))
+            picture_size(path, max_pixels)
+            paths.append(path)
         except (OSError, Image.DecompressionBombError) as err:
             log.warning("extras batch: skipped %s: %s", path.name, err)
             warnings.append(f"skipped {path.name}: {err}")
-    if not images:
-        raise InvalidRequest("input_dir", f"'{folder}' has no pictures ({', '.join(IMAGE_SUFFIXES)})")
-    return images, warnings
+    if not paths:
+        raise InvalidRequest("input_dir", f"has no pictures ({', '.join(IMAGE_SUFFIXES)})")
+    return paths, warnings
+
+
+def picture_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    """A picture file's size from its header, refusing what is not a regular file or is too large."""
+    if not path.is_file():
+        raise OSError("not a regular file")
+    with Image.open(path) as opened:
+        if opened.width * opened.height > max_pixels:
+            raise OSError(f"{opened.width}x{opened.height} is larger than the configured maximum")
+        return opened.size
+
+
+def open_picture(path: Path, max_pixels: int) -> Image.Image:
+    """The picture, fully read, with its text chunks (its `parameters` go on to the result)."""
+    picture_size(path, max_pixels)
+    with Image.open(path) as opened:
+        opened.load()
+        return opened.copy()
+

@@ -101,9 +101,9 @@ def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
     from backend.outputs import png_info
 
     path = tmp_path / "made-elsewhere.png"
-    Image.new("RGB", (64, 64), "green").save(path, pnginfo=png_info(
+    Image.new("RGB", (64, 64), "green").save(path, pnginfo=png_info({"parameters":
         "a green field\nNegative prompt: fog\nSteps: 7, Sampler: Euler a, Schedule type: Karras, CFG scale: 4.5, "
-        "Seed: 321, Size: 128x192"))
+        "Seed: 321, Size: 128x192"}))
     page.click("#tab_pnginfo-button")
     page.set_input_files("#pnginfo_image input[type=file]", str(path))
     page.wait_for_function("document.querySelector('#pnginfo_parameters textarea').value.includes('Seed: 321')",

@@ -46,7 +46,7 @@ def test_png_info_reads_parameters():
     import io
 
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=png_info("p\nSteps: 1, Sampler: Euler, Seed: 3"))
+    image.save(buf, format="PNG", pnginfo=png_info({"parameters": "p\nSteps: 1, Sampler: Euler, Seed: 3"}))
     text, parsed = read_parameters(Image.open(buf))
     assert text.startswith("p\n") and parsed["Seed"] == "3"
     assert read_parameters(Image.new("RGB", (4, 4)))[0] == "This image has no generation parameters."
