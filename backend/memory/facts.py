@@ -19,7 +19,7 @@ class DeviceFacts:
     cpu_bf16: bool = False  # the CPU has native bf16 arithmetic (AMX or AVX512-BF16)
     cuda_bf16: bool = False
     sdpa: bool = True  # torch.nn.functional.scaled_dot_product_attention exists
-    mkldnn: bool = False  # PyTorch's oneDNN CPU kernels are there
+    mkldnn: bool = False  # PyTorch's oneDNN CPU kernels can pack bf16 convolution weights on this processor
     xformers: bool = False  # xformers' memory-efficient attention runs on this CUDA device
     xformers_problem: str = ""  # why it does not, for the log
     total_vram: int = 0
@@ -41,7 +41,7 @@ def probe_device_facts(check_xformers: bool = False) -> DeviceFacts:
         cpu_bf16=_cpu_has_native_bf16(),
         cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
         sdpa=hasattr(F, "scaled_dot_product_attention"),
-        mkldnn=torch.backends.mkldnn.is_available(),
+        mkldnn=_onednn_packs_bf16(),
         xformers=xformers_ok,
         xformers_problem=xformers_problem,
         total_vram=total_vram,
@@ -58,6 +58,18 @@ def _cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+def _onednn_packs_bf16() -> bool:
+    """oneDNN's bf16 weight packing needs AVX512 (BW/VL/DQ) or AVX-NE-CONVERT; try it once on a tiny layer."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        weight = torch.zeros(4, 4, 3, 3, dtype=torch.bfloat16)
+        torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), [1, 1], [1, 1], [1, 1], 1, [1, 4, 8, 8])
+    except (RuntimeError, AttributeError):
+        return False
+    return True
 
 
 def _probe_xformers(cuda: bool) -> tuple[bool, str]:

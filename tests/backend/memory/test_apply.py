@@ -12,6 +12,7 @@ from backend.generation.requests import GenerationRequest
 from backend.generation import sampling
 from backend.generation.txt2img import prepare_txt2img
 from backend.memory.apply import BringOnUse, apply_measures
+from backend.memory.facts import probe_device_facts
 from backend.memory.policy import Measures, Offload
 from backend.samplers import resolve
 from backend.settings import MemoryFlags
@@ -88,6 +89,7 @@ def test_attention_slicing_is_set_and_removed(model):
     assert {type(p).__name__ for p in model.unet.attn_processors.values()} == {"AttnProcessor2_0"}
 
 
+@pytest.mark.skipif(not probe_device_facts().mkldnn, reason="this processor cannot pack bf16 convolutions")
 def test_prepacked_convolutions_on_bf16_cpu_match_and_come_off(models_dir, tmp_path):
     svc = build_backend(models_dir, tmp_path / "out", precision="bf16")
     model = svc.models.get(svc.registry.find_checkpoint("sd1.safetensors"))
