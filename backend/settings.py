@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,7 @@ class Settings:
     def public_path(self, path: Path) -> str:
         """A path as callers may see it: relative to the data folder, else just its name (no absolute server
         path is ever answered)."""
-        return public_path(path, self.data_dir)
+        return public_path(path, self.data_dir, self.models_dir.parent)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -103,8 +104,12 @@ class Settings:
         return (self.cache_dir or self.models_dir / ".cache") / "hashes.json"
 
 
-def public_path(path: Path, data_dir: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(data_dir.resolve()))
-    except (ValueError, OSError):
-        return Path(path).name
+def public_path(path: Path, *roots: Path) -> str:
+    """`path` relative to the first of `roots` that holds it (links are not followed), else its name alone."""
+    absolute = Path(os.path.abspath(path))
+    for root in roots:
+        try:
+            return str(absolute.relative_to(os.path.abspath(root)))
+        except ValueError:
+            continue
+    return absolute.name

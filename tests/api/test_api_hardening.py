@@ -82,11 +82,97 @@ def test_options_store_only_known_names_with_checked_types(server):
     assert "Implemented:" in docs["paths"]["/options"]["get"]["description"]
 
 
-def test_unimplemented_fields_are_reported_not_pretended(server):
-    body = {**SMALL, "alwayson_scripts": {"x": {}}, "restore_faces": True}
-    r = requests.post(server["api"] + "/txt2img", json=body, timeout=120)
-    assert r.status_code == 200
-    assert "not implemented yet, had no effect: restore_faces, alwayson_scripts" in json.loads(r.json()["info"])["warnings"]
+REFUSED = [("restore_faces", True), ("alwayson_scripts", {"x": {}}), ("s_min_uncond", 0.5),
+           ("initial_noise_multiplier", 0.9), ("disable_extra_networks", True), ("mask_round", False),
+           ("infotext", "a cat\nSteps: 3"), ("firstpass_image", "iVBORw0KGgo="), ("refiner_checkpoint", "sd2-v"),
+           ("latent_mask", "iVBORw0KGgo=")]
+
+
+@pytest.mark.parametrize("field, value", REFUSED, ids=[f for f, _ in REFUSED])
+def test_unimplemented_fields_are_refused_naming_them(server, field, value):
+    r = requests.post(server["api"] + "/txt2img", json={**SMALL, field: value}, timeout=60)
+    assert r.status_code == 422 and r.json()["field"] == field, r.text
+
+
+def test_unimplemented_fields_at_their_off_values_and_a1111_extras_are_accepted(server):
+    off = {"restore_faces": False, "alwayson_scripts": {}, "s_min_uncond": 0, "initial_noise_multiplier": 1.0,
+           "disable_extra_networks": False, "mask_round": True, "infotext": "", "firstpass_image": None,
+           "refiner_checkpoint": "None", "refiner_switch_at": 0.8, "do_not_save_samples": True, "comments": {},
+           "made_up_field": 1}
+    r = requests.post(server["api"] + "/txt2img", json={**SMALL, **off}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["info"])["warnings"] == ["unknown fields, not used: made_up_field"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"steps": True}, "steps"), ({"width": 64.5}, "width"), ({"cfg_scale": "1e400"}, "cfg_scale"),
+    ({"enable_hr": True, "denoising_strength": 1e-9}, "denoising_strength"),
+], ids=["bool-steps", "fraction", "huge-float", "hires-schedule"])
+def test_numbers_are_checked_before_any_work(server, body, field):
+    r = requests.post(server["api"] + "/txt2img", json={**SMALL, **body}, timeout=30)
+    assert r.status_code == 422 and r.json()["field"] == field, r.text
+
+
+def test_numbers_json_cannot_hold_are_refused(server):
+    for raw in (b'{"cfg_scale": 1e400}', b'{"seed": 1' + b"0" * 5000 + b"}"):
+        r = _post_raw(server["api"], "/txt2img", raw)
+        assert r.status_code == 422, r.text
+    r = _post_raw(server["api"], "/extra-single-image", b'{"image": "", "upscaling_resize": 1e400}')
+    assert r.status_code == 422
+
+
+def test_a_body_without_content_length_is_capped_as_it_streams(server):
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(70):
+            yield b"x" * (1024 * 1024)
+        yield b'"}'
+
+    r = requests.post(server["api"] + "/txt2img", data=chunks(), headers={"Content-Type": "application/json"},
+                      timeout=120)
+    assert r.status_code == 422 and "larger than 64 MB" in r.json()["detail"]
+
+
+def test_styles_that_repeat_the_prompt_are_refused_before_they_grow(server):
+    styles = server["root"] / "styles.csv"
+    styles.write_text("name,prompt,negative_prompt\n" + "".join(f'd{i},"{{prompt}} {{prompt}}",\n' for i in range(30)))
+    r = requests.post(server["api"] + "/txt2img", json={**SMALL, "styles": [f"d{i}" for i in range(30)]},
+                      timeout=30)
+    assert r.status_code == 422 and r.json()["field"] == "styles"
+    styles.unlink()
+
+
+def test_options_cannot_grow_without_bound(server):
+    api = server["api"]
+    r = requests.post(api + "/options", json={"quicksettings_list": ["x" * 100_000]}, timeout=30)
+    assert r.status_code == 422 and r.json()["field"] == "quicksettings_list"
+    r = requests.post(api + "/options", json={"token_merging_ratio": 0.5}, timeout=30)  # changes pixels: refused
+    assert r.status_code == 422 and "not implemented" in r.json()["detail"]
+    assert requests.get(api + "/options", timeout=30).json()["token_merging_ratio"] == 0.0
+
+
+def test_sigma_options_come_from_the_request_unless_the_options_differ(server):
+    """A1111's Sampler.initialize: the request's s_churn reaches Euler; an option other than its default wins."""
+    api = server["api"]
+
+    def image(**fields):
+        r = requests.post(api + "/txt2img", json={**SMALL, **fields}, timeout=120)
+        assert r.status_code == 200, r.text
+        assert not json.loads(r.json()["info"])["warnings"]
+        return r.json()["images"][0]
+
+    plain, churned = image(), image(s_churn=0.7)
+    assert churned != plain
+    assert image(override_settings={"s_churn": 0.7}) == churned
+    assert image(s_churn=0.3, override_settings={"s_churn": 0.7}) == churned
+
+
+def test_answers_name_no_absolute_paths(server):
+    api = server["api"]
+    for path in ("/sd-models", "/loras", "/upscalers", "/cmd-flags", "/hypernetworks", "/sd-vae"):
+        r = requests.get(api + path, timeout=30)
+        assert r.status_code == 200 and str(server["root"]) not in r.text, path
+    assert requests.get(api + "/sd-models", timeout=30).json()[0]["filename"].startswith("models/Stable-diffusion/")
 
 
 def test_model_override_is_restored_afterwards(server):
