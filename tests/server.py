@@ -23,6 +23,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(models_dir: Path, outputs_dir: Path, *flags: str, ready_path: str = "/", log_dir: Path | None = None):
+    with app_process(models_dir, outputs_dir, *flags, ready_path=ready_path, log_dir=log_dir) as (_, base):
+        yield base
+
+
+@contextlib.contextmanager
+def app_process(models_dir: Path, outputs_dir: Path, *flags: str, ready_path: str = "/",
+                log_dir: Path | None = None):
+    """The running app's process and base URL."""
     port = free_port()
     cmd = [sys.executable, "app.py", "--port", str(port), "--models-dir", str(models_dir), "--outputs-dir",
            str(outputs_dir), "--styles-file", str((log_dir or outputs_dir.parent) / "styles.csv"),
@@ -34,7 +42,7 @@ def running_app(models_dir: Path, outputs_dir: Path, *flags: str, ready_path: st
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, base + ready_path, log.name)
-        yield base
+        yield proc, base
     finally:
         proc.terminate()
         try:

@@ -68,3 +68,46 @@ def test_empty_passwords_are_refused_at_start(flags):
     proc = subprocess.run([sys.executable, "app.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "password" in proc.stderr and "is empty" in proc.stderr
+
+
+def test_docs_work_offline_behind_the_api_auth(secured):
+    root = secured.removesuffix("/sdapi/v1")
+    page = requests.get(root + "/docs", auth=("alice", "s3cret"), timeout=30).text
+    assert "cdn" not in page.lower() and "https://" not in page and "/docs-assets/swagger-ui-bundle.js" in page
+    for path in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css", "/redoc",
+                 "/docs-assets/redoc.standalone.js"):
+        assert requests.get(root + path, timeout=30).status_code == 401, path
+        r = requests.get(root + path, auth=("alice", "s3cret"), timeout=30)
+        assert r.status_code == 200 and len(r.content) > 200, path
+    assert requests.get(root + "/docs-assets/..%2Fcore.py", auth=("alice", "s3cret"), timeout=30).status_code == 404
+    # the API's own sub-application publishes no schema of its own, with or without credentials
+    assert requests.get(secured + "/openapi.json", auth=("alice", "s3cret"), timeout=30).status_code == 404
+
+
+def _gradio_fn(client, *, api_name: str | None = None, target_elem: str | None = None) -> int:
+    """The fn_index of a UI event: by its api_name, or by the elem_id of the component that triggers it."""
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in client.config["components"]}
+    for index, dep in enumerate(client.config["dependencies"]):
+        if api_name is not None and dep.get("api_name") == api_name:
+            return dep.get("id", index)
+        if target_elem is not None and any(ids.get(t[0]) == target_elem for t in dep.get("targets", [])):
+            return dep.get("id", index)
+    raise LookupError(api_name or target_elem)
+
+
+def test_server_folders_are_refused_through_gradios_api_when_exposed(listening, tmp_path):
+    """The folder batch and Open folder are hidden on an exposed server, but their handlers can still be called
+    through Gradio's API: the service refuses them on every call, and nothing is read or written."""
+    from gradio_client import Client
+
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    (source / "a.png").write_bytes((ROOT / "docs" / "txt2img.png").read_bytes())
+    client = Client(listening, auth=("bob", "pw1"), verbose=False)
+    client.predict(fn_index=_gradio_fn(client, target_elem="extras_folder_tab"))  # the tab's mode, as a click
+    result = client.predict(None, [], str(source), str(target), True, "Scale by", 2, 512, 512, True, "Nearest",
+                            "None", 0, fn_index=_gradio_fn(client, api_name="extras_generate"))
+    assert "Batch from Directory" in result[0] and "only available" in result[0]
+    assert not target.exists()
+    with pytest.raises(Exception, match="Open folder"):
+        client.predict(fn_index=_gradio_fn(client, target_elem="txt2img_open_folder"))
