@@ -1,6 +1,7 @@
 """UI handlers tested directly as functions (the browser tests cover the wiring)."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from backend.generation.requests import MaskedContent
@@ -119,3 +120,16 @@ def test_infotext_fills_the_hires_pass_choices():
     assert values["hr_prompt"] == "a, b" and values["hr_negative_prompt"] == ""
     plain = fields_from_infotext("p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Hires upscale: 2.0")
     assert (plain["hr_checkpoint"], plain["hr_sampler"]) == ("Use same checkpoint", "Use same sampler")
+
+
+@pytest.mark.parametrize("params, enabled", [
+    ("Denoising strength: 0.5, Hires upscale: 2.0", True),
+    ("Denoising strength: 0.5, Hires upscaler: Latent", True),
+    ("Denoising strength: 0.5, Hires resize: 128x128", True),
+    ("Hires upscale: 2.0", False),  # no denoising strength: A1111 leaves hires fix off
+    ("Denoising strength: 0.5, Hires CFG Scale: 4", False),  # Forge's key alone
+    ("Denoising strength: 0.5, Hires steps: 4, Hires sampler: Euler", False),
+])
+def test_paste_turns_hires_fix_on_by_a1111s_rule(params, enabled):
+    values = fields_from_infotext(f"p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, {params}")
+    assert values["enable_hr"] is enabled
