@@ -37,12 +37,13 @@ from backend.jobs import Job
 from backend.options import IMPLEMENTED, docs_text
 from backend.outputs import read_infotext
 from backend.samplers import SAMPLERS, SCHEDULES
-from backend.service import GenerationService
+from backend.service import VERSION, GenerationService
 from backend.upscale.extras import ExtrasRequest
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/sdapi/v1"
+BUILTIN_EXTENSIONS = ("Lora",)  # A1111's built-in extensions whose feature this project has
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = MAX_DEPTH
 
@@ -211,6 +212,7 @@ class SdApi:
         r("/memory", self.memory, ["GET"])
         r("/cmd-flags", self.cmd_flags, ["GET"])
         r("/prompt-styles", self.prompt_styles, ["GET"])
+        r("/extensions", self.extensions, ["GET"])
 
     def txt2img(self, body: Txt2ImgBody) -> dict:
         return self._generate(body)
@@ -361,6 +363,12 @@ class SdApi:
 
     def cmd_flags(self) -> dict:
         return self.flags
+
+    def extensions(self) -> list[dict]:
+        """A1111's shape. The features its built-in extensions bring that exist here are built in; clients
+        check this list (e.g. for "Lora") before using them."""
+        return [{"name": name, "remote": None, "branch": None, "commit_hash": None, "version": VERSION,
+                 "commit_date": None, "enabled": True, "is_builtin": True} for name in BUILTIN_EXTENSIONS]
 
     def _public(self, path) -> str:
         return self.service.settings.public_path(path)

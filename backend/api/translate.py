@@ -152,17 +152,18 @@ def _img2img_fields(body: Img2ImgBody, limits: Limits) -> dict:
 
 
 def to_response(body: Txt2ImgBody, req: GenerationRequest, result: GenerationResult, return_grid: bool) -> dict:
+    """A1111's answer: the images (with the grid first only when A1111 makes one for the API: save_images, the
+    return_grid option, several images), the request as `parameters` (init images and mask only with
+    include_init_images), and the info JSON."""
     images, infotexts = list(result.images), list(result.infotexts)
     first = 0
-    if return_grid and result.grid is not None:
+    if body.save_images and return_grid and result.grid is not None:
         images.insert(0, result.grid)
         infotexts.insert(0, result.infotexts[0])
         first = 1
     encoded = [encode_png(img, text) for img, text in zip(images, infotexts, strict=True)] if body.send_images else []
-    if isinstance(body, Img2ImgBody) and body.include_init_images:
-        encoded += body.init_images
     parameters = body.model_dump()
-    if isinstance(body, Img2ImgBody):
+    if isinstance(body, Img2ImgBody) and not body.include_init_images:
         parameters.update(init_images=None, mask=None)
     return {"images": encoded, "parameters": parameters, "info": json.dumps(_info(req, result, first, infotexts))}
 

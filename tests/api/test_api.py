@@ -46,11 +46,23 @@ def test_txt2img_response_shape_and_infotext(api):
     assert body["parameters"]["prompt"] == "a cat"
 
 
-def test_batches_return_grid_first(api):
+def test_batches_return_a_grid_first_only_when_a1111_makes_one(api):
+    """A1111's API makes a grid only when the images are saved (save_images) and return_grid is on."""
     body = requests.post(f"{api}/txt2img", json={**SMALL, "batch_size": 2}, timeout=120).json()
+    assert len(body["images"]) == 2 and json.loads(body["info"])["index_of_first_image"] == 0
+    body = requests.post(f"{api}/txt2img", json={**SMALL, "batch_size": 2, "save_images": True}, timeout=120).json()
     info = json.loads(body["info"])
     assert len(body["images"]) == 3 and info["index_of_first_image"] == 1
     assert decode(body["images"][0]).size == (128, 64)
+
+
+def test_init_images_go_to_parameters_only_when_asked(api):
+    picture = b64_png(Image.new("RGB", (64, 64), (10, 200, 30)))
+    for include in (False, True):
+        body = requests.post(f"{api}/img2img", json={**SMALL, "init_images": [picture], "denoising_strength": 0.3,
+                                                     "include_init_images": include}, timeout=120).json()
+        assert len(body["images"]) == 1
+        assert body["parameters"]["init_images"] == ([picture] if include else None)
 
 
 def test_override_settings_picks_the_checkpoint(api):
@@ -250,3 +262,11 @@ def test_network_lists(api):
 def test_cmd_flags(api):
     flags = requests.get(f"{api}/cmd-flags", timeout=30).json()
     assert flags["api"] is True and flags["port"] > 0 and "api_auth" not in flags
+
+
+def test_extensions_lists_the_built_in_features_in_a1111s_shape(api):
+    extensions = requests.get(f"{api}/extensions", timeout=30).json()
+    assert [e["name"] for e in extensions] == ["Lora"]
+    assert set(extensions[0]) == {"name", "remote", "branch", "commit_hash", "version", "commit_date", "enabled",
+                                  "is_builtin"}
+    assert extensions[0]["enabled"] and extensions[0]["is_builtin"]
