@@ -34,7 +34,8 @@ from backend.networks.hypernetworks import HypernetLibrary, HypernetPatcher
 from backend.networks.library import NetworkFile, NetworkLibrary
 from backend.styles import Style, StyleLibrary
 from backend.upscale.extras import (ExtrasRequest, check_picture as check_extras_picture, folder_pictures,
-                                    open_picture, picture_size, run_extras)
+                                    open_picture, peak_size as upscale_peak_size, picture_size, run_extras,
+                                    upscaler_factor)
 from backend.upscale.extras import check as check_extras
 from backend.upscale.models import UpscalerLibrary
 from backend.networks.patch import NetworkPatcher, WantedNetwork
@@ -169,7 +170,8 @@ class GenerationService:
         if request.script is not None and (request.init_image is None or request.mask is not None):
             raise InvalidRequest("script_name", f"{request.script.title} runs on img2img's picture, without a mask")
         if request.script is not None:
-            scripts.check(request.script, request)
+            scripts.check(request.script, request, scripts.SizeLimit(self.settings.limits.max_extras_pixels,
+                                                                      self._upscale_peak))
         checkpoint = self.registry.find_checkpoint(request.checkpoint) if request.checkpoint \
             else self._require_selected()
         if request.vae not in (None, AUTOMATIC_VAE, NO_VAE):
@@ -359,6 +361,9 @@ class GenerationService:
         result = self.queue.submit("extras", job).wait()
         result.warnings[:0] = warnings
         return result
+
+    def _upscale_peak(self, size: tuple[int, int], upscaler: str, scale: float) -> tuple[int, int]:
+        return upscale_peak_size(size, scale, upscaler_factor(upscaler, scale, self.upscalers))
 
     def require_local(self, feature: str) -> None:
         """Features that name server folders exist only for a server served to this machine alone."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from backend.errors import InvalidRequest
 from backend.scripts import outpainting, sd_upscale
-from backend.scripts.base import ScriptArg, ScriptOutput, ScriptRun, ScriptTools
+from backend.scripts.base import ScriptArg, ScriptOutput, ScriptRun, ScriptTools, SizeLimit
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Script:
     arguments: Callable[[list[str]], list[ScriptArg]]
     settings: Callable[[list, list[str]], object]
     run: Callable[[object, object, ScriptTools], ScriptOutput]
-    check: Callable[[object, object], None] = lambda req, settings: None
+    check: Callable[[object, object, SizeLimit], None] = lambda req, settings, limit: None
 
 
 SCRIPTS = (
@@ -29,7 +29,7 @@ SCRIPTS = (
            lambda args, names: outpainting.poor_mans_settings(args), outpainting.run_poor_mans,
            outpainting.check_poor_mans),
     Script(outpainting.MK2, lambda names: outpainting.MK2_ARGS, lambda args, names: outpainting.mk2_settings(args),
-           outpainting.run_mk2),
+           outpainting.run_mk2, outpainting.check_mk2),
     Script(sd_upscale.TITLE, sd_upscale.arguments, sd_upscale.settings, sd_upscale.run, sd_upscale.check),
 )
 TITLES = tuple(script.title for script in SCRIPTS)
@@ -65,14 +65,14 @@ def parse(name: str, args: list | None, upscaler_names: list[str]) -> ScriptRun:
     return ScriptRun(script.title, script.settings(list(args or []), upscaler_names))
 
 
-def check(run: ScriptRun, req) -> None:
-    """What can only be checked against the request (its tile size), before it is queued."""
-    find(run.title).check(req, run.settings)
+def check(run: ScriptRun, req, limit: SizeLimit) -> None:
+    """What can only be checked against the request (its tile size, its picture's size), before it is queued."""
+    find(run.title).check(req, run.settings, limit)
 
 
 def run(script: ScriptRun, req, tools: ScriptTools) -> ScriptOutput:
     return find(script.title).run(req, script.settings, tools)
 
 
-__all__ = ["SCRIPTS", "TITLES", "Script", "ScriptArg", "ScriptOutput", "ScriptRun", "ScriptTools", "api_info",
-           "api_names", "arguments", "check", "find", "parse", "run"]
+__all__ = ["SCRIPTS", "TITLES", "Script", "ScriptArg", "ScriptOutput", "ScriptRun", "ScriptTools", "SizeLimit",
+           "api_info", "api_names", "arguments", "check", "find", "parse", "run"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,20 @@ def info(text: str) -> ScriptArg:
 
 
 @dataclass(frozen=True)
+class SizeLimit:
+    """What a script's check needs to refuse, before any work, a picture it would grow too large:
+    `max_pixels`, and `upscale_peak(size, upscaler, scale)`, the largest picture an upscaler makes on the way."""
+
+    max_pixels: int
+    upscale_peak: Callable[[tuple[int, int], str, float], tuple[int, int]]
+
+    def check(self, size: tuple[int, int], what: str) -> None:
+        if size[0] * size[1] > self.max_pixels:
+            raise InvalidRequest("script_args", f"{what} would be {size[0]}x{size[1]}, more than the configured "
+                                                f"maximum of {self.max_pixels} pixels")
+
+
+@dataclass(frozen=True)
 class ScriptRun:
     """A chosen script and its settings (a dataclass of the script's module)."""
 
@@ -66,10 +81,13 @@ def arg(args: list, spec: list[ScriptArg], key: str, cast):
     index = next(i for i, a in enumerate(spec) if a.key == key)
     if index >= len(args) or args[index] is None:
         return cast(spec[index].value)
+    value = args[index]
+    if cast in (int, float) and (isinstance(value, bool) or isinstance(value, float) and not math.isfinite(value)):
+        raise InvalidRequest("script_args", f"argument {index} ({key}) must be a finite number, got {value!r}")
     try:
-        return cast(args[index])
-    except (TypeError, ValueError):
-        raise InvalidRequest("script_args", f"argument {index} ({key}) cannot be {args[index]!r}") from None
+        return cast(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRequest("script_args", f"argument {index} ({key}) cannot be {value!r}") from None
 
 
 def check_smaller_than_tile(what: str, value: int, req) -> None:

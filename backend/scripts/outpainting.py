@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from backend import tile_grid
 from backend.errors import InvalidRequest
 from backend.generation.requests import MaskedContent
-from backend.scripts.base import ScriptArg, ScriptOutput, ScriptTools, arg, check_smaller_than_tile, info
+from backend.scripts.base import SizeLimit, ScriptArg, ScriptOutput, ScriptTools, arg, check_smaller_than_tile, info
 from backend.scripts.matched_noise import matched_noise
 
 POOR_MANS = "Poor man's outpainting"
@@ -148,8 +148,19 @@ def _mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
     return mask
 
 
-def check_poor_mans(req, settings: PoorMansSettings) -> None:
+def check_poor_mans(req, settings: PoorMansSettings, limit: SizeLimit) -> None:
     check_smaller_than_tile("pixels to expand", settings.pixels, req)
+    _check_grown(req, settings.pixels, settings.directions, limit)
+
+
+def check_mk2(req, settings: Mk2Settings, limit: SizeLimit) -> None:
+    _check_grown(req, settings.pixels, settings.directions, limit)
+
+
+def _check_grown(req, pixels: int, directions: tuple[str, ...], limit: SizeLimit) -> None:
+    size = req.init_image.size
+    grow = Expansion.of(size, pixels, directions)
+    limit.check((size[0] + grow.left + grow.right, size[1] + grow.up + grow.down), "the outpainted picture")
 
 
 def run_poor_mans(req, settings: PoorMansSettings, tools: ScriptTools) -> ScriptOutput:

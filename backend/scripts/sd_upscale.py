@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from backend import tile_grid
 from backend.errors import InvalidRequest
-from backend.scripts.base import ScriptArg, ScriptOutput, ScriptTools, arg, check_smaller_than_tile, info
+from backend.scripts.base import ScriptArg, SizeLimit, ScriptOutput, ScriptTools, arg, check_smaller_than_tile, info
 
 TITLE = "SD upscale"
 
@@ -54,8 +54,10 @@ def settings(args: list, upscaler_names: list[str]) -> SdUpscaleSettings:
     return result
 
 
-def check(req, settings: SdUpscaleSettings) -> None:
+def check(req, settings: SdUpscaleSettings, limit: SizeLimit) -> None:
     check_smaller_than_tile("tile overlap", settings.overlap, req)
+    if settings.upscaler != "None":
+        limit.check(limit.upscale_peak(req.init_image.size, settings.upscaler, settings.scale), "the upscaled picture")
 
 
 def run(req, settings: SdUpscaleSettings, tools: ScriptTools) -> ScriptOutput:

@@ -68,7 +68,7 @@ def check_picture(size: tuple[int, int], req: ExtrasRequest, models, max_pixels:
     for name in (req.upscaler_1, req.upscaler_2):
         if name == "None":
             continue
-        peak = peak_size(size, scale, _model_factor(name, scale, models))
+        peak = peak_size(size, scale, upscaler_factor(name, scale, models))
         if peak[0] * peak[1] > max_pixels:
             raise InvalidRequest("upscaling_resize", f"upscaling a {size[0]}x{size[1]} picture this way makes a "
                                                      f"{peak[0]}x{peak[1]} picture on the way, more than the "
@@ -93,7 +93,7 @@ def _scale_for(size: tuple[int, int], req: ExtrasRequest) -> float:
     return req.upscaling_resize
 
 
-def _model_factor(name: str, scale: float, models) -> float:
+def upscaler_factor(name: str, scale: float, models) -> float:
     """How much one pass of the upscaler grows a picture: a model's own factor, PIL's resize `scale`."""
     if name in hires.IMAGE_UPSCALERS:
         return scale

@@ -97,3 +97,21 @@ def test_bad_script_arguments_and_uses_are_refused(service):
         service.submit(_req(service, "Poor man's outpainting", [], mask=Image.new("L", (64, 64), 255)))
     with pytest.raises(InvalidRequest, match="smaller than the tile"):
         service.submit(_req(service, "Poor man's outpainting", [64]))
+
+
+def test_outpainting_beyond_the_size_cap_is_refused_before_queueing(models_dir, tmp_path):
+    """With uploads capped at 64x64 (so 128x128 for what the server makes), growing 64x64 by 64 on each side
+    would make 192x192."""
+    from backend.errors import InvalidRequest
+    from backend.settings import Limits
+    from tests.conftest import build_backend
+
+    small = build_backend(models_dir, tmp_path, limits=Limits(max_upload_pixels=64 * 64))
+    try:
+        for script, args in (("Poor man's outpainting", [48]), ("Outpainting mk2", ["", 64])):
+            with pytest.raises(InvalidRequest, match="outpainted picture would be"):
+                small.submit(_req(small, script, args))
+        assert small.queue.pending() == []
+        small.submit(_req(small, "Poor man's outpainting", [16], steps=1)).wait()  # 64+16*2 -> 128x128 fits
+    finally:
+        small.shutdown()

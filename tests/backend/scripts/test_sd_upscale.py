@@ -58,3 +58,21 @@ def test_none_keeps_the_size_as_a1111(service):
 def test_overlap_must_be_smaller_than_the_tile(service):
     with pytest.raises(InvalidRequest, match="tile overlap"):
         service.submit(_req(script=service.script("SD upscale", ["", 64, "Lanczos"])))
+
+
+def test_a_picture_the_upscale_would_make_too_large_is_refused_before_queueing(service):
+    assert service.settings.limits.max_extras_pixels == 8192 * 8192
+    big = Image.new("RGB", (4096, 4096))  # the largest upload; x3 would be 12288x12288
+    with pytest.raises(InvalidRequest, match="upscaled picture would be"):
+        service.submit(_req(init_image=big, script=service.script("SD upscale", ["", 16, "Lanczos", 3.0])))
+    with pytest.raises(InvalidRequest, match="upscaled picture would be"):  # x2 fits; the x4 model's pass does not
+        service.submit(_req(init_image=Image.new("RGB", (2100, 2100)),
+                            script=service.script("SD upscale", ["", 16, "4x_tiny", 2.0])))
+    assert service.queue.pending() == []
+
+
+@pytest.mark.parametrize("args", [["", 1e400, "Lanczos", 2.0], ["", 16, "Lanczos", float("inf")],
+                                  ["", -5, "Lanczos", 2.0], ["", True, "Lanczos", 2.0]])
+def test_script_numbers_that_cannot_be_are_refused(service, args):
+    with pytest.raises(InvalidRequest, match="script_args"):
+        service.script("SD upscale", args)
