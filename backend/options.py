@@ -33,14 +33,15 @@ IMPLEMENTED = frozenset({
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "return_grid", "samples_format",
     "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin",
     "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save", "default_sampler",
-    "default_scheduler", "tiling", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+    "default_scheduler", "tiling", "s_min_uncond", "s_min_uncond_all", "initial_noise_multiplier",
+    "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 })
 
 # A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's
 # default is refused (POST /options, override_settings, config.json), never stored and pretended.
 UNIMPLEMENTED_GENERATION = frozenset({
-    "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img", "s_min_uncond",
-    "s_min_uncond_all", "initial_noise_multiplier", "img2img_extra_noise", "always_discard_next_to_last_sigma",
+    "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img", "skip_early_cond",
+    "img2img_extra_noise", "always_discard_next_to_last_sigma",
     "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho", "pad_cond_uncond", "pad_cond_uncond_v0",
     "batch_cond_uncond", "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
     "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
@@ -209,6 +210,8 @@ def request_fields(values: dict, sampler_name: str) -> dict:
         s_churn=float(number("s_churn", 0.0)), s_tmin=float(number("s_tmin", 0.0)),
         s_tmax=float(number("s_tmax", 0.0)), s_noise=float(number("s_noise", 1.0)),
         tiling=bool(values.get("tiling")),
+        s_min_uncond=float(number("s_min_uncond", 0.0)), s_min_uncond_all=bool(values.get("s_min_uncond_all")),
+        initial_noise_multiplier=float(number("initial_noise_multiplier", 1.0)),
         unipc=UniPCSettings(variant=values.get("uni_pc_variant") or "bh1",
                             skip_type=values.get("uni_pc_skip_type") or "time_uniform",
                             order=int(number("uni_pc_order", 3)),

@@ -607,7 +607,7 @@ class GenerationService:
         are reported, and the image is made without them, as A1111 does."""
         parsed = parse_tags(req.prompt)
         wanted, hypernets = [], []
-        for tag in parsed.tags:
+        for tag in () if req.disable_extra_networks else parsed.tags:  # A1111: tags removed, not applied
             if tag.kind == "hypernet":
                 hypernet = self.hypernetworks.load(tag.name)
                 if hypernet is None:
@@ -770,6 +770,11 @@ class GenerationService:
             params["TI hashes"] = ", ".join(f"{e.name}: {e.short_hash}" for e in result.embeddings)
         if req.emphasis != "Original" and _uses_brackets(req):
             params["Emphasis"] = req.emphasis
+        if req.kind == "img2img" and req.initial_noise_multiplier != 1.0:
+            params["Noise multiplier"] = req.initial_noise_multiplier
+        if req.s_min_uncond > 0:
+            params["NGMS"] = req.s_min_uncond
+            params["NGMS all steps"] = "True" if req.s_min_uncond_all else None
         params.update(req.extra_params)
         if measures is not None and measures.fallbacks:
             params["Memory fallback"] = " + ".join(measures.fallbacks)

@@ -19,19 +19,15 @@ from backend.settings import Limits
 REFUSED_FIELDS = {
     "restore_faces": (lambda v: not v, "face restoration needs GFPGAN/CodeFormer weights, which cannot be "
                                        "downloaded here (GET /sdapi/v1/face-restorers is empty)"),
-    "s_min_uncond": (lambda v: not v, "Negative Guidance minimum sigma is not implemented yet"),
-    "initial_noise_multiplier": (lambda v: v in (None, 1, 1.0), "the initial noise multiplier is not "
-                                                                 "implemented yet"),
-    "disable_extra_networks": (lambda v: not v, "disabling extra networks is not implemented yet"),
-    "mask_round": (lambda v: v is None or v is True, "masks are always rounded here (A1111's default)"),
     "infotext": (lambda v: not v, "filling the request from an infotext is not implemented yet"),
     "firstpass_image": (lambda v: not v, "a given first-pass image for hires fix is not implemented yet"),
     "refiner_checkpoint": (lambda v: v in (None, "", "None"), "the SDXL refiner is not implemented yet"),
     "latent_mask": (lambda v: not v, "a separate latent mask is not implemented yet"),
     "alwayson_scripts": (lambda v: not v, "there are no always-on scripts here"),
 }
-# A1111 fields that A1111's own API overrides or that never change an image: accepted, as there.
-HARMLESS_FIELDS = ("do_not_save_samples", "do_not_save_grid", "comments", "force_task_id", "firstphase_width",
+# A1111 fields read by _own_fields, and those that A1111's own API overrides or that never change an image.
+HARMLESS_FIELDS = ("s_min_uncond", "initial_noise_multiplier", "disable_extra_networks", "mask_round",
+                   "do_not_save_samples", "do_not_save_grid", "comments", "force_task_id", "firstphase_width",
                    "firstphase_height", "refiner_switch_at", "image_cfg_scale", "sampler_index", "script_args",
                    "script_name", "send_images", "save_images", "user")
 # The sampler's sigma options: the request's value, unless the option differs from the sampler's default (then
@@ -70,6 +66,7 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
     )
     if body.tiling is not None:  # else the `tiling` option's
         fields["tiling"] = bool(body.tiling)
+    fields.update(_own_fields(body))
     if isinstance(body, Img2ImgBody):
         fields.update(_img2img_fields(body, limits), script=script)
     elif body.enable_hr:
@@ -105,6 +102,25 @@ def refuse_unimplemented(body: Txt2ImgBody) -> None:
             if name == "alwayson_scripts" and isinstance(given[name], dict):
                 why = f"{why} (asked for: {', '.join(str(k)[:60] for k in given[name])})"
             raise InvalidRequest(name, why)
+
+
+def _own_fields(body: Txt2ImgBody) -> dict:
+    """A1111 fields that take the option's value when the request leaves them out (None)."""
+    given = {**body.model_dump(), **(body.model_extra or {})}
+    fields = {}
+    for name, kind in (("s_min_uncond", float), ("initial_noise_multiplier", float),
+                       ("disable_extra_networks", bool), ("mask_round", bool)):
+        value = given.get(name)
+        if value is None:
+            continue
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InvalidRequest(name, f"expected a number, got {value!r}")
+        if kind is bool and not isinstance(value, bool):
+            raise InvalidRequest(name, f"expected true or false, got {value!r}")
+        fields[name] = kind(value)
+    if fields.get("initial_noise_multiplier") is not None and not isinstance(body, Img2ImgBody):
+        del fields["initial_noise_multiplier"]  # A1111 applies it to img2img only
+    return fields
 
 
 def _sigma_fields(body: Txt2ImgBody, settings: dict) -> dict:

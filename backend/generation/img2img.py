@@ -72,7 +72,7 @@ def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: R
     else:
         def denoise(hooks: sampling.Hooks):
             latents = sampling.encode_image(model, work.image)
-            latent_mask = _latent_mask(work.latent_mask, latents.shape[-2:]).to(latents.device)
+            latent_mask = _latent_mask(work.latent_mask, latents.shape[-2:], req.mask_round).to(latents.device)
             latents = _masked_content_latents(latents, latent_mask, req.inpainting_fill, seeds)
             return _sample_regular(model, req, sampler, seeds, latents, latent_mask, hooks, resources)
 
@@ -117,10 +117,12 @@ def _init_latents(model: LoadedModel, req: GenerationRequest) -> torch.Tensor:
     return sampling.encode_image(model, image)
 
 
-def _latent_mask(mask: Image.Image, size) -> torch.Tensor:
-    """The (blurred) mask at latent size, rounded to 0/1 (1 = repaint), as A1111 makes it: a bicubic resize."""
+def _latent_mask(mask: Image.Image, size, rounded: bool = True) -> torch.Tensor:
+    """The (blurred) mask at latent size (1 = repaint), as A1111 makes it: a bicubic resize, then rounded to 0/1
+    unless mask_round is off (a soft mask blends picture and denoised latents)."""
     small = mask.convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
-    return torch.from_numpy(np.round(np.asarray(small, dtype=np.float32)[..., 0] / 255.0))[None, None]
+    values = np.asarray(small, dtype=np.float32)[..., 0] / 255.0
+    return torch.from_numpy(np.round(values) if rounded else values)[None, None]
 
 
 def _masked_content_latents(latents: torch.Tensor, mask: torch.Tensor, content: MaskedContent,
@@ -159,7 +161,7 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     if _steps_to_run(req) < 1:
         return latents  # strength 0: nothing to denoise
     rng = sampling.image_noise(req, seeds)
-    noise = rng.first(tuple(latents.shape[1:]))
+    noise = rng.first(tuple(latents.shape[1:])) * req.initial_noise_multiplier
     denoiser = sampling.make_denoiser(model, req, hooks, resources=resources, sampler=sampler)
     keep = None if latent_mask is None else 1 - latent_mask
     return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks,
@@ -178,6 +180,8 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
+        if req.kind == "img2img":  # A1111 scales img2img's starting noise only
+            noise = noise * req.initial_noise_multiplier
         channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
         denoiser = sampling.make_denoiser(model, req, hooks, channels, resources, sampler)
         start = Start()

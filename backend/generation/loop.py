@@ -76,15 +76,27 @@ class Denoiser:
     dtype: torch.dtype
     sdxl_size: tuple[int, int] | None = None  # (height, width) for SDXL's size conditioning
     inpaint_channels: torch.Tensor | None = None  # 9-channel models: mask + masked-image latents, (B, 5, h, w)
+    s_min_uncond: float = 0.0  # A1111's Negative Guidance minimum sigma (NGMS)
+    s_min_uncond_all: bool = False
     last_uncond: torch.Tensor | None = field(default=None, init=False, repr=False)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+    def skips_uncond(self, step: int, level: float | None) -> bool:
+        """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
+        pass is skipped and the first conditioning's output stands in for it. `level` is what A1111 compares:
+        the sigma for k-diffusion samplers, the timestep for DDIM/PLMS/UniPC."""
+        return (self.s_min_uncond > 0 and level is not None and level < self.s_min_uncond
+                and bool(step % 2 or self.s_min_uncond_all))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int, level: float | None = None) -> torch.Tensor:
         conds = self.cond.at(step)
         uncond = self.uncond.at(step)[0][1]
         length = max(c.embeds.shape[1] for _, c in conds)
         cond_embeds = [_pad_to(c.embeds, length) for _, c in conds]
         batch = x.shape[0]
-        if uncond.embeds.shape[1] == length:
+        if self.skips_uncond(step, level):
+            out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
+            out_uncond = out_conds[0]
+        elif uncond.embeds.shape[1] == length:
             outs = self._unet([uncond.embeds, *cond_embeds], [uncond.pooled, *(c.pooled for _, c in conds)], x, t)
             out_uncond, out_conds = outs[:batch], outs[batch:].chunk(len(conds))
         else:  # different lengths: separate calls rather than padding (A1111's pad_cond_uncond=False)

@@ -61,6 +61,11 @@ class GenerationRequest:
     s_tmin: float = 0.0
     s_tmax: float = 0.0  # 0 = infinity
     s_noise: float = 1.0
+    s_min_uncond: float = 0.0  # A1111's "Negative Guidance minimum sigma": below it, odd steps skip the uncond
+    s_min_uncond_all: bool = False  # ... every step, not only odd ones (option s_min_uncond_all)
+    initial_noise_multiplier: float = 1.0  # img2img: the starting noise is scaled by this (A1111's option)
+    disable_extra_networks: bool = False  # <lora:...> tags are removed from the prompt but not applied
+    mask_round: bool = True  # inpainting: the latent mask is rounded to 0/1 (False: a soft, blurred mask)
     unipc: UniPCSettings = UniPCSettings()  # A1111's uni_pc_* options
     network_hashes: tuple[tuple[str, str], ...] = ()  # (name, short hash) from a pasted infotext's `Lora hashes`
     styles: tuple[str, ...] = ()  # names from styles.csv, merged into the prompts when the job is submitted
@@ -138,8 +143,9 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
                                              "numbers on any machine")
     if req.eta is not None:
         _check_number(req.eta, "eta", 0.0, 10.0)
-    for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
+    for name in ("s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond"):
         _check_number(getattr(req, name), name, 0.0, 1000.0)
+    _check_number(req.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 10.0)
     _check_unipc(req.unipc)
     _check_int(req.clip_skip, "clip_skip", 1, 12)
     if req.emphasis not in EMPHASIS_MODES:

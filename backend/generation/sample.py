@@ -58,7 +58,7 @@ class SigmaDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         c_in = 1 / (sigma**2 + 1) ** 0.5
         t = self.schedule.sigma_to_t(sigma.reshape(1)).expand(x.shape[0]).to(x.device)
-        out = self.denoiser((x * c_in).to(self.dtype), t, self.calls).float()
+        out = self.denoiser((x * c_in).to(self.dtype), t, self.calls, float(sigma.reshape(-1)[0])).float()
         self.calls += 1  # prompt schedules count model calls, as A1111's denoiser does
         if self.v:
             denoised = x / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
@@ -119,7 +119,7 @@ class EpsDenoiser:
         if self.start.keep is not None:
             x = self.start.hold(x)
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
-        guided = self.denoiser(x.to(self.dtype), t, self.calls).float()
+        guided = self.denoiser(x.to(self.dtype), t, self.calls, float(timestep)).float()
         uncond = self.denoiser.last_uncond.float()
         self.calls += 1
         if self.v:  # epsilon = sqrt(a) v + sqrt(1 - a) x, for both (linear in the output); A1111 truncates t

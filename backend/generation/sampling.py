@@ -122,7 +122,8 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
                                         req.clip_skip, hooks.check_interrupt, first_pass_steps=first_pass)
         size = (hires.height, hires.width)
     sdxl_size = size if model.family is Family.SDXL else None
-    return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels)
+    return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels,
+                         req.s_min_uncond, req.s_min_uncond_all)
 
 
 @torch.no_grad()

@@ -227,6 +227,19 @@ def test_plain_request_after_a_lora_is_exactly_the_plain_image(svc):
     assert all(torch.equal(before[k], v) for k, v in model.unet.state_dict().items())
 
 
+def test_disable_extra_networks_removes_the_tags_without_applying_them(svc):
+    """A1111's disable_extra_networks: the prompt is encoded without its <lora:...> tags, and no network is
+    merged (the image is the plain one, while the same tag applied changes it)."""
+    plain, applied = _ours(svc, "a cat"), _ours(svc, "a cat <lora:style:1>")
+    assert max_pixel_diff(plain.images[0], applied.images[0]) > 3
+    disabled = svc.generate(GenerationRequest(prompt="a cat <lora:style:1>", negative_prompt="ugly", steps=3,
+                                              width=64, height=64, seed=3, sampler_name="Euler",
+                                              checkpoint="sd1.safetensors", save_images=False,
+                                              disable_extra_networks=True))
+    assert max_pixel_diff(disabled.images[0], plain.images[0]) == 0
+    assert "Lora hashes" not in disabled.infotexts[0] and "<lora:style:1>" in disabled.infotexts[0]
+
+
 def test_unknown_names_change_nothing_and_are_reported(svc):
     plain = _ours(svc, "a cat")
     unknown = _ours(svc, "a cat<lora:nope:1>")

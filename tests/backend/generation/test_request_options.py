@@ -1,0 +1,97 @@
+"""A1111 request options on the one loop, against the k-diffusion reference driven as A1111 drives it: NGMS
+(s_min_uncond), the img2img noise multiplier and mask_round (disable_extra_networks: tests/backend/networks)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.generation.requests import GenerationRequest, MaskedContent
+from tests.fixtures.a1111_reference import a1111_latents, a1111_txt2img, decode_truncated
+from tests.fixtures.reference import max_pixel_diff, reference_conds
+
+PROMPT, NEGATIVE = "a lighthouse at dusk", "fog"
+
+
+CFG = 12.0
+
+
+def _ours(service, sampler="Euler", **kw):
+    fields = dict(prompt=PROMPT, negative_prompt=NEGATIVE, steps=8, width=64, height=64, seed=21, cfg_scale=CFG,
+                  sampler_name=sampler, checkpoint="sd1.safetensors", save_images=False)
+    req = GenerationRequest(**{**fields, **kw})
+    return service.generate(req)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM++ 2M"])
+@pytest.mark.parametrize("every_step", [False, True])
+def test_ngms_equals_a1111(service, tiny, sampler, every_step):
+    """s_min_uncond 10: below sigma 10, odd model calls (or all) skip the uncond pass."""
+    ours = _ours(service, sampler, s_min_uncond=10.0, s_min_uncond_all=every_step)
+    cond, uncond = reference_conds(tiny["sd1"], PROMPT, NEGATIVE)
+    model = tiny["sd1"]
+    theirs = a1111_txt2img(model.unet, model.vae, cond, uncond, sampler, None, 8, CFG, [21], 64, 64,
+                           s_min_uncond=10.0, s_min_uncond_all=every_step)[0]
+    assert max_pixel_diff(ours.images[0], theirs) <= 3
+    assert max_pixel_diff(ours.images[0], _ours(service, sampler).images[0]) > 3  # negative control
+    assert "NGMS: 10.0" in ours.infotexts[0] and ("NGMS all steps: True" in ours.infotexts[0]) is every_step
+
+
+def test_ngms_on_every_step_above_the_largest_sigma_is_guidance_off(service):
+    """An independent check: skipping every uncond pass leaves the conditional prediction alone, as cfg 1."""
+    skipped = _ours(service, s_min_uncond=1000.0, s_min_uncond_all=True)
+    assert max_pixel_diff(skipped.images[0], _ours(service, cfg_scale=1.0).images[0]) <= 1
+    below = _ours(service, s_min_uncond=0.001)  # under every sigma of the schedule: nothing is skipped
+    assert max_pixel_diff(below.images[0], _ours(service).images[0]) == 0
+
+
+def _picture():
+    rng = np.random.default_rng(5)
+    base = np.zeros((64, 64, 3), dtype=np.uint8)
+    base[..., 1] = np.linspace(0, 255, 64, dtype=np.uint8)[:, None]
+    base[..., 2] = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    return Image.fromarray(base)
+
+
+def _init_latents(model, picture):
+    pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        return model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
+
+
+def test_img2img_noise_multiplier_equals_a1111(service, tiny):
+    picture = _picture()
+    ours = _ours(service, init_image=picture, denoising_strength=0.6, initial_noise_multiplier=0.7)
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 8, CFG, [21], 64, 64,
+                            init=_init_latents(model, picture), denoising_strength=0.6, img2img=True,
+                            noise_multiplier=0.7)
+    assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, latents)[0]) <= 1
+    plain = _ours(service, init_image=picture, denoising_strength=0.6)
+    assert max_pixel_diff(ours.images[0], plain.images[0]) > 3  # negative control
+    assert "Noise multiplier: 0.7" in ours.infotexts[0] and "Noise multiplier" not in plain.infotexts[0]
+
+
+def test_unrounded_mask_keeps_its_fractions_as_a1111(service, tiny):
+    """mask_round off: the blurred mask at latent size keeps its fractions (A1111 skips np.around), so the
+    picture and the denoised latents blend along the edge."""
+    from backend.generation.img2img import prepare_inpaint
+
+    picture, mask = _picture(), Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    fields = dict(init_image=picture, mask=mask, mask_blur=8, denoising_strength=0.5,
+                  inpainting_fill=MaskedContent.ORIGINAL)
+    soft = _ours(service, mask_round=False, **fields)
+    work = prepare_inpaint(GenerationRequest(width=64, height=64, **fields))
+    fractions = np.asarray(work.latent_mask.convert("RGB").resize((8, 8), Image.BICUBIC), dtype=np.float32)[..., 0]
+    fractions = fractions / 255.0
+    assert ((fractions > 0.05) & (fractions < 0.95)).any()  # the blur leaves a soft edge at this size
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    keep = 1 - torch.from_numpy(fractions)[None, None]
+    latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 8, CFG, [21], 64, 64,
+                            init=_init_latents(model, picture), denoising_strength=0.5, img2img=True, keep=keep)
+    theirs = work.paste_back(decode_truncated(model.vae, latents)[0])
+    assert max_pixel_diff(soft.images[0], theirs) <= 1
+    assert max_pixel_diff(soft.images[0], _ours(service, **fields).images[0]) > 0  # negative control: rounded
