@@ -54,6 +54,7 @@ class SigmaDenoiser:
                  dtype: torch.dtype, start: Start):
         self.denoiser, self.schedule, self.v = denoiser, schedule, prediction_type == "v_prediction"
         self.dtype, self.start, self.calls = dtype, start, 0
+        self.last_denoised: torch.Tensor | None = None  # what an interrupted image is made of (A1111's last_latent)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         c_in = 1 / (sigma**2 + 1) ** 0.5
@@ -67,6 +68,7 @@ class SigmaDenoiser:
         denoised = self.schedule.boundary(x, sigma, denoised)
         if self.start.keep is not None:
             denoised = self.start.hold(denoised)
+        self.last_denoised = denoised
         return denoised
 
 
@@ -86,14 +88,14 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
         start = start.on(device)
         run = sigmas[steps - run_steps :]  # A1111: sigmas[steps - t_enc - 1:]
         x = start.init + noise * run[0]
-    extras = kdiffusion.Extras(
-        on_step=lambda i, x: hooks.report_step(min(i + 1, len(run) - 1), len(run) - 1, x),
+    model_fn = SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start)
+    extras = kdiffusion.Extras(  # the step's denoised estimate is what a preview shows and an interrupt keeps
+        on_step=lambda i, x: hooks.report_step(min(i + 1, len(run) - 1), len(run) - 1, model_fn.last_denoised),
         noise=lambda: rng.next(tuple(x.shape[1:])).to(device),
         brownian=kdiffusion.BrownianNoise(x, sigmas.cpu(), seeds) if sampler.sampler.noise == "brownian" else None,
         eta=1.0 if req.eta is None else req.eta, s_noise=req.s_noise, s_churn=req.s_churn, s_tmin=req.s_tmin,
         s_tmax=req.s_tmax or float("inf"))
     function = getattr(kdiffusion, sampler.sampler.k_function)
-    model_fn = SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start)
     with torch.no_grad():
         if sampler.sampler.interval:  # A1111: the model's whole sigma range for txt2img, the run's for img2img
             low, high = (schedule.sigma_min, schedule.sigma_max) if start.init is None else (run[-2], run[0])
@@ -114,6 +116,7 @@ class EpsDenoiser:
                  dtype: torch.dtype, start: Start):
         self.denoiser, self.alphas_cumprod, self.v = denoiser, alphas_cumprod, prediction_type == "v_prediction"
         self.dtype, self.start, self.calls = dtype, start, 0
+        self.last_denoised: torch.Tensor | None = None  # the x0 estimate of the last call (A1111's pred_x0)
 
     def __call__(self, x: torch.Tensor, timestep: float) -> tuple[torch.Tensor, torch.Tensor]:
         if self.start.keep is not None:
@@ -122,9 +125,11 @@ class EpsDenoiser:
         guided = self.denoiser(x.to(self.dtype), t, self.calls, float(timestep)).float()
         uncond = self.denoiser.last_uncond.float()
         self.calls += 1
-        if self.v:  # epsilon = sqrt(a) v + sqrt(1 - a) x, for both (linear in the output); A1111 truncates t
-            a = self.alphas_cumprod[int(timestep)].item()
+        a = self.alphas_cumprod[int(timestep)].item()  # A1111 truncates a fractional timestep
+        if self.v:  # epsilon = sqrt(a) v + sqrt(1 - a) x, for both (linear in the output)
             guided, uncond = (a**0.5 * out + (1 - a) ** 0.5 * x for out in (guided, uncond))
+        x0 = (x - (1 - a) ** 0.5 * guided) / a**0.5
+        self.last_denoised = x0 if self.start.keep is None else self.start.hold(x0)
         return guided, uncond
 
 
@@ -150,7 +155,7 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
         denoiser = dataclasses.replace(denoiser, cfg_scale=denoiser.cfg_scale / 12.5)
     eps_model = EpsDenoiser(denoiser, alphas_cumprod, model.prediction_type, model.dtype, start)
     total = len(timesteps) if name == "unipc" else len(timesteps) - 1  # DDIM and PLMS skip the first timestep
-    on_step = lambda i, x: hooks.report_step(min(i + 1, total), total, x)  # noqa: E731
+    on_step = lambda i, x: hooks.report_step(min(i + 1, total), total, eps_model.last_denoised)  # noqa: E731
     with torch.no_grad():
         if name == "plms":
             x = timestep_samplers.plms(eps_model, x, timesteps, alphas_cumprod, on_step)
