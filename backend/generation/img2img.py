@@ -12,6 +12,7 @@ from PIL import Image
 
 from backend.errors import InvalidRequest
 from backend.generation import image_ops, sampling
+from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
 from backend.generation.sample import Start, sample
 from backend.loading.loader import LoadedModel
@@ -66,15 +67,21 @@ def txt2img_with_inpainting_model(model: LoadedModel, req: GenerationRequest, sa
 def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
                           seeds: list[int], resources: sampling.Resources | None = None) -> sampling.BatchWork:
     work = prepare_inpaint(req)
-    if model.is_inpainting:
-        image = _masked_content_pixels(work, req.inpainting_fill, seeds[0])
-        batch = _inpainting_model_work(model, req, sampler, seeds, image, work.mask, resources=resources)
+
+    def latent_mask_for(latents: torch.Tensor) -> torch.Tensor:
+        return _latent_mask(work.latent_mask, latents.shape[-2:], req.mask_round).to(latents.device)
+
+    def masked_content(latents: torch.Tensor) -> torch.Tensor:
+        return _masked_content_latents(latents, latent_mask_for(latents), req, len(seeds))
+
+    if model.is_inpainting:  # the same picture and starting latents; the UNet also sees the mask
+        batch = _inpainting_model_work(model, req, sampler, seeds, work.image, work.mask, resources=resources,
+                                       start_latents=masked_content)
     else:
         def denoise(hooks: sampling.Hooks):
             latents = sampling.encode_image(model, work.image)
-            latent_mask = _latent_mask(work.latent_mask, latents.shape[-2:], req.mask_round).to(latents.device)
-            latents = _masked_content_latents(latents, latent_mask, req.inpainting_fill, seeds)
-            return _sample_regular(model, req, sampler, seeds, latents, latent_mask, hooks, resources)
+            return _sample_regular(model, req, sampler, seeds, masked_content(latents), latent_mask_for(latents),
+                                   hooks, resources)
 
         batch = sampling.BatchWork(denoise)
     batch.finish = lambda images: [work.paste_back(image) for image in images]
@@ -125,28 +132,19 @@ def _latent_mask(mask: Image.Image, size, rounded: bool = True) -> torch.Tensor:
     return torch.from_numpy(np.round(values) if rounded else values)[None, None]
 
 
-def _masked_content_latents(latents: torch.Tensor, mask: torch.Tensor, content: MaskedContent,
-                            seeds: list[int]) -> torch.Tensor:
-    latents = latents.repeat(len(seeds), 1, 1, 1)
-    if content == MaskedContent.LATENT_NOISE:
-        h, w = latents.shape[-2:]
-        noise = sampling.initial_noise(sampling.seeded_generators(seeds), h * 8, w * 8).to(latents.device)
+def _masked_content_latents(latents: torch.Tensor, mask: torch.Tensor, req: GenerationRequest,
+                            batch: int) -> torch.Tensor:
+    """The batch's starting latents with A1111's latent fills under the mask: "latent noise" is noise of the
+    RNG source from the job's first seeds (A1111 fills once, in init, from all_seeds[:batch_size], without
+    variation seeds), "latent nothing" zeros."""
+    latents = latents.repeat(batch // latents.shape[0], 1, 1, 1)
+    if req.inpainting_fill == MaskedContent.LATENT_NOISE:
+        first_seeds = [req.seed + i for i in range(batch)]
+        noise = ImageNoise(first_seeds, source=req.rng_source).first(tuple(latents.shape[1:])).to(latents.device)
         return latents * (1 - mask) + noise * mask
-    if content == MaskedContent.LATENT_NOTHING:
+    if req.inpainting_fill == MaskedContent.LATENT_NOTHING:
         return latents * (1 - mask)
     return latents
-
-
-def _masked_content_pixels(work: InpaintWork, content: MaskedContent, seed: int) -> Image.Image:
-    """9-channel models take pixels: latent noise / latent nothing become pixel noise / neutral gray there."""
-    if content == MaskedContent.LATENT_NOISE:
-        rng = np.random.default_rng(seed)
-        filler = Image.fromarray(rng.integers(0, 256, (work.image.height, work.image.width, 3), dtype=np.uint8))
-    elif content == MaskedContent.LATENT_NOTHING:
-        filler = Image.new("RGB", work.image.size, GRAY)
-    else:
-        return work.image
-    return Image.composite(filler, work.image, work.mask.point(lambda v: 255 if v >= 128 else 0))
 
 
 def _steps_to_run(req: GenerationRequest) -> int:
@@ -170,7 +168,8 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
 
 def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                           image: Image.Image, mask: Image.Image, strength: float | None = None,
-                          resources: sampling.Resources | None = None) -> sampling.BatchWork:
+                          resources: sampling.Resources | None = None,
+                          start_latents=None) -> sampling.BatchWork:
     """9-channel models: the UNet also sees the mask and the latents of the picture with the masked area
     blanked, concatenated to its input."""
     strength = req.denoising_strength if strength is None else strength
@@ -186,7 +185,8 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         denoiser = sampling.make_denoiser(model, req, hooks, channels, resources, sampler)
         start = Start()
         if strength < 1.0:
-            start = Start(sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1), strength)
+            latents = sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1)
+            start = Start(start_latents(latents) if start_latents else latents, strength)
         return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start)
 
     return sampling.BatchWork(denoise)

@@ -95,3 +95,27 @@ def test_unrounded_mask_keeps_its_fractions_as_a1111(service, tiny):
     theirs = work.paste_back(decode_truncated(model.vae, latents)[0])
     assert max_pixel_diff(soft.images[0], theirs) <= 1
     assert max_pixel_diff(soft.images[0], _ours(service, **fields).images[0]) > 0  # negative control: rounded
+
+
+def test_latent_noise_fill_uses_the_rng_source_as_a1111(service, tiny):
+    """"latent noise": the masked latents become the RNG source's noise for the job's first seeds (A1111's
+    create_random_tensors in init), then img2img runs from them."""
+    from backend.generation.img2img import prepare_inpaint
+
+    picture, mask = _picture(), Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    fields = dict(init_image=picture, mask=mask, mask_blur=0, denoising_strength=0.6,
+                  inpainting_fill=MaskedContent.LATENT_NOISE)
+    ours = _ours(service, n_iter=2, **fields)
+    work = prepare_inpaint(GenerationRequest(width=64, height=64, **fields))
+    model = tiny["sd1"]
+    repaint = torch.from_numpy(np.around(np.asarray(work.latent_mask.resize((8, 8), Image.BICUBIC),
+                                                    dtype=np.float32) / 255))[None, None]
+    noise = torch.randn((4, 8, 8), generator=torch.Generator("cpu").manual_seed(21))[None]
+    init = _init_latents(model, work.image) * (1 - repaint) + noise * repaint
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    for index, seed in enumerate((21, 22)):  # the second batch samples with seed 22 but keeps seed 21's fill
+        latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 8, CFG, [seed], 64, 64, init=init,
+                                denoising_strength=0.6, img2img=True, keep=1 - repaint)
+        theirs = work.paste_back(decode_truncated(model.vae, latents)[0])
+        assert max_pixel_diff(ours.images[index], theirs) <= 1, seed
