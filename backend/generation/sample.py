@@ -78,7 +78,7 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
     if sampler.sampler.timestep_function:
         return _sample_a1111_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
     device = model.execution_device
-    schedule = LcmSchedule() if sampler.sampler.k_function == "lcm" else DiscreteSchedule()
+    schedule = (LcmSchedule if sampler.sampler.k_function == "lcm" else DiscreteSchedule)(model.alphas_cumprod)
     steps, run_steps = (req.steps, req.steps) if start.init is None else start.steps(req.steps)
     sigmas = sigmas_for(schedule, sampler.schedule, steps, sampler.sampler.discard_penultimate).to(device)
     noise = noise.to(device, torch.float32)
@@ -139,7 +139,7 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
     starts the loop one timestep lower, as A1111 does."""
     device = model.execution_device
     name = sampler.sampler.timestep_function
-    alphas_cumprod = DiscreteSchedule().alphas_cumprod
+    alphas_cumprod = DiscreteSchedule(model.alphas_cumprod).alphas_cumprod
     noise = noise.to(device, torch.float32)
     steps, run_steps = (req.steps, None) if start.init is None else start.steps(req.steps)
     timesteps = timestep_samplers.a1111_timesteps(steps, sampler.sampler.discard_penultimate)

@@ -15,10 +15,17 @@ TRAIN_STEPS = 1000
 BETA_START, BETA_END = 0.00085, 0.012
 
 
+def default_alphas_cumprod() -> torch.Tensor:
+    """SD's training schedule (scaled-linear betas), as LDM computes it: in float64, kept as float32."""
+    betas = np.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=np.float64) ** 2
+    return torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
+
+
 class DiscreteSchedule:
-    def __init__(self):
-        betas = np.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=np.float64) ** 2
-        self.alphas_cumprod = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
+    def __init__(self, alphas_cumprod: torch.Tensor | None = None):
+        """`alphas_cumprod`: the checkpoint's own schedule where it carries one (A1111 loads it with the
+        weights), else SD's default."""
+        self.alphas_cumprod = default_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod.float().cpu()
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
 
@@ -60,8 +67,8 @@ class LcmSchedule(DiscreteSchedule):
     SKIP = 20
     first_t, last_t = TRAIN_STEPS - 1, SKIP - 1
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, alphas_cumprod: torch.Tensor | None = None):
+        super().__init__(alphas_cumprod)
         self.sigmas = self.sigmas[self.SKIP - 1 :: self.SKIP]
         self.log_sigmas = self.sigmas.log()
 

@@ -30,6 +30,7 @@ class LoadedModel:
     dtype: torch.dtype
     execution_device: torch.device = torch.device("cpu")  # where it computes, wherever the weights are
     applied_measures: Measures | None = None  # set by backend.memory.apply
+    alphas_cumprod: torch.Tensor | None = None  # the checkpoint's own noise schedule (SD 1.x/2.x), None: SD's
     caches: dict = field(default_factory=dict, repr=False)  # per-model caches generation keeps (conditioning)
 
     @property
@@ -84,7 +85,22 @@ class SingleFileModel:
         encoders = [build.build_text_encoder(weights, te, dtype) for te in spec.text_encoders]
         tokenizers = [build.build_tokenizer(te) for te in spec.text_encoders]
         kind = prediction_override or _prediction_type(self.path, self.tensors, spec.family, unet)
-        return LoadedModel(spec.family, unet, vae, encoders, tokenizers, kind, dtype, execution_device=device)
+        return LoadedModel(spec.family, unet, vae, encoders, tokenizers, kind, dtype, execution_device=device,
+                           alphas_cumprod=_own_schedule(self.tensors, spec.family))
+
+
+def _own_schedule(tensors, family: Family) -> torch.Tensor | None:
+    """The `alphas_cumprod` an SD 1.x/2.x checkpoint carries: A1111's LDM model loads it with the weights (into
+    a float32 buffer), so fine-tunes with their own schedule sample on it. SDXL uses its fixed discretization,
+    whatever the file holds. A tensor that is not a schedule (1000 values, decreasing, in (0, 1]) is ignored."""
+    if family is Family.SDXL or "alphas_cumprod" not in tensors.keys():
+        return None
+    values = tensors["alphas_cumprod"].float().cpu()
+    if values.shape != (1000,) or not torch.isfinite(values).all() or not (0 < values).all() \
+            or not (values <= 1).all() or not (values[1:] <= values[:-1]).all():
+        log.warning("ignoring this checkpoint's alphas_cumprod: not a 1000-step noise schedule")
+        return None
+    return values
 
 
 def _prediction_type(path: Path, tensors, family: Family, unet) -> str:
