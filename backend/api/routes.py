@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from backend import infotext
 from backend.api import docs_page
 from backend.json_depth import MAX_DEPTH, nesting_depth
+from backend.api.infotext_request import apply_infotext
 from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import (ExtrasBatchBody, ExtrasBody, ExtrasSingleBody, Img2ImgBody, PngInfoBody,
                                 Txt2ImgBody)
@@ -223,9 +224,12 @@ class SdApi:
     def _generate(self, body: Txt2ImgBody) -> Deferred:
         """A1111's override_settings apply to this request only, unless override_settings_restore_afterwards
         is false: then they stay, as if POSTed to /options (the model switch included)."""
-        overrides, unknown = self.service.options.check(body.override_settings or {})
+        body, infotext_overrides, unused = self._with_infotext(body)
+        overrides, unknown = self.service.options.check({**infotext_overrides, **(body.override_settings or {})})
         req, warnings = to_request(body, self.service.get_options(), overrides, self.service.settings.limits,
                                    self.service.script)
+        if unused:
+            warnings.append(f"infotext keys that set nothing here: {', '.join(k[:60] for k in unused)}")
         if unknown:
             warnings.append(f"override_settings ignored (unknown to A1111): {', '.join(unknown)}")
         inactive = sorted(k for k in overrides if k not in IMPLEMENTED)
@@ -241,6 +245,17 @@ class SdApi:
             return to_response(body, req, result, bool(self.service.options.get("return_grid")))
 
         return Deferred(job, finish)
+
+    def _with_infotext(self, body: Txt2ImgBody) -> tuple[Txt2ImgBody, dict, list[str]]:
+        """A1111 1.10: a request's `infotext` fills the fields it does not set itself, and its option keys join
+        override_settings (the request's own override_settings win)."""
+        text = (body.model_extra or {}).get("infotext")
+        if not text:
+            return body, {}, []
+        given = set(body.model_fields_set) | set(body.model_extra or {})
+        fields, overrides, unused = apply_infotext(given, text, isinstance(body, Img2ImgBody),
+                                                   self.service.options.defaults)
+        return body.model_copy(update=fields), overrides, unused
 
     def sd_models(self) -> list[dict]:
         return [{"title": c.title, "model_name": c.model_name, "hash": c.short_hash, "sha256": c.sha256,

@@ -270,3 +270,37 @@ def test_extensions_lists_the_built_in_features_in_a1111s_shape(api):
     assert set(extensions[0]) == {"name", "remote", "branch", "commit_hash", "version", "commit_date", "enabled",
                                   "is_builtin"}
     assert extensions[0]["enabled"] and extensions[0]["is_builtin"]
+
+
+def test_infotext_fills_what_the_request_does_not_set(api):
+    """A1111 1.10's `infotext` field: its parameters fill the unset fields and name options; the request's
+    own fields and override_settings win; keys that set nothing are reported."""
+    text = ("a lighthouse\nNegative prompt: fog\nSteps: 4, Sampler: Euler a, Schedule type: Karras, CFG scale: 5, "
+            "Seed: 77, Size: 64x64, Clip skip: 2, Made up key: 1")
+    explicit = {"prompt": "a lighthouse", "negative_prompt": "fog", "steps": 4, "sampler_name": "Euler a",
+                "scheduler": "Karras", "cfg_scale": 5, "seed": 77, "width": 64, "height": 64,
+                "override_settings": {"CLIP_stop_at_last_layers": 2}}
+    wanted = requests.post(f"{api}/txt2img", json=explicit, timeout=120).json()
+    filled = requests.post(f"{api}/txt2img", json={"infotext": text}, timeout=120).json()
+    assert filled["images"] == wanted["images"]
+    assert json.loads(filled["info"])["warnings"] == ["infotext keys that set nothing here: Made up key"]
+    own = requests.post(f"{api}/txt2img", json={"infotext": text, "seed": 78, "override_settings": {
+        "CLIP_stop_at_last_layers": 1}}, timeout=120).json()
+    info = json.loads(own["info"])
+    assert info["seed"] == 78 and info["clip_skip"] == 1 and info["steps"] == 4
+    bad = requests.post(f"{api}/txt2img", json={"infotext": "p\nSteps: many"}, timeout=60)
+    assert bad.status_code == 422 and bad.json()["field"] == "infotext"
+
+
+def test_ngms_and_noise_multiplier_reach_the_image_from_the_request_or_the_options(api):
+    plain = requests.post(f"{api}/txt2img", json=SMALL, timeout=120).json()
+    ngms = requests.post(f"{api}/txt2img", json={**SMALL, "s_min_uncond": 10.0}, timeout=120).json()
+    assert ngms["images"] != plain["images"] and "NGMS: 10.0" in json.loads(ngms["info"])["infotexts"][0]
+    via_option = requests.post(f"{api}/txt2img", json={**SMALL, "override_settings": {"s_min_uncond": 10.0}},
+                               timeout=120).json()
+    assert via_option["images"] == ngms["images"]
+    picture = b64_png(Image.new("RGB", (64, 64), (10, 200, 30)))
+    body = {**SMALL, "init_images": [picture], "denoising_strength": 0.5}
+    multiplied = requests.post(f"{api}/img2img", json={**body, "initial_noise_multiplier": 0.5}, timeout=120).json()
+    assert "Noise multiplier: 0.5" in json.loads(multiplied["info"])["infotexts"][0]
+    assert multiplied["images"] != requests.post(f"{api}/img2img", json=body, timeout=120).json()["images"]

@@ -111,3 +111,12 @@ def test_server_folders_are_refused_through_gradios_api_when_exposed(listening, 
     assert not target.exists()
     with pytest.raises(Exception, match="Open folder"):
         client.predict(fn_index=_gradio_fn(client, target_elem="txt2img_open_folder"))
+
+
+def test_cmd_flags_never_show_credentials_or_absolute_paths(secured):
+    r = requests.get(secured + "/cmd-flags", auth=("alice", "s3cret"), timeout=30)
+    assert r.status_code == 200
+    flags = r.json()
+    assert "s3cret" not in r.text and "alice" not in r.text
+    assert "api_auth" not in flags and "gradio_auth" not in flags and flags["api"] is True
+    assert str(ROOT) not in r.text and not any(str(v).startswith("/") for v in flags.values())
