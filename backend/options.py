@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from backend.errors import InvalidRequest
-from backend.generation.timestep_samplers import UNIPC_VARIANTS, UniPCSettings
+from backend.samplers import UNIPC_VARIANTS, UniPCSettings
 from backend.samplers import takes_ddim_eta
 
 log = logging.getLogger(__name__)

@@ -104,13 +104,6 @@ SCHEDULES = {
 }
 
 
-def scheduler_base_config(prediction_type: str) -> dict:
-    """The noise schedule all SD 1.x / 2.x / XL checkpoints were trained with (they do not store it)."""
-    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                prediction_type=prediction_type, steps_offset=1, timestep_spacing="leading", clip_sample=False,
-                set_alpha_to_one=False, skip_prk_steps=True)
-
-
 def find_sampler(name: str) -> Sampler:
     wanted = name.strip().lower()
     for sampler in SAMPLERS:
@@ -196,3 +189,17 @@ def takes_ddim_eta(sampler_name: str) -> bool:
     """Whether the named sampler reads eta_ddim; an unknown name reads neither and is refused later."""
     base, _ = split_legacy_name(sampler_name, None)
     return _is_sampler(base) and find_sampler(base).uses_ddim_eta
+
+
+UNIPC_VARIANTS = ("bh1", "bh2")  # A1111's vary_coeff is not implemented
+UNIPC_SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
+
+
+@dataclass(frozen=True)
+class UniPCSettings:
+    """A1111's uni_pc_* options (its defaults)."""
+
+    variant: str = "bh1"  # bh1 | bh2: the B(h) of the UniPC paper, h or e^h - 1
+    skip_type: str = "time_uniform"  # time_uniform | time_quadratic | logSNR: how the time grid is spaced
+    order: int = 3
+    lower_order_final: bool = True  # lower the order over the last steps

@@ -19,7 +19,7 @@ from backend.errors import CheckpointError, Forbidden, Interrupted, InvalidReque
 from backend.generation import hires, sampling
 from backend.generation.img2img import prepare_img2img
 from backend.generation.preview import latent_preview
-from backend.generation.requests import (MASKED_CONTENT_LABELS, GenerationRequest, MaskedContent,
+from backend.generation.requests import (MASKED_CONTENT_LABELS, GenerationRequest, MaskedContent, hires_target,
                                          check_prompt_chunks, resolve_seed, validate)
 from backend.generation.tiling import seamless
 from backend.generation.txt2img import prepare_txt2img
@@ -28,7 +28,7 @@ from backend.jobs import Job, JobQueue, SkipBatch
 from backend.loading.loader import LoadedModel
 from backend.memory.fallback import decode_with_fallbacks, run_with_fallbacks
 from backend.memory.policy import Measures
-from backend.model_manager import AUTOMATIC_VAE, NO_VAE, ModelManager
+from backend.model_manager import AUTOMATIC_VAE, NO_CHECKPOINT_MESSAGE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
 from backend.networks.hypernetworks import HypernetLibrary, HypernetPatcher
 from backend.networks.library import NetworkFile, NetworkLibrary
@@ -38,6 +38,7 @@ from backend.upscale.extras import (ExtrasRequest, check_picture as check_extras
                                     upscaler_factor)
 from backend.upscale.extras import check as check_extras
 from backend.upscale.models import UpscalerLibrary
+from backend.upscale.resize import image_upscaler_names, upscale_by
 from backend.networks.patch import NetworkPatcher, WantedNetwork
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.extra_networks import LORA_KINDS, parse_tags
@@ -197,6 +198,10 @@ class GenerationService:
         kind = {"txt2img": "txt2img", "extras": "extras"}.get(tab, "img2img")
         return self.outputs.root / f"{kind}-images"
 
+    def no_checkpoint_message(self) -> str:
+        """What to tell a user whose checkpoint folder is empty (the folder's name, never its path)."""
+        return NO_CHECKPOINT_MESSAGE.format(folder=self.checkpoint_folder_name())
+
     def checkpoint_folder_name(self) -> str:
         """The checkpoint folder's name (never an absolute server path)."""
         return self.registry.checkpoint_dir.name
@@ -309,7 +314,7 @@ class GenerationService:
 
     def image_upscaler_names(self) -> list[str]:
         """A1111's upscaler list (None, Lanczos, Nearest, then the models): what SD upscale and Extras use."""
-        return hires.image_upscaler_names(self.upscalers)
+        return image_upscaler_names(self.upscalers)
 
     # ---------------------------------------------------------------- scripts
 
@@ -526,7 +531,7 @@ class GenerationService:
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
         req = self._apply_networks(model, req, result)  # the prompt loses its <lora:...> tags for encoding
         self._check_prompts(model, req, result)
-        width, height = hires.target(req).final_size if req.enable_hr and req.kind == "txt2img" else (req.width,
+        width, height = hires_target(req).final_size if req.enable_hr and req.kind == "txt2img" else (req.width,
                                                                                                      req.height)
         measures = self.models.plan.for_request(width, height, req.batch_size)
         with seamless([model.unet, model.vae], req.tiling):
@@ -582,7 +587,7 @@ class GenerationService:
             job.progress.textinfo = text
             job.check_interrupt()
 
-        tools = scripts.ScriptTools(process, lambda image, name, scale: hires.upscale_by(image, name, scale,
+        tools = scripts.ScriptTools(process, lambda image, name, scale: upscale_by(image, name, scale,
                                                                                           self.upscalers), report)
         try:
             output = scripts.run(req.script, req, tools)
@@ -677,7 +682,7 @@ class GenerationService:
         """Hires fix's checkpoint: activate it with the job's networks and measures for the final size."""
         model = self.models.get(self.registry.find_checkpoint(title), req.vae)
         self._patch_networks(model, result)
-        self.models.apply(self.models.plan.for_request(*hires.target(req).final_size, batch))
+        self.models.apply(self.models.plan.for_request(*hires_target(req).final_size, batch))
         return model
 
     def _decode(self, model: LoadedModel, parts: list[_Denoised],

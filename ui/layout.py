@@ -7,7 +7,6 @@ import logging
 import gradio as gr
 
 from backend.errors import BackendError
-from backend.model_manager import NO_CHECKPOINT_MESSAGE
 from ui.context import UiContext
 from ui.generation_controls import fields_from_infotext, unapplied_keys
 from ui.extras import build_extras_tab
@@ -193,7 +192,7 @@ def _build_top_bar(ctx: UiContext) -> dict:
 def _models_message(ctx: UiContext) -> str:
     if ctx.checkpoint_titles():
         return ""
-    return "⚠ " + NO_CHECKPOINT_MESSAGE.format(folder=ctx.service.checkpoint_folder_name())
+    return "⚠ " + ctx.service.no_checkpoint_message()
 
 
 def _wire_send_to(tabs: dict[str, Tab], tab_group, png_image, png_text, png_buttons, extras_image) -> None:

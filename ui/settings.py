@@ -7,7 +7,7 @@ import gradio as gr
 
 from backend.errors import BackendError
 from backend.samplers import SAMPLERS, SCHEDULES
-from backend.generation.timestep_samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS
+from backend.samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS
 from ui.context import UiContext
 
 # option name -> (label, widget factory)

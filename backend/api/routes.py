@@ -40,6 +40,7 @@ from backend.outputs import read_infotext
 from backend.samplers import SAMPLERS, SCHEDULES
 from backend.service import VERSION, GenerationService
 from backend.upscale.extras import ExtrasRequest
+from backend.upscale.resize import IMAGE_UPSCALERS
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ class SdApi:
     def upscalers(self) -> list[dict]:
         """A1111's shape: None, Lanczos, Nearest first, then the model upscalers by lower-case name."""
         builtin = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-                   for name in hires.IMAGE_UPSCALERS]
+                   for name in IMAGE_UPSCALERS]
         return builtin + [{"name": f.name, "model_name": f.path.stem, "model_path": self._public(f.path), "model_url": None,
                            "scale": f.scale} for f in self.service.upscaler_files()]
 

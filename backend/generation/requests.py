@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from backend.errors import InvalidRequest
-from backend.generation.timestep_samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS, UniPCSettings
+from backend.samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS, UniPCSettings
 from backend.settings import Limits
 
 MAX_SEED = 2**32 - 1
@@ -183,19 +183,17 @@ def _check_text(value, name: str, max_chars: int) -> None:
 
 
 def _check_hires(req: GenerationRequest, limits: Limits) -> None:
-    from backend.generation import hires  # here: hires imports this module
-
     _check_number(req.hr_scale, "hr_scale", 1.0, 8.0)
     _check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
     _check_int(req.hr_second_pass_steps, "hr_second_pass_steps", 0, limits.max_steps)
     _check_int(req.hr_resize_x, "hr_resize_x", 0, limits.max_width)
     _check_int(req.hr_resize_y, "hr_resize_y", 0, limits.max_height)
-    schedule, _ = hires.second_pass_steps(req)
+    schedule, _ = hires_schedule(req)
     if schedule > limits.max_schedule_steps:
         raise InvalidRequest("denoising_strength", f"{req.denoising_strength} makes hires fix build a schedule of "
                                                    f"{schedule} steps (steps / denoising strength); the limit is "
                                                    f"{limits.max_schedule_steps}")
-    to = hires.target(req)
+    to = hires_target(req)
     if to.width > limits.max_width or to.height > limits.max_height:
         raise InvalidRequest("hr_scale", f"the hires size {to.width}x{to.height} is larger than the configured "
                                          f"maximum of {limits.max_width}x{limits.max_height}")
@@ -238,3 +236,41 @@ def _check_unipc(settings: UniPCSettings) -> None:
         raise InvalidRequest("uni_pc_skip_type", f"must be time_uniform, time_quadratic or logSNR, got "
                                                  f"{settings.skip_type!r}")
     _check_int(settings.order, "uni_pc_order", 1, 50)
+
+
+# ------------------------------------------------------------------ hires fix, from the request alone
+
+@dataclass(frozen=True)
+class HiresTarget:
+    width: int  # what the first pass is upscaled to
+    height: int
+    truncate_x: int = 0  # latent columns/rows cropped to fit the requested box (hr_resize_x/y both given)
+    truncate_y: int = 0
+
+    @property
+    def final_size(self) -> tuple[int, int]:
+        """The image's size: the upscaled latents (size // 8) less the cropped columns and rows."""
+        return (self.width // 8 - self.truncate_x) * 8, (self.height // 8 - self.truncate_y) * 8
+
+
+def hires_target(req: GenerationRequest) -> HiresTarget:
+    """A1111's calculate_target_resolution: the size hires fix upscales the first pass to."""
+    w, h, rx, ry = req.width, req.height, req.hr_resize_x, req.hr_resize_y
+    if rx == 0 and ry == 0:
+        return HiresTarget(int(w * req.hr_scale), int(h * req.hr_scale))
+    if ry == 0:
+        return HiresTarget(rx, rx * h // w)
+    if rx == 0:
+        return HiresTarget(ry * w // h, ry)
+    if w / h < rx / ry:
+        up_x, up_y = rx, rx * h // w
+    else:
+        up_x, up_y = ry * w // h, ry
+    return HiresTarget(up_x, up_y, (up_x - rx) // 8, (up_y - ry) // 8)
+
+
+def hires_schedule(req: GenerationRequest) -> tuple[int, int]:
+    """(steps of the whole schedule, steps that run): K = hr_second_pass_steps or steps; int(K / min(d, .999))."""
+    k = req.hr_second_pass_steps or req.steps
+    strength = min(req.denoising_strength, 0.999)
+    return (int(k / strength) if req.denoising_strength > 0 else 0), k

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from backend.samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS, UniPCSettings  # noqa: F401 - re-exported
+
 # eps_model(x, t) -> (guided epsilon, unconditional epsilon)
 EpsModel = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -80,20 +82,6 @@ def plms(eps_model: EpsModel, x, timesteps: list[int], alphas_cumprod, on_step):
         history = [*history, eps][-3:]
         on_step(i, x)
     return x
-
-
-UNIPC_VARIANTS = ("bh1", "bh2")  # A1111's vary_coeff is not implemented
-UNIPC_SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
-
-
-@dataclass(frozen=True)
-class UniPCSettings:
-    """A1111's uni_pc_* options (its defaults)."""
-
-    variant: str = "bh1"  # bh1 | bh2: the B(h) of the UniPC paper, h or e^h - 1
-    skip_type: str = "time_uniform"  # time_uniform | time_quadratic | logSNR: how the time grid is spaced
-    order: int = 3
-    lower_order_final: bool = True  # lower the order over the last steps
 
 
 class VpSchedule:

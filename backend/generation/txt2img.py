@@ -11,9 +11,10 @@ import torch
 from backend.generation import hires, sampling
 from backend.generation.img2img import txt2img_with_inpainting_model
 from backend.generation.noise import make_generator
-from backend.generation.requests import GenerationRequest
+from backend.generation.requests import GenerationRequest, hires_schedule, hires_target
 from backend.generation.sample import Start, sample
 from backend.loading.loader import LoadedModel
+from backend.upscale.resize import upscale_image
 from backend.samplers import ResolvedSampler, resolve
 
 
@@ -42,7 +43,7 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSam
                 work: sampling.BatchWork) -> torch.Tensor:
     """The second pass; with a hires checkpoint, A1111 switches models after the first pass (and its decode,
     for an image upscaler): the new model encodes, samples and decodes."""
-    to = hires.target(req)
+    to = hires_target(req)
     upscaler = req.hr_upscaler or "Latent"
     images = None
     if upscaler in hires.LATENT_MODES:
@@ -51,7 +52,7 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSam
         hooks.check_interrupt()
         images = hires.to_uint8_images(sampling.decode_latents(model, latents))
         models = resources.upscalers if resources else None
-        images = [hires.upscale_image(image, upscaler, to.width, to.height, models) for image in images]
+        images = [upscale_image(image, upscaler, to.width, to.height, models) for image in images]
     if req.hr_checkpoint:
         model = resources.switch_model(req.hr_checkpoint)
         work.decode_model = model
@@ -61,7 +62,7 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSam
     width, height = to.final_size
     hr_req = dataclasses.replace(req, width=width, height=height)
     hr_sampler = resolve(req.hr_sampler_name or req.sampler_name, req.hr_scheduler or req.scheduler)
-    total, run = hires.second_pass_steps(req)
+    total, run = hires_schedule(req)
     second = sampling.HiresPass(req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt, run,
                                 width, height)
     rng = sampling.image_noise(hr_req, seeds)

@@ -15,7 +15,6 @@ from backend.loading import build, prediction
 from backend.loading.checkpoint_file import open_checkpoint
 from backend.loading.detect import UNET_PREFIX, VAE_PREFIX, Family, detect, normalized_names
 from backend.memory.policy import Measures, ModelSize
-from backend.samplers import scheduler_base_config
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class LoadedModel:
 
     @property
     def scheduler_config(self) -> dict:
-        return scheduler_base_config(self.prediction_type)
+        return prediction.scheduler_base_config(self.prediction_type)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, *self.text_encoders]
@@ -109,7 +108,7 @@ def _prediction_type(path: Path, tensors, family: Family, unet) -> str:
         return found
     if family is not Family.SD2:
         return prediction.EPSILON
-    config = scheduler_base_config(prediction.EPSILON)
+    config = prediction.scheduler_base_config(prediction.EPSILON)
     betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, 1000) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, 0)
     context = torch.zeros((1, 77, unet.config.cross_attention_dim), dtype=unet.dtype, device=unet.device)

@@ -41,3 +41,10 @@ def probe(predict: Callable[[torch.Tensor, int], torch.Tensor], alphas_cumprod: 
     out = predict((1 - a).sqrt() * eps, t)
     ratio = (out.float().norm() / eps.norm()).item()
     return EPSILON if ratio > 0.5 else V_PREDICTION
+
+
+def scheduler_base_config(prediction_type: str) -> dict:
+    """The noise schedule all SD 1.x / 2.x / XL checkpoints were trained with (they do not store it)."""
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                prediction_type=prediction_type, steps_offset=1, timestep_spacing="leading", clip_sample=False,
+                set_alpha_to_one=False, skip_prk_steps=True)

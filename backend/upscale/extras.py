@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from backend.errors import InvalidRequest
-from backend.generation import hires
+from backend.upscale.resize import IMAGE_UPSCALERS, image_upscaler_names, upscale_by
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ExtrasRequest:
 
 def check(req: ExtrasRequest, models, max_pixels: int) -> None:
     """The request's own fields, before any picture is looked at: types, finite ranges, known upscalers."""
-    names = hires.image_upscaler_names(models)
+    names = image_upscaler_names(models)
     for field, name in (("upscaler_1", req.upscaler_1), ("upscaler_2", req.upscaler_2)):
         if name not in names:
             raise InvalidRequest(field, f"unknown upscaler '{name}'; available: {', '.join(names)}")
@@ -76,7 +76,7 @@ def check_picture(size: tuple[int, int], req: ExtrasRequest, models, max_pixels:
 
 
 def peak_size(size: tuple[int, int], scale: float, factor: float) -> tuple[int, int]:
-    """The largest picture `hires.upscale_by` makes on the way: up to three passes of `factor` until the picture
+    """The largest picture `upscale_by` makes on the way: up to three passes of `factor` until the picture
     covers int(size * scale) // 8 * 8 (the model's passes overshoot; the final resize only shrinks)."""
     dest = (int(size[0] * scale // 8 * 8), int(size[1] * scale // 8 * 8))
     width, height = size
@@ -95,7 +95,7 @@ def _scale_for(size: tuple[int, int], req: ExtrasRequest) -> float:
 
 def upscaler_factor(name: str, scale: float, models) -> float:
     """How much one pass of the upscaler grows a picture: a model's own factor, PIL's resize `scale`."""
-    if name in hires.IMAGE_UPSCALERS:
+    if name in IMAGE_UPSCALERS:
         return scale
     file = models.find(name) if models is not None else None
     return float(file.scale) if file is not None and file.scale else 4.0
@@ -130,7 +130,7 @@ def _upscale(image: Image.Image, name: str, req: ExtrasRequest, info: dict, mode
     else:
         scale = req.upscaling_resize
         info["Postprocess upscale by"] = scale
-    image = hires.upscale_by(image, name, scale, models)
+    image = upscale_by(image, name, scale, models)
     if req.resize_mode == 1 and req.upscaling_crop:
         cropped = Image.new("RGB", (width, height))
         cropped.paste(image, box=(width // 2 - image.width // 2, height // 2 - image.height // 2))

@@ -305,3 +305,35 @@ def test_ngms_and_noise_multiplier_reach_the_image_from_the_request_or_the_optio
     multiplied = requests.post(f"{api}/img2img", json={**body, "initial_noise_multiplier": 0.5}, timeout=120).json()
     assert "Noise multiplier: 0.5" in json.loads(multiplied["info"])["infotexts"][0]
     assert multiplied["images"] != requests.post(f"{api}/img2img", json=body, timeout=120).json()["images"]
+
+
+# Every field of A1111 1.10's StableDiffusionTxt2ImgProcessingAPI / Img2ImgProcessingAPI (data from its models)
+A1111_TXT2IMG_FIELDS = [
+    "prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
+    "seed_resize_from_w", "sampler_name", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height",
+    "restore_faces", "tiling", "do_not_save_samples", "do_not_save_grid", "eta", "denoising_strength", "s_min_uncond",
+    "s_churn", "s_tmax", "s_tmin", "s_noise", "override_settings", "override_settings_restore_afterwards",
+    "refiner_checkpoint", "refiner_switch_at", "disable_extra_networks", "firstpass_image", "comments", "enable_hr",
+    "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+    "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+    "force_task_id", "sampler_index", "script_name", "script_args", "send_images", "save_images", "alwayson_scripts",
+    "infotext"]
+A1111_IMG2IMG_FIELDS = [
+    name for name in A1111_TXT2IMG_FIELDS if not name.startswith(("hr_", "firstphase")) and name not in (
+        "enable_hr", "firstpass_image")] + [
+    "init_images", "resize_mode", "image_cfg_scale", "mask", "mask_blur_x", "mask_blur_y", "mask_blur", "mask_round",
+    "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert",
+    "initial_noise_multiplier", "latent_mask", "include_init_images"]
+
+
+@pytest.mark.parametrize("body, fields", [("txt2img", A1111_TXT2IMG_FIELDS), ("img2img", A1111_IMG2IMG_FIELDS)])
+def test_every_a1111_field_is_handled_or_refused_by_name(body, fields):
+    """No A1111 field falls through to "unknown, not used": each is a body field, read by the translation, or
+    refused when set (REFUSED_FIELDS)."""
+    from backend.api.models import Img2ImgBody, Txt2ImgBody
+    from backend.api.translate import HARMLESS_FIELDS, REFUSED_FIELDS, SIGMA_FIELDS
+
+    model = Txt2ImgBody if body == "txt2img" else Img2ImgBody
+    handled = set(model.model_fields) | set(REFUSED_FIELDS) | set(HARMLESS_FIELDS) | {n for n, _ in SIGMA_FIELDS} | {
+        "eta"}
+    assert [name for name in fields if name not in handled] == []

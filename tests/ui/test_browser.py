@@ -501,8 +501,8 @@ def test_extras_with_an_esrgan_model(page, app_url, models_dir, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from backend.generation import hires
     from backend.upscale.models import UpscalerLibrary
+    from backend.upscale.resize import upscale_by
 
     picture = Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 48, 3), dtype=np.uint8))
     picture.save(tmp_path / "small.png")
@@ -514,7 +514,7 @@ def test_extras_with_an_esrgan_model(page, app_url, models_dir, tmp_path):
     page.wait_for_function("document.querySelector('#extras_info textarea').value.includes('4x_tiny')",
                            timeout=60_000)
     result = _fetch(page, app_url, "#extras_result img").convert("RGB")
-    expected = hires.upscale_by(picture, "4x_tiny", 2.0, UpscalerLibrary([models_dir / "ESRGAN"]))
+    expected = upscale_by(picture, "4x_tiny", 2.0, UpscalerLibrary([models_dir / "ESRGAN"]))
     assert result.size == (96, 80)
     assert np.array_equal(np.asarray(result), np.asarray(expected))
 

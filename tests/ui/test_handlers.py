@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from backend.generation.requests import MaskedContent
-from backend.generation.timestep_samplers import UniPCSettings
+from backend.samplers import UniPCSettings
 from backend.options import request_fields
 from ui.generation_controls import fields_from_infotext
 from ui.png_info import read_parameters

@@ -6,7 +6,8 @@ import pytest
 
 from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest
-from backend.generation.timestep_samplers import UniPCSettings, a1111_timesteps
+from backend.generation.timestep_samplers import a1111_timesteps
+from backend.samplers import UniPCSettings
 from backend.options import request_fields
 from tests.fixtures.a1111_reference import a1111_timestep_txt2img
 from tests.fixtures.reference import max_pixel_diff, reference_conds
