@@ -68,6 +68,7 @@ class GenerationResult:
     grid: Image.Image | None = None
     grid_path: Path | None = None
     checkpoint: ModelFile | None = None
+    vae: ModelFile | None = None  # the first pass's VAE file (None: the checkpoint's own), as A1111 records it
     sampler: ResolvedSampler | None = None
     interrupted: bool = False
     job_timestamp: str = ""
@@ -527,7 +528,7 @@ class GenerationService:
             raise
         sampler = resolve(req.sampler_name, req.scheduler)
         req = dataclasses.replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed))
-        result = GenerationResult(req, checkpoint=checkpoint, sampler=sampler,
+        result = GenerationResult(req, checkpoint=checkpoint, vae=self.models.current_vae, sampler=sampler,
                                   job_timestamp=time.strftime("%Y%m%d%H%M%S"))
         req = self._apply_networks(model, req, result)  # the prompt loses its <lora:...> tags for encoding
         self._check_prompts(model, req, result)
@@ -726,7 +727,7 @@ class GenerationService:
 
     def infotext(self, req: GenerationRequest, result: GenerationResult, seed: int,
                  measures: Measures | None = None) -> str:
-        checkpoint, vae = result.checkpoint, self.models.current_vae
+        checkpoint, vae = result.checkpoint, result.vae  # the job's own record, whatever is loaded now
         hires_fix = req.enable_hr and req.kind == "txt2img"
         params: dict[str, object] = {
             "Steps": req.steps,

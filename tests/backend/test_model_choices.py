@@ -98,3 +98,14 @@ def test_fp16_vae_overflow_is_decoded_in_fp32(svc):
         assert np.asarray(sampling.to_pil(pixels)[0]).std() > 0  # not a black/NaN image
     finally:
         vae.to(torch.float32)
+
+
+def test_infotext_names_the_first_passs_vae_after_a_hires_checkpoint(svc):
+    """A1111 records the VAE when the job starts: a hires checkpoint with a VAE of its own does not change
+    what the infotext names (here: the built-in VAE of the first model, so no VAE key at all)."""
+    result = svc.generate(_req(checkpoint="plain.safetensors", enable_hr=True, hr_upscaler="Latent",
+                               hr_checkpoint="with-sidecar.safetensors", denoising_strength=0.5))
+    assert "VAE" not in result.infotexts[0] and "Hires checkpoint: with-sidecar" in result.infotexts[0]
+    sidecar_first = svc.generate(_req(checkpoint="with-sidecar.safetensors", enable_hr=True, hr_upscaler="Latent",
+                                      hr_checkpoint="plain.safetensors", denoising_strength=0.5))
+    assert "VAE: with-sidecar.vae.safetensors" in sidecar_first.infotexts[0]
