@@ -635,10 +635,11 @@ class GenerationService:
 
     def _patch_networks(self, model: LoadedModel, result: GenerationResult) -> None:
         """Merge the job's LoRAs and hypernetworks into `model` (or restore it when there are none)."""
-        patcher = model.caches.setdefault("networks", NetworkPatcher())
-        warnings = patcher.apply(model, result.networks, self.networks)
+        if model.network_patcher is None:
+            model.network_patcher, model.hypernet_patcher = NetworkPatcher(), HypernetPatcher()
+        warnings = model.network_patcher.apply(model, result.networks, self.networks)
         result.warnings += [w for w in warnings if w not in result.warnings]
-        model.caches.setdefault("hypernetworks", HypernetPatcher()).apply(model.unet, result.hypernetworks)
+        model.hypernet_patcher.apply(model.unet, result.hypernetworks)
 
     def _check_prompts(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
         """Length limits, and which embeddings the prompts use (for `TI hashes`)."""

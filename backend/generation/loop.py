@@ -9,7 +9,7 @@ drive it (sample.py): k-diffusion's in sigma space (kdiffusion.py), and A1111's 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -78,7 +78,6 @@ class Denoiser:
     inpaint_channels: torch.Tensor | None = None  # 9-channel models: mask + masked-image latents, (B, 5, h, w)
     s_min_uncond: float = 0.0  # A1111's Negative Guidance minimum sigma (NGMS)
     s_min_uncond_all: bool = False
-    last_uncond: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def skips_uncond(self, step: int, level: float | None) -> bool:
         """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
@@ -88,6 +87,12 @@ class Denoiser:
                 and bool(step % 2 or self.s_min_uncond_all))
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int, level: float | None = None) -> torch.Tensor:
+        """The guided model output."""
+        return self.guide(x, t, step, level)[0]
+
+    def guide(self, x: torch.Tensor, t: torch.Tensor, step: int,
+              level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided output, unconditional output): DDIM CFG++ steps along the unconditional one."""
         conds = self.cond.at(step)
         uncond = self.uncond.at(step)[0][1]
         length = max(c.embeds.shape[1] for _, c in conds)
@@ -102,11 +107,10 @@ class Denoiser:
         else:  # different lengths: separate calls rather than padding (A1111's pad_cond_uncond=False)
             out_uncond = self._unet([uncond.embeds], [uncond.pooled], x, t)
             out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
-        self.last_uncond = out_uncond  # DDIM CFG++ steps along the unconditional output
         guided = out_uncond
         for (weight, _), out in zip(conds, out_conds, strict=True):
             guided = guided + self.cfg_scale * (weight * (out - out_uncond))
-        return guided
+        return guided, out_uncond
 
     def _unet(self, embeds: list[torch.Tensor], pooled: list, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One UNet call for several conditionings; each is repeated for the batch's images."""

@@ -122,8 +122,7 @@ class EpsDenoiser:
         if self.start.keep is not None:
             x = self.start.hold(x)
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
-        guided = self.denoiser(x.to(self.dtype), t, self.calls, float(timestep)).float()
-        uncond = self.denoiser.last_uncond.float()
+        guided, uncond = (out.float() for out in self.denoiser.guide(x.to(self.dtype), t, self.calls, float(timestep)))
         self.calls += 1
         a = self.alphas_cumprod[int(timestep)].item()  # A1111 truncates a fractional timestep
         if self.v:  # epsilon = sqrt(a) v + sqrt(1 - a) x, for both (linear in the output)

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import DiffusionPipeline
@@ -16,7 +17,13 @@ from backend.loading.checkpoint_file import open_checkpoint
 from backend.loading.detect import UNET_PREFIX, VAE_PREFIX, Family, detect, normalized_names
 from backend.memory.policy import Measures, ModelSize
 
+if TYPE_CHECKING:  # generation's own objects, attached to a model it runs
+    from backend.networks.hypernetworks import HypernetPatcher
+    from backend.networks.patch import NetworkPatcher
+    from backend.prompts.encode import ConditioningCache
+
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadedModel:
@@ -30,7 +37,10 @@ class LoadedModel:
     execution_device: torch.device = torch.device("cpu")  # where it computes, wherever the weights are
     applied_measures: Measures | None = None  # set by backend.memory.apply
     alphas_cumprod: torch.Tensor | None = None  # the checkpoint's own noise schedule (SD 1.x/2.x), None: SD's
-    caches: dict = field(default_factory=dict, repr=False)  # per-model caches generation keeps (conditioning)
+    # What generation keeps with the model while it is loaded, each created by its owner on first use:
+    conditioning_cache: ConditioningCache | None = field(default=None, repr=False)  # prompts/encode.py
+    network_patcher: NetworkPatcher | None = field(default=None, repr=False)  # LoRAs merged into the weights
+    hypernet_patcher: HypernetPatcher | None = field(default=None, repr=False)  # hypernetworks on attention
 
     @property
     def is_inpainting(self) -> bool:

@@ -254,10 +254,12 @@ def chunk_count(encoder: PromptEncoder, prompts: list[str]) -> int:
 def encoder_for(model, emphasis: str = "Original", library: EmbeddingLibrary | None = None) -> PromptEncoder:
     """The prompt encoder of a loaded model (generation builds it; loading only returns the modules), with the
     library's embeddings that fit the model."""
-    cache = model.caches.setdefault("conditioning", ConditioningCache())
+    if model.conditioning_cache is None:
+        model.conditioning_cache = ConditioningCache()
+    cache = model.conditioning_cache
     embeddings = library.split_by_fit(text_width(model))[0] if library else {}
     encoder = PromptEncoder(model.family, model.tokenizers, model.text_encoders, model.execution_device, cache,
                             emphasis, embeddings, library.version if library else 0)
-    patcher = model.caches.get("networks")
+    patcher = model.network_patcher
     encoder.weights_key = patcher.signature if patcher is not None else ()
     return encoder
