@@ -38,7 +38,8 @@ from backend.jobs import Job
 from backend.options import IMPLEMENTED, docs_text
 from backend.outputs import read_infotext
 from backend.samplers import SAMPLERS, SCHEDULES
-from backend.service import VERSION, GenerationService
+from backend.generation.parameters import VERSION
+from backend.service import GenerationService
 from backend.upscale.extras import ExtrasRequest
 from backend.upscale.resize import IMAGE_UPSCALERS
 

@@ -10,7 +10,8 @@ from backend.api.models import Img2ImgBody, Txt2ImgBody
 from backend.errors import InvalidRequest
 from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest, MaskedContent, ResizeMode
 from backend.options import request_fields as option_fields
-from backend.service import VERSION, GenerationResult
+from backend.generation.parameters import VERSION
+from backend.generation.results import GenerationResult
 from backend.settings import Limits
 
 

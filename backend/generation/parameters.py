@@ -1,0 +1,119 @@
+"""A1111's generation parameters (infotext) of an image, from the job's own record: the request, and what
+the job ran with (its model, VAE, sampler, networks and memory measures), never from what is loaded now."""
+
+from __future__ import annotations
+
+from backend import infotext
+from backend.generation.requests import MASKED_CONTENT_LABELS, GenerationRequest, MaskedContent
+from backend.generation.results import GenerationResult
+from backend.memory.policy import Measures
+from backend.registry import ModelFile
+from backend.samplers import hires_infotext_schedule, infotext_schedule, resolve
+
+VERSION = "v0.1.0"
+
+
+def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int,
+                     measures: Measures | None = None) -> str:
+    """A1111's infotext of one image, built from the job's own record (`result`) alone."""
+    checkpoint, vae = result.checkpoint, result.vae  # the job's own record, whatever is loaded now
+    hires_fix = req.enable_hr and req.kind == "txt2img"
+    params: dict[str, object] = {
+        "Steps": req.steps,
+        "Sampler": result.sampler.sampler.name,
+        "Schedule type": infotext_schedule(result.sampler.sampler, req.scheduler),
+        "CFG scale": req.cfg_scale,
+        "Seed": seed,
+        "Size": f"{req.width}x{req.height}",
+        "Model hash": checkpoint.short_hash,
+        "Model": checkpoint.model_name,
+        "VAE hash": vae.short_hash if vae else None,
+        "VAE": vae.name if vae else None,
+        "Variation seed": req.subseed + (seed - req.seed) if req.subseed_strength else None,
+        "Variation seed strength": req.subseed_strength or None,
+        "Seed resize from": f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
+        if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0 else None,
+        "Denoising strength": req.denoising_strength if req.kind == "img2img" or hires_fix else None,
+        "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
+        "Eta": req.eta if req.eta is not None and result.sampler.sampler.noise and req.eta != 1.0 else None,
+        "Eta DDIM": req.eta if req.eta and result.sampler.sampler.uses_ddim_eta else None,
+        **_sigma_options(req, result.sampler.sampler),
+        "ENSD": req.eta_noise_seed_delta if req.eta_noise_seed_delta and result.sampler.sampler.ancestral
+        else None,
+        "RNG": req.rng_source if req.rng_source != "GPU" else None,
+        "Tiling": "True" if req.tiling else None,
+    }
+    if hires_fix:
+        params.update(_hires_params(req, result.hr_checkpoint))
+    if req.is_inpainting:
+        blur_x, blur_y = req.mask_blurs  # A1111 writes one blur only, and only when they agree
+        params["Mask blur"] = blur_x if blur_x == blur_y and blur_x > 0 else None
+        if req.inpaint_full_res:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = req.inpaint_full_res_padding
+        if req.inpainting_fill != MaskedContent.ORIGINAL:  # A1111 names only the others
+            params["Masked content"] = MASKED_CONTENT_LABELS[req.inpainting_fill]
+        if req.inpainting_mask_invert:
+            params["Mask mode"] = "Inpaint not masked"
+    if result.hypernetworks:
+        params["Hypernet"] = ", ".join(h.name for h, _ in result.hypernetworks)
+        params["Hypernet hash"] = ", ".join(h.short_hash for h, _ in result.hypernetworks)
+    if result.networks:
+        params["Lora hashes"] = ", ".join(f"{w.typed_name}: {w.network.short_hash}" for w in result.networks)
+    if result.embeddings:
+        params["TI hashes"] = ", ".join(f"{e.name}: {e.short_hash}" for e in result.embeddings)
+    if req.emphasis != "Original" and _uses_brackets(req):
+        params["Emphasis"] = req.emphasis
+    if req.kind == "img2img" and req.initial_noise_multiplier != 1.0:
+        params["Noise multiplier"] = req.initial_noise_multiplier
+    if req.s_min_uncond > 0:
+        params["NGMS"] = req.s_min_uncond
+        params["NGMS all steps"] = "True" if req.s_min_uncond_all else None
+    params.update(req.extra_params)
+    if measures is not None and measures.fallbacks:
+        params["Memory fallback"] = " + ".join(measures.fallbacks)
+    params["Version"] = VERSION
+    return infotext.build(req.prompt, req.negative_prompt, params)
+
+
+def _uses_brackets(req: GenerationRequest) -> bool:
+    """A1111 writes `Emphasis` only when a prompt could use it."""
+    return any("(" in text or "[" in text for text in (req.prompt, req.negative_prompt))
+
+
+def _sigma_options(req: GenerationRequest, sampler) -> dict:
+    """A1111's `Sigma churn/tmin/tmax/noise` infotext keys: written when the sampler uses them and they are not
+    the defaults."""
+    churns = sampler.k_function in ("euler", "heun", "dpm_2")
+    return {"Sigma churn": req.s_churn if churns and req.s_churn else None,
+            "Sigma tmin": req.s_tmin if churns and req.s_tmin else None,
+            "Sigma tmax": req.s_tmax if churns and req.s_tmax else None,
+            "Sigma noise": req.s_noise if (churns or sampler.noise) and req.s_noise != 1.0 else None}
+
+
+def _hires_params(req: GenerationRequest, hr_checkpoint: ModelFile | None) -> dict:
+    """A1111's hires fix infotext keys, in its order (StableDiffusionProcessingTxt2Img.init)."""
+    params: dict[str, object] = {}
+    if hr_checkpoint is not None:  # A1111's short title: the name and the short hash
+        short_hash = hr_checkpoint.short_hash
+        params["Hires checkpoint"] = f"{hr_checkpoint.model_name} [{short_hash}]" if short_hash \
+            else hr_checkpoint.model_name
+    if req.hr_sampler_name and req.hr_sampler_name != req.sampler_name:
+        params["Hires sampler"] = req.hr_sampler_name
+    if req.hr_prompt and req.hr_prompt != req.prompt:
+        params["Hires prompt"] = req.hr_prompt
+    if req.hr_negative_prompt and req.hr_negative_prompt != req.negative_prompt:
+        params["Hires negative prompt"] = req.hr_negative_prompt
+    first = resolve(req.sampler_name, req.scheduler).sampler
+    second = resolve(req.hr_sampler_name or req.sampler_name, req.hr_scheduler or req.scheduler).sampler
+    params["Hires schedule type"] = hires_infotext_schedule(first, req.scheduler, second,
+                                                            req.hr_scheduler or req.scheduler)
+    if req.hr_resize_x == 0 and req.hr_resize_y == 0:
+        params["Hires upscale"] = req.hr_scale
+    else:
+        params["Hires resize"] = f"{req.hr_resize_x}x{req.hr_resize_y}"
+    if req.hr_second_pass_steps:
+        params["Hires steps"] = req.hr_second_pass_steps
+    if req.hr_upscaler is not None:
+        params["Hires upscaler"] = req.hr_upscaler
+    return params

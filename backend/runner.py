@@ -1,0 +1,315 @@
+"""The job runner: what the worker thread does with a job. A generation job loads its model, merges its
+networks, and runs its batches (or its script) on the one loop, with the memory fallbacks; then it decodes,
+builds each image's infotext from the job's record and saves. An Extras job upscales one picture at a time."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from backend import scripts
+from backend.errors import CheckpointError, Interrupted
+from backend.generation import sampling
+from backend.generation.img2img import prepare_img2img
+from backend.generation.parameters import image_parameters
+from backend.generation.requests import GenerationRequest, check_prompt_chunks, hires_target, resolve_seed, validate
+from backend.generation.results import GenerationResult
+from backend.generation.tiling import seamless
+from backend.generation.txt2img import prepare_txt2img
+from backend.grid import make_grid
+from backend.jobs import Job, SkipBatch
+from backend.loading.loader import LoadedModel
+from backend.memory.fallback import decode_with_fallbacks, run_with_fallbacks
+from backend.memory.policy import Measures
+from backend.model_manager import ModelManager
+from backend.networks.apply import NetworkApplier
+from backend.options import Options
+from backend.outputs import OutputWriter, read_infotext
+from backend.prompts.embeddings import EmbeddingLibrary
+from backend.prompts.encode import encoder_for
+from backend.registry import ModelFile
+from backend.samplers import ResolvedSampler, resolve
+from backend.settings import Settings
+from backend.upscale.extras import ExtrasRequest, open_picture, run_extras
+from backend.upscale.models import UpscalerLibrary
+from backend.upscale.resize import upscale_by
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtrasResult:
+    images: list[Image.Image] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)  # `Postprocess upscale by: 2, Postprocess upscaler: ...`
+    parameters: list[str | None] = field(default_factory=list)  # each source's own generation parameters
+    warnings: list[str] = field(default_factory=list)
+    count: int = 0  # pictures done (more than `images` when a folder batch keeps only the first results)
+
+
+@dataclass
+class ExtrasJob:
+    """What the worker upscales: pictures, or picture files it opens one at a time; where results go; how
+    many results to keep for the caller (None: all)."""
+
+    sources: list[Image.Image | Path]
+    req: ExtrasRequest
+    save: bool
+    folder: Path | None = None
+    keep: int | None = None
+
+
+MAX_KEPT_FOLDER_RESULTS = 32  # a folder batch shows its first results; all of them are saved
+
+
+@dataclass
+class _Denoised:
+    """One part of a batch after sampling: latents to decode (or ready images) and how to finish them."""
+
+    work: sampling.BatchWork
+    latents: torch.Tensor | None
+    interrupted: bool = False
+
+
+class JobRunner:
+    """Runs generation and Extras jobs on the worker thread (the only one that touches the device)."""
+
+    def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter, options: Options,
+                 embeddings: EmbeddingLibrary, networks: NetworkApplier, upscalers: UpscalerLibrary,
+                 resources: sampling.Resources, on_unloadable: Callable[[ModelFile], None] = lambda c: None):
+        self.settings, self.models, self.registry = settings, models, models.registry
+        self.outputs, self.options, self.embeddings = outputs, options, embeddings
+        self.networks, self.upscalers, self.resources = networks, upscalers, resources
+        self.on_unloadable = on_unloadable  # the facade forgets an implicit default that cannot load
+
+    def generate(self, job: Job) -> GenerationResult:
+        return self._generate(job, job.payload)
+
+    def extras(self, job: Job) -> ExtrasResult:
+        return self._run_extras(job, job.payload)
+
+    def _run_extras(self, job: Job, work: ExtrasJob) -> ExtrasResult:
+        """One picture at a time: folder pictures are opened here, and results beyond `work.keep` are saved and
+        let go, so a folder batch never holds the whole folder in memory."""
+        result = ExtrasResult()
+        limit = self.settings.limits.max_upload_pixels
+        for index, source in enumerate(work.sources):
+            if job.interrupted:
+                result.warnings.append(f"interrupted after {index} of {len(work.sources)} pictures")
+                break
+            job.progress.textinfo = f"Extras: picture {index + 1} of {len(work.sources)}"
+            try:
+                image = open_picture(source, limit) if isinstance(source, Path) else source
+            except (OSError, Image.DecompressionBombError) as err:
+                result.warnings.append(f"skipped {source.name}: {err}")
+                continue
+            upscaled, info = run_extras(image, work.req, self.upscalers)
+            text = ", ".join(f"{k}: {v}" for k, v in info.items())
+            texts = {"parameters": read_infotext(image) or "", "postprocessing": text, "extras": text}
+            texts = {k: v for k, v in texts.items() if v}
+            if work.keep is None or len(result.images) < work.keep:
+                result.images.append(upscaled)
+                result.infotexts.append(text)
+                result.parameters.append(texts.get("parameters"))
+            if work.save and work.folder is not None:
+                self._save(result, lambda upscaled=upscaled, texts=texts, stem=source.stem:
+                           self.outputs.save_named(upscaled, work.folder, stem, texts))
+            elif work.save:
+                self._save(result, lambda upscaled=upscaled, texts=texts: self.outputs.save_extras(upscaled, texts))
+        result.count = index + 1 if work.sources else 0
+        return result
+
+    def _generate(self, job: Job, req: GenerationRequest) -> GenerationResult:
+        checkpoint = self.registry.find_checkpoint(req.checkpoint)
+        job.progress.textinfo = f"loading {checkpoint.title}"
+        try:
+            model = self.models.get(checkpoint, req.vae)
+        except CheckpointError:
+            self.on_unloadable(checkpoint)
+            raise
+        sampler = resolve(req.sampler_name, req.scheduler)
+        req = dataclasses.replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed))
+        hr_checkpoint = self.registry.find_checkpoint(req.hr_checkpoint) if req.hr_checkpoint else None
+        result = GenerationResult(req, checkpoint=checkpoint, vae=self.models.current_vae, sampler=sampler,
+                                  hr_checkpoint=hr_checkpoint, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
+        req = self._apply_networks(model, req, result)  # the prompt loses its <lora:...> tags for encoding
+        self._check_prompts(model, req, result)
+        width, height = hires_target(req).final_size if req.enable_hr and req.kind == "txt2img" else (req.width,
+                                                                                                     req.height)
+        measures = self.models.plan.for_request(width, height, req.batch_size)
+        with seamless([model.unet, model.vae], req.tiling):
+            if req.script is not None:
+                self._run_script(job, model, req, sampler, result, measures)
+            else:
+                self._run_batches(job, model, req, sampler, result, measures)
+        if len(result.images) > 1:
+            result.grid = make_grid(result.images)
+            if req.save_images and not result.interrupted:
+                result.grid_path = self._save(result, lambda: self.outputs.save_grid(result.grid, req.kind,
+                                                                                     result.infotexts[0]))
+        return result
+
+    def _run_batches(self, job: Job, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
+                     result: GenerationResult, measures: Measures) -> None:
+        first_seed = req.seed
+        for batch_no in range(req.n_iter):
+            try:
+                job.start_batch(batch_no, req.n_iter)
+            except Interrupted:
+                result.interrupted = True
+                break
+            job.progress.textinfo = f"batch {batch_no + 1} of {req.n_iter}"
+            seeds = [first_seed + batch_no * req.batch_size + i for i in range(req.batch_size)]
+
+            def attempt(m: Measures, seeds=seeds) -> list[_Denoised]:
+                return self._denoise(model, req, sampler, seeds, job, m, result)
+
+            try:
+                parts, measures = run_with_fallbacks(attempt, measures, len(seeds), self.models.device)
+            except SkipBatch:
+                continue
+            images, measures = self._decode(model, parts, measures)
+            interrupted = any(part.interrupted for part in parts)
+            keep_partial = bool(self.options.get("save_incomplete_images"))  # A1111's option, off by default
+            self._collect(result, req, images, seeds[: len(images)], measures, save=not interrupted or keep_partial)
+            if interrupted:
+                result.interrupted = True
+                break
+
+    def _run_script(self, job: Job, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
+                    result: GenerationResult, measures: Measures) -> None:
+        """An img2img script: its jobs run here, one after another, like batches; its pictures are the result,
+        saved with the first job's parameters (as A1111 does)."""
+        def process(sub_req: GenerationRequest) -> GenerationResult:
+            validate(sub_req, self.settings.limits)
+            sub = dataclasses.replace(result, request=sub_req, images=[], infotexts=[], seeds=[], paths=[])
+            self._run_batches(job, model, sub_req, sampler, sub, measures)
+            return sub
+
+        def report(text: str) -> None:
+            job.progress.textinfo = text
+            job.check_interrupt()
+
+        tools = scripts.ScriptTools(process, lambda image, name, scale: upscale_by(image, name, scale,
+                                                                                          self.upscalers), report)
+        try:
+            output = scripts.run(req.script, req, tools)
+        except Interrupted:
+            result.interrupted = True
+            return
+        result.interrupted = output.interrupted
+        keep_partial = bool(self.options.get("save_incomplete_images"))
+        for image, seed in zip(output.images, output.seeds, strict=True):
+            result.images.append(image)
+            result.seeds.append(seed)
+            result.infotexts.append(output.infotext)
+            if req.save_images and (not output.interrupted or keep_partial):
+                path = self._save(result, lambda image=image, seed=seed: self.outputs.save_image(
+                    image, req.kind, seed, output.infotext))
+                if path is not None:
+                    result.paths.append(path)
+
+    def _apply_networks(self, model: LoadedModel, req: GenerationRequest,
+                        result: GenerationResult) -> GenerationRequest:
+        """Merge the prompt's networks into the model; the request goes on without the tags (for encoding)."""
+        chosen = self.networks.choose(req.prompt, req.network_hashes, req.disable_extra_networks)
+        result.networks, result.hypernetworks = chosen.networks, chosen.hypernetworks
+        result.warnings += [w for w in chosen.warnings if w not in result.warnings]
+        self._patch_networks(model, result)
+        return dataclasses.replace(req, prompt=chosen.prompt)
+
+    def _patch_networks(self, model: LoadedModel, result: GenerationResult) -> None:
+        warnings = self.networks.patch(model, result.networks, result.hypernetworks)
+        result.warnings += [w for w in warnings if w not in result.warnings]
+
+    def _check_prompts(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
+        """Length limits, and which embeddings the prompts use (for `TI hashes`)."""
+        encoder = encoder_for(model, req.emphasis, self.embeddings)
+        used = {}
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(req, name)
+            check_prompt_chunks(len(encoder.chunks(text)), name, self.settings.limits.max_prompt_chunks)
+            used.update({e.name: e for e in encoder.embeddings_used(text)})
+        result.embeddings = list(used.values())
+
+    def _denoise(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
+                 job: Job, measures: Measures, result: GenerationResult) -> list[_Denoised]:
+        """Sample one batch under `measures`; with a batch split, its parts run one after another (same seeds).
+        An interrupt keeps what the current part has reached, as A1111 does."""
+        resources = self.resources
+        if req.enable_hr and req.hr_checkpoint:  # each batch's first pass on the request's model again
+            model = self.models.get(self.registry.find_checkpoint(req.checkpoint), req.vae)
+            resources = dataclasses.replace(resources, switch_model=lambda title: self._switch_for_hires(
+                title, req, result, len(seeds)))
+        self.models.apply(measures)
+        prepare = prepare_txt2img if req.kind == "txt2img" else prepare_img2img
+        size = -(-len(seeds) // measures.batch_split)
+        parts = []
+        for start in range(0, len(seeds), size):
+            work = prepare(model, req, sampler, seeds[start : start + size], resources)
+            if work.ready_images is not None:
+                parts.append(_Denoised(work, None))
+                continue
+            job.progress.latents = None
+            try:
+                parts.append(_Denoised(work, work.denoise(job)))
+            except Interrupted:
+                if job.progress.latents is None:
+                    raise
+                parts.append(_Denoised(work, job.progress.latents.float(), interrupted=True))
+                break
+        return parts
+
+    def _switch_for_hires(self, title: str, req: GenerationRequest, result: GenerationResult,
+                          batch: int) -> LoadedModel:
+        """Hires fix's checkpoint: activate it with the job's networks and measures for the final size."""
+        model = self.models.get(self.registry.find_checkpoint(title), req.vae)
+        self._patch_networks(model, result)
+        self.models.apply(self.models.plan.for_request(*hires_target(req).final_size, batch))
+        return model
+
+    def _decode(self, model: LoadedModel, parts: list[_Denoised],
+                measures: Measures) -> tuple[list[Image.Image], Measures]:
+        images = []
+        for part in parts:
+            if part.latents is None:
+                images += part.work.ready_images
+                continue
+            decoder = part.work.decode_model or model
+            pixels, measures = decode_with_fallbacks(
+                lambda dtype, latents=part.latents, decoder=decoder: sampling.decode_latents(decoder, latents, dtype),
+                decoder.vae.dtype, measures, self.models.apply, self.models.device)
+            images += part.work.finish(sampling.to_pil(pixels))
+        return images, measures
+
+    def _collect(self, result: GenerationResult, req: GenerationRequest, images: list[Image.Image],
+                 seeds: list[int], measures: Measures, save: bool) -> None:
+        for image, seed in zip(images, seeds, strict=True):
+            text = image_parameters(result.request, result, seed, measures)
+            result.images.append(image)
+            result.seeds.append(seed)
+            result.infotexts.append(text)
+            if req.save_images and save:
+                path = self._save(result, lambda image=image, seed=seed, text=text:
+                                  self.outputs.save_image(image, req.kind, seed, text))
+                if path is not None:
+                    result.paths.append(path)
+
+    def _save(self, result: GenerationResult, save) -> Path | None:
+        """Save; when that fails (disk full, read-only folder) the images still go back to the user, with a
+        warning that says why without naming server paths."""
+        try:
+            return save()
+        except OSError as err:
+            log.error("could not save an image: %s", err)
+            warning = f"Images were not saved: {err.strerror or type(err).__name__}."
+            if warning not in result.warnings:
+                result.warnings.append(warning)
+            return None
+
