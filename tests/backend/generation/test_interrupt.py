@@ -2,6 +2,8 @@
 `denoised`), not the noisy latents of that step. The reference stops k-diffusion's own samplers (and A1111's
 DDIM) at the same step."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -71,3 +73,36 @@ def test_ddim_interrupt_keeps_the_predicted_clean_latents(service, tiny):
                            callback=lambda i, x0: seen.append(x0))
     assert torch.allclose(ours, seen[STOP_AFTER - 1], atol=2e-3), (ours - seen[STOP_AFTER - 1]).abs().max()
     assert not torch.allclose(ours, seen[STOP_AFTER], atol=2e-2)
+
+
+class _StopInsideTheUnet(_StopAt):
+    """Interrupted during the first model call: between two of the UNet's blocks, before any step ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0  # checks made from the UNet's block hooks (text encoding checks too, elsewhere)
+        self.steps = 0
+
+    def report_step(self, step, steps, latents=None):
+        self.steps += 1
+
+    def check_interrupt(self):
+        if any(f.function == "<lambda>" and f.filename.endswith("sample.py") for f in inspect.stack()[1:3]):
+            self.checks += 1
+            if self.checks >= 3:
+                raise Interrupted("interrupted by the user")
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_an_interrupt_does_not_wait_for_the_step_to_end(service, sampler):
+    """A huge step (the largest allowed request on a CPU) is not waited for: the UNet checks between its
+    blocks. The hooks are gone afterwards."""
+    model = service.models.get(service.registry.find_checkpoint("sd1.safetensors"))
+    req = GenerationRequest(prompt="a lighthouse", steps=8, width=64, height=64, seed=21, sampler_name=sampler,
+                            checkpoint="sd1.safetensors", save_images=False)
+    hooks = _StopInsideTheUnet()
+    with pytest.raises(Interrupted):
+        prepare_txt2img(model, req, resolve(sampler, None), [21]).denoise(hooks)
+    assert hooks.steps == 0 and hooks.checks == 3
+    blocks = [*model.unet.down_blocks, model.unet.mid_block, *model.unet.up_blocks]
+    assert all(not block._forward_pre_hooks for block in blocks)
