@@ -101,7 +101,6 @@ NOTICE_VALUE_FLAGS = {
 # accepted with a warning that says exactly what still happens.
 PARTIAL_FLAGS = {
     "--upcast-sampling": "the UNet runs in the chosen precision; use --no-half if half precision gives NaN",
-    "--disable-nan-check": "the VAE's NaN check stays on (it only retries a decode in fp32)",
 }
 
 PRECISIONS = ["auto", "fp32", "fp16", "bf16", "full", "half", "autocast"]
@@ -188,6 +187,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="auto (fp16 on GPUs), fp32, fp16, bf16; A1111's full = fp32, half = fp16, autocast = auto")
     p.add_argument("--no-half", action="store_true", help="run the whole model in fp32")
     p.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32")
+    p.add_argument("--disable-nan-check", action="store_true",
+                   help="no NaN check after a VAE decode (a NaN image is not decoded again in fp32)")
     p.add_argument("--xformers", action="store_true", help="use xformers attention where its CUDA kernels work")
     p.add_argument("--force-enable-xformers", action="store_true", help="the same as --xformers")
     p.add_argument("--xformers-flash-attention", action="store_true", help="the same as --xformers")

@@ -284,7 +284,7 @@ class JobRunner:
             decoder = part.work.decode_model or model
             pixels, measures = decode_with_fallbacks(
                 lambda dtype, latents=part.latents, decoder=decoder: sampling.decode_latents(decoder, latents, dtype),
-                decoder.vae.dtype, measures, self.models.apply, self.models.device)
+                decoder.vae.dtype, measures, self.models.apply, self.models.device, self.settings.nan_check)
             images += part.work.finish(sampling.to_pil(pixels))
         return images, measures
 

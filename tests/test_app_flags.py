@@ -111,6 +111,8 @@ def test_a1111_cpu_recipe_and_precision_names():
     assert app.settings_from_args(app.parse_args(["--precision", "autocast"])).precision == "auto"
     assert app.settings_from_args(app.parse_args(["--device-id", "1"])).device == "cuda:1"
     assert app.settings_from_args(app.parse_args(["--use-cpu", "gfpgan"])).device == "auto"
+    assert app.settings_from_args(app.parse_args([])).nan_check
+    assert not app.settings_from_args(app.parse_args(["--disable-nan-check"])).nan_check
     with pytest.raises(SystemExit, match="device index"):
         app.settings_from_args(app.parse_args(["--device-id", "gpu"]))
 

@@ -36,7 +36,7 @@ def _out_of_memory(device: torch.device, problem: str, measures: Measures) -> Ou
 
 def decode_with_fallbacks(decode: Callable[[torch.dtype | None], torch.Tensor], vae_dtype: torch.dtype,
                           measures: Measures, apply: Callable[[Measures], None],
-                          device: torch.device) -> tuple[torch.Tensor, Measures]:
+                          device: torch.device, nan_check: bool = True) -> tuple[torch.Tensor, Measures]:
     """`decode(dtype)` -> pixels. Out of memory: retry only the decode with the next decode measure (`apply`
     puts it in place). Non-finite pixels from an fp16 VAE: decode once more in the policy's retry dtype."""
     while True:
@@ -54,7 +54,7 @@ def decode_with_fallbacks(decode: Callable[[torch.dtype | None], torch.Tensor], 
         log.warning("out of memory while decoding (%s); retrying with %s", problem, stronger.fallbacks[-1])
         measures = stronger
         apply(measures)
-    retry_dtype = nan_retry_dtype(vae_dtype)
+    retry_dtype = nan_retry_dtype(vae_dtype) if nan_check else None  # A1111's --disable-nan-check: none
     if retry_dtype is not None and not torch.isfinite(pixels).all():
         log.warning("the VAE produced NaN in %s; decoding again in %s", vae_dtype, retry_dtype)
         pixels = decode(retry_dtype)
