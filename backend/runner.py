@@ -231,12 +231,14 @@ class JobRunner:
     def _check_prompts(self, model: LoadedModel, req: GenerationRequest, result: GenerationResult) -> None:
         """Length limits, and which embeddings the prompts use (for `TI hashes`)."""
         encoder = encoder_for(model, req.emphasis, self.embeddings)
-        used = {}
+        used, chunks = {}, []
         for name in ("prompt", "negative_prompt"):
             text = getattr(req, name)
-            check_prompt_chunks(len(encoder.chunks(text)), name, self.settings.limits.max_prompt_chunks)
+            chunks.append(len(encoder.chunks(text)))
+            check_prompt_chunks(chunks[-1], name, self.settings.limits.max_prompt_chunks)
             used.update({e.name: e for e in encoder.embeddings_used(text)})
         result.embeddings = list(used.values())
+        result.prompt_chunks = (chunks[0], chunks[1])
 
     def _denoise(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                  job: Job, measures: Measures, result: GenerationResult) -> list[_Denoised]:

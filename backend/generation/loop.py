@@ -78,6 +78,8 @@ class Denoiser:
     inpaint_channels: torch.Tensor | None = None  # 9-channel models: mask + masked-image latents, (B, 5, h, w)
     s_min_uncond: float = 0.0  # A1111's Negative Guidance minimum sigma (NGMS)
     s_min_uncond_all: bool = False
+    pad_conds: str = ""  # A1111's options: "v0" (pad_cond_uncond_v0), "pad" (pad_cond_uncond) or "" (off)
+    empty: Conditioning | None = None  # the empty prompt's conditioning, which "pad" appends
 
     def skips_uncond(self, step: int, level: float | None) -> bool:
         """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
@@ -97,12 +99,16 @@ class Denoiser:
         uncond = self.uncond.at(step)[0][1]
         length = max(c.embeds.shape[1] for _, c in conds)
         cond_embeds = [_pad_to(c.embeds, length) for _, c in conds]
+        uncond_embeds = uncond.embeds
+        if uncond_embeds.shape[1] != length and self.pad_conds:
+            cond_embeds, uncond_embeds = self._padded(cond_embeds, uncond_embeds)
+            length = uncond_embeds.shape[1]
         batch = x.shape[0]
         if self.skips_uncond(step, level):
             out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
             out_uncond = out_conds[0]
-        elif uncond.embeds.shape[1] == length:
-            outs = self._unet([uncond.embeds, *cond_embeds], [uncond.pooled, *(c.pooled for _, c in conds)], x, t)
+        elif uncond_embeds.shape[1] == length:
+            outs = self._unet([uncond_embeds, *cond_embeds], [uncond.pooled, *(c.pooled for _, c in conds)], x, t)
             out_uncond, out_conds = outs[:batch], outs[batch:].chunk(len(conds))
         else:  # different lengths: separate calls rather than padding (A1111's pad_cond_uncond=False)
             out_uncond = self._unet([uncond.embeds], [uncond.pooled], x, t)
@@ -111,6 +117,19 @@ class Denoiser:
         for (weight, _), out in zip(conds, out_conds, strict=True):
             guided = guided + self.cfg_scale * (weight * (out - out_uncond))
         return guided, out_uncond
+
+    def _padded(self, cond_embeds: list[torch.Tensor], uncond: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Cond and uncond of one length, so they run in one batch, as A1111's CFGDenoiser pads them. v0: the
+        uncond's last vector repeated (or the uncond cut). pad: the shorter side gets the empty prompt's
+        chunks appended."""
+        length = cond_embeds[0].shape[1]
+        if self.pad_conds == "v0":
+            return cond_embeds, _pad_to(uncond, length)[:, :length]
+        chunk = self.empty.embeds
+        if uncond.shape[1] < length:
+            return cond_embeds, torch.cat([uncond] + [chunk] * ((length - uncond.shape[1]) // chunk.shape[1]), 1)
+        extra = [chunk] * ((uncond.shape[1] - length) // chunk.shape[1])
+        return [torch.cat([e, *extra], 1) for e in cond_embeds], uncond
 
     def _unet(self, embeds: list[torch.Tensor], pooled: list, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One UNet call for several conditionings; each is repeated for the batch's images."""

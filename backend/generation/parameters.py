@@ -66,6 +66,8 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
         params["Emphasis"] = req.emphasis
     if req.kind == "img2img" and req.initial_noise_multiplier != 1.0:
         params["Noise multiplier"] = req.initial_noise_multiplier
+    if req.pad_conds and result.prompt_chunks[0] != result.prompt_chunks[1]:  # A1111: only when it padded
+        params["Pad conds v0" if req.pad_conds == "v0" else "Pad conds"] = "True"
     if req.s_min_uncond > 0:
         params["NGMS"] = req.s_min_uncond
         params["NGMS all steps"] = "True" if req.s_min_uncond_all else None

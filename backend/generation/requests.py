@@ -66,6 +66,7 @@ class GenerationRequest:
     initial_noise_multiplier: float = 1.0  # img2img: the starting noise is scaled by this (A1111's option)
     disable_extra_networks: bool = False  # <lora:...> tags are removed from the prompt but not applied
     mask_round: bool = True  # inpainting: the latent mask is rounded to 0/1 (False: a soft, blurred mask)
+    pad_conds: str = ""  # prompt and negative of different lengths: "v0" / "pad" make them one length (options)
     unipc: UniPCSettings = UniPCSettings()  # A1111's uni_pc_* options
     network_hashes: tuple[tuple[str, str], ...] = ()  # (name, short hash) from a pasted infotext's `Lora hashes`
     styles: tuple[str, ...] = ()  # names from styles.csv, merged into the prompts when the job is submitted
@@ -146,6 +147,8 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     for name in ("s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond"):
         _check_number(getattr(req, name), name, 0.0, 1000.0)
     _check_number(req.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 10.0)
+    if req.pad_conds not in ("", "pad", "v0"):
+        raise InvalidRequest("pad_cond_uncond", f"must be '', 'pad' or 'v0', got {req.pad_conds!r}")
     _check_unipc(req.unipc)
     _check_int(req.clip_skip, "clip_skip", 1, 12)
     if req.emphasis not in EMPHASIS_MODES:

@@ -32,6 +32,7 @@ class GenerationResult:
     embeddings: list = field(default_factory=list)  # textual-inversion embeddings the prompts used
     networks: list = field(default_factory=list)  # LoRAs merged for this job (WantedNetwork)
     hypernetworks: list = field(default_factory=list)  # (Hypernetwork, multiplier) used for this job
+    prompt_chunks: tuple[int, int] = (1, 1)  # 75-token chunks of the prompt and the negative prompt
 
     @property
     def gallery(self) -> list[Image.Image]:

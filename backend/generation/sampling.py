@@ -122,8 +122,9 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
                                         req.clip_skip, hooks.check_interrupt, first_pass_steps=first_pass)
         size = (hires.height, hires.width)
     sdxl_size = size if model.family is Family.SDXL else None
+    empty = encoder.encode([""], req.clip_skip, 1, hooks.check_interrupt) if req.pad_conds == "pad" else None
     return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels,
-                         req.s_min_uncond, req.s_min_uncond_all)
+                         req.s_min_uncond, req.s_min_uncond_all, req.pad_conds, empty)
 
 
 @torch.no_grad()
