@@ -34,7 +34,7 @@ IMPLEMENTED = frozenset({
     "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin",
     "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save", "default_sampler",
     "default_scheduler", "tiling", "s_min_uncond", "s_min_uncond_all", "initial_noise_multiplier",
-    "pad_cond_uncond", "pad_cond_uncond_v0",
+    "pad_cond_uncond", "pad_cond_uncond_v0", "batch_cond_uncond",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 })
 
@@ -44,7 +44,7 @@ UNIMPLEMENTED_GENERATION = frozenset({
     "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img", "skip_early_cond",
     "img2img_extra_noise", "always_discard_next_to_last_sigma",
     "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho",
-    "batch_cond_uncond", "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
+    "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
     "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
     "use_old_scheduling", "upcast_attn", "img2img_fix_steps", "img2img_color_correction",
     "img2img_background_color", "inpainting_mask_weight", "sd_unet", "auto_vae_precision", "sd_noise_schedule",
@@ -215,6 +215,7 @@ def request_fields(values: dict, sampler_name: str) -> dict:
         initial_noise_multiplier=float(number("initial_noise_multiplier", 1.0)),
         # A1111's CFGDenoiser checks v0 first
         pad_conds="v0" if values.get("pad_cond_uncond_v0") else "pad" if values.get("pad_cond_uncond") else "",
+        batch_cond_uncond=values.get("batch_cond_uncond") is not False,
         unipc=UniPCSettings(variant=values.get("uni_pc_variant") or "bh1",
                             skip_type=values.get("uni_pc_skip_type") or "time_uniform",
                             order=int(number("uni_pc_order", 3)),

@@ -80,6 +80,7 @@ class Denoiser:
     s_min_uncond_all: bool = False
     pad_conds: str = ""  # A1111's options: "v0" (pad_cond_uncond_v0), "pad" (pad_cond_uncond) or "" (off)
     empty: Conditioning | None = None  # the empty prompt's conditioning, which "pad" appends
+    batch_cond_uncond: bool = True  # A1111's option: off runs the uncond and the conds as separate UNet calls
 
     def skips_uncond(self, step: int, level: float | None) -> bool:
         """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
@@ -107,11 +108,11 @@ class Denoiser:
         if self.skips_uncond(step, level):
             out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
             out_uncond = out_conds[0]
-        elif uncond_embeds.shape[1] == length:
+        elif uncond_embeds.shape[1] == length and self.batch_cond_uncond:
             outs = self._unet([uncond_embeds, *cond_embeds], [uncond.pooled, *(c.pooled for _, c in conds)], x, t)
             out_uncond, out_conds = outs[:batch], outs[batch:].chunk(len(conds))
         else:  # different lengths: separate calls rather than padding (A1111's pad_cond_uncond=False)
-            out_uncond = self._unet([uncond.embeds], [uncond.pooled], x, t)
+            out_uncond = self._unet([uncond_embeds], [uncond.pooled], x, t)
             out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
         guided = out_uncond
         for (weight, _), out in zip(conds, out_conds, strict=True):

@@ -67,6 +67,7 @@ class GenerationRequest:
     disable_extra_networks: bool = False  # <lora:...> tags are removed from the prompt but not applied
     mask_round: bool = True  # inpainting: the latent mask is rounded to 0/1 (False: a soft, blurred mask)
     pad_conds: str = ""  # prompt and negative of different lengths: "v0" / "pad" make them one length (options)
+    batch_cond_uncond: bool = True  # the uncond and the conds in one UNet batch (A1111's option)
     unipc: UniPCSettings = UniPCSettings()  # A1111's uni_pc_* options
     network_hashes: tuple[tuple[str, str], ...] = ()  # (name, short hash) from a pasted infotext's `Lora hashes`
     styles: tuple[str, ...] = ()  # names from styles.csv, merged into the prompts when the job is submitted

@@ -74,3 +74,14 @@ def test_pad_equals_a_negative_prompt_ending_in_an_empty_chunk(service):
     assert max_pixel_diff(padded.images[0], _ours(service).images[0]) > 1  # negative control: unpadded
     v0 = _ours(service, pad_conds="v0")
     assert "Pad conds v0: True" in v0.infotexts[0] and max_pixel_diff(v0.images[0], padded.images[0]) > 1
+
+
+def test_batch_cond_uncond_off_makes_separate_calls_with_the_same_image(service):
+    unet = _RecordingUnet()
+    conds = loop.PromptConds([(1.0, [(10, _cond(77, 1))])])
+    denoiser = loop.Denoiser(unet, conds, loop.PromptConds([(1.0, [(10, _cond(77, 2))])]), 7.0, torch.float32,
+                             batch_cond_uncond=False)
+    denoiser(torch.ones(1, 4, 8, 8), torch.tensor([500.0]), 0)
+    assert [c.shape[0] for c in unet.contexts] == [1, 1]
+    separate = _ours(service, prompt="a lighthouse", batch_cond_uncond=False)
+    assert max_pixel_diff(separate.images[0], _ours(service, prompt="a lighthouse").images[0]) <= 1
