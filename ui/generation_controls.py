@@ -172,7 +172,12 @@ OVERRIDE_KEYS = {"Clip skip": ("clip_skip", int), "ENSD": ("eta_noise_seed_delta
 # Infotext keys that are options feeding a group of request fields (A1111's uni_pc_* options) -> option name
 OPTION_OVERRIDE_KEYS = {"UniPC variant": ("uni_pc_variant", str), "UniPC skip type": ("uni_pc_skip_type", str),
                         "UniPC order": ("uni_pc_order", int),
-                        "UniPC lower order final": ("uni_pc_lower_order_final", lambda v: v.lower() == "true")}
+                        "UniPC lower order final": ("uni_pc_lower_order_final", lambda v: v.lower() == "true"),
+                        "NGMS": ("s_min_uncond", float),
+                        "NGMS all steps": ("s_min_uncond_all", lambda v: v.lower() == "true"),
+                        "Noise multiplier": ("initial_noise_multiplier", float),
+                        "Pad conds": ("pad_cond_uncond", lambda v: v.lower() == "true"),
+                        "Pad conds v0": ("pad_cond_uncond_v0", lambda v: v.lower() == "true")}
 
 
 def override_fields(entries: list[str]) -> dict:

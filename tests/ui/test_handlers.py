@@ -133,3 +133,15 @@ def test_infotext_fills_the_hires_pass_choices():
 def test_paste_turns_hires_fix_on_by_a1111s_rule(params, enabled):
     values = fields_from_infotext(f"p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, {params}")
     assert values["enable_hr"] is enabled
+
+
+def test_ngms_noise_multiplier_and_pad_conds_in_an_infotext_reach_the_request():
+    from ui.generation_controls import option_overrides, unapplied_keys
+
+    text = ("p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.5, Noise multiplier: 0.7, "
+            "NGMS: 2.5, NGMS all steps: True, Pad conds: True")
+    values = fields_from_infotext(text)
+    fields = request_fields(option_overrides(values["override_settings"]), "Euler")
+    assert (fields["s_min_uncond"], fields["s_min_uncond_all"], fields["initial_noise_multiplier"],
+            fields["pad_conds"]) == (2.5, True, 0.7, "pad")
+    assert unapplied_keys(text) == []
