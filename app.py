@@ -112,9 +112,10 @@ def check_exposure(args: argparse.Namespace) -> None:
     """Exposing the server beyond this machine needs credentials, unless the user explicitly opts out."""
     if not flags.is_exposed(args) or args.insecure_no_auth:
         return
-    if args.nowebui and (args.api_auth or ui_credentials(args)):
+    has_ui_login = bool(ui_credentials(args))
+    if args.nowebui and (args.api_auth or has_ui_login):
         return
-    if not ui_credentials(args):
+    if not has_ui_login:
         raise SystemExit("--listen/--share/--server-name exposes the server to other machines: add --gradio-auth "
                          "user:pass (or --insecure-no-auth to allow anyone)")
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         server = serve_api_only(args, service, api_auth)
         close = server.close
     else:
-        close = serve_ui(args, service, api_auth)
+        close = serve_ui(args, service, ui_credentials(args), api_auth)
     while not stop.wait(0.5):
         pass
     log.info("Stopping: interrupting the running job, refusing the waiting ones")
@@ -196,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 SHUTDOWN_GRACE_S = 1.0
 
 
-def serve_ui(args: argparse.Namespace, service, api_auth: list[tuple[str, str]]):
+def serve_ui(args: argparse.Namespace, service, ui_auth: list[tuple[str, str]], api_auth: list[tuple[str, str]]):
     """The web UI (and with --api the REST API in front of it); returns what closes them."""
+    from backend.api.routes import MAX_BODY_BYTES  # one uploaded file through the UI: the API's body limit
     from ui.context import UiContext
     from ui.layout import CSS, JS, build_ui
 
@@ -205,10 +207,10 @@ def serve_ui(args: argparse.Namespace, service, api_auth: list[tuple[str, str]])
     demo = build_ui(ui)
     demo.queue(default_concurrency_limit=16)
     launch = dict(server_name=flags.server_address(args), server_port=args.port or 7860,
-                  auth=ui_credentials(args) or None, prevent_thread_lock=True, show_error=True, css=CSS, js=JS,
+                  auth=ui_auth or None, prevent_thread_lock=True, show_error=True, css=CSS, js=JS,
                   footer_links=[], ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile,
                   ssl_verify=args.disable_tls_verify is not False, root_path=args.subpath or None,
-                  allowed_paths=[str(p) for p in args.gradio_allowed_path], max_file_size=MAX_UPLOAD_BYTES)
+                  allowed_paths=[str(p) for p in args.gradio_allowed_path], max_file_size=MAX_BODY_BYTES)
     try:
         app, local_url, share_url = demo.launch(share=args.share, **launch)
     except Exception as err:  # noqa: BLE001 - a share link needs the internet; keep serving locally without it
@@ -216,7 +218,7 @@ def serve_ui(args: argparse.Namespace, service, api_auth: list[tuple[str, str]])
             raise
         log.error("Could not create a share link (%s); serving locally only.", err)
         app, local_url, share_url = demo.launch(share=False, **launch)
-    guard_gradio_routes(app, bool(ui_credentials(args)))
+    guard_gradio_routes(app, bool(ui_auth))
     if args.api:
         from backend.api.routes import mount_api
 
@@ -228,9 +230,6 @@ def serve_ui(args: argparse.Namespace, service, api_auth: list[tuple[str, str]])
         ui.close()
 
     return close
-
-
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # one uploaded file through the UI, as the API's body limit
 
 
 def guard_gradio_routes(app, has_login: bool) -> None:

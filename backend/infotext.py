@@ -59,3 +59,10 @@ def parse(text: str) -> dict[str, object]:
         if size:  # any "WxH" value (Size, Seed resize from, Hires resize) also gives "<key>-1" and "<key>-2"
             result[f"{key}-1"], result[f"{key}-2"] = size.group(1), size.group(2)
     return result
+
+
+def hires_enabled(params: dict) -> bool:
+    """A1111's paste rule: parsed parameters turn hires fix on when they have a denoising strength together with
+    a hires scale, upscaler or resize (other `Hires ...` keys, e.g. Forge's `Hires CFG Scale`, do not)."""
+    return "Denoising strength" in params and any(k in params for k in ("Hires upscale", "Hires upscaler",
+                                                                         "Hires resize-1"))

@@ -122,7 +122,7 @@ class JobRunner:
                            self.outputs.save_named(upscaled, work.folder, stem, texts))
             elif work.save:
                 self._save(result, lambda upscaled=upscaled, texts=texts: self.outputs.save_extras(upscaled, texts))
-        result.count = index + 1 if work.sources else 0
+            result.count += 1
         return result
 
     def _generate(self, job: Job, req: GenerationRequest) -> GenerationResult:

@@ -17,7 +17,7 @@ from PIL import Image
 from backend.errors import Forbidden, InvalidRequest, ModelNotFound
 from backend.generation import hires, sampling
 from backend.generation.preview import latent_preview
-from backend.generation.requests import (GenerationRequest, validate)
+from backend.generation.requests import GenerationRequest, validate
 from backend.jobs import Job, JobQueue
 from backend.model_manager import AUTOMATIC_VAE, NO_CHECKPOINT_MESSAGE, NO_VAE, ModelManager
 from backend.options import IMPLEMENTED, Options
@@ -28,7 +28,7 @@ from backend.generation.results import GenerationResult
 from backend.networks.apply import NetworkApplier
 from backend.runner import MAX_KEPT_FOLDER_RESULTS, ExtrasJob, ExtrasResult, JobRunner
 from backend.upscale.extras import (ExtrasRequest, check_picture as check_extras_picture, folder_pictures,
-                                    peak_size as upscale_peak_size, picture_size, upscaler_factor)
+                                    peak_size as upscale_peak_size, upscaler_factor)
 from backend.upscale.extras import check as check_extras
 from backend.upscale.models import UpscalerLibrary
 from backend.upscale.resize import image_upscaler_names
@@ -287,14 +287,13 @@ class GenerationService:
         self.require_local("Batch from Directory")
         limits = self.settings.limits
         check_extras(req, self.upscalers, limits.max_extras_pixels)
-        paths, warnings = folder_pictures(Path(input_dir.strip()).expanduser(), limits.max_upload_pixels)
+        pictures, warnings = folder_pictures(Path(input_dir.strip()).expanduser(), limits.max_upload_pixels)
         usable = []
-        for path in paths:
+        for path, size in pictures:
             try:
-                check_extras_picture(picture_size(path, limits.max_upload_pixels), req, self.upscalers,
-                                     limits.max_extras_pixels)
+                check_extras_picture(size, req, self.upscalers, limits.max_extras_pixels)
                 usable.append(path)
-            except (InvalidRequest, OSError) as err:
+            except InvalidRequest as err:
                 warnings.append(f"skipped {path.name}: {err}")
         if not usable:
             raise InvalidRequest("input_dir", "has no picture that can be upscaled this way")

@@ -78,8 +78,8 @@ class StyleLibrary:
         if missing:
             raise InvalidRequest("styles", f"unknown style(s): {', '.join(missing)}")
         for style in chosen:
-            for text, name in ((style.prompt, "prompt"), (style.negative_prompt, "negative_prompt")):
-                current = prompt if name == "prompt" else negative
+            for text, current, name in ((style.prompt, prompt, "prompt"),
+                                        (style.negative_prompt, negative, "negative_prompt")):
                 if max_chars is not None and merged_length(text, current) > max_chars:
                     raise InvalidRequest("styles", f"with style '{style.name}' the {name} would be longer than "
                                                    f"{max_chars} characters (set by --max-prompt-chunks)")

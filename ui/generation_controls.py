@@ -296,7 +296,7 @@ def fields_from_infotext(text: str) -> dict[str, object]:
                "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str)}
     if "Steps" in parsed:  # a full parameter line: what it does not mention is off, as when it was made
         values.update(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0, tiling=False,
-                      enable_hr=hires_enabled(parsed), hr_second_pass_steps=0,
+                      enable_hr=infotext.hires_enabled(parsed), hr_second_pass_steps=0,
                       hr_resize_x=0, hr_resize_y=0, hr_checkpoint=SAME_CHECKPOINT, hr_sampler=SAME_SAMPLER,
                       hr_scheduler=SAME_SCHEDULER, hr_prompt="", hr_negative_prompt="")
     if "Steps" in parsed:
@@ -310,13 +310,6 @@ def fields_from_infotext(text: str) -> dict[str, object]:
             except ValueError:
                 pass
     return values
-
-
-def hires_enabled(parsed: dict) -> bool:
-    """A1111's paste rule: hires fix is on when the infotext has a denoising strength together with a hires
-    scale, upscaler or resize (other `Hires ...` keys, e.g. Forge's `Hires CFG Scale`, do not turn it on)."""
-    return "Denoising strength" in parsed and any(k in parsed for k in ("Hires upscale", "Hires upscaler",
-                                                                         "Hires resize-1"))
 
 
 # Infotext keys that describe the result rather than set a field (nothing to apply), besides the mapped ones

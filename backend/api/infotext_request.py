@@ -61,8 +61,7 @@ def apply_infotext(given: dict, text: str, img2img: bool, option_defaults: dict)
         if key in params and name not in given:
             fields[name] = _cast(key, params[key], cast)
     if not img2img and "enable_hr" not in given:  # A1111's rule for turning hires fix on from an infotext
-        fields["enable_hr"] = "Denoising strength" in params and any(
-            k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
+        fields["enable_hr"] = infotext.hires_enabled(params)
     overrides = {OPTIONS[key]: _cast(key, params[key], _option_cast(option_defaults.get(OPTIONS[key])))
                  for key in OPTIONS if key in params}
     unused = [key for key in params if key not in mapping and key not in OPTIONS and key not in DESCRIPTIVE

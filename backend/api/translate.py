@@ -40,7 +40,8 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
     """The body with the current options and this request's (checked) override_settings -> a request, and
     warnings about what it asked for that has no effect. `find_script(script_name, script_args)` gives the
     img2img script; txt2img has none here (A1111 answers an unknown script with an error too)."""
-    refuse_unimplemented(body)
+    given = body.model_dump()  # declared fields and the extra keys A1111 also knows
+    refuse_unimplemented(given)
     extra = body.model_extra or {}
     script = None
     if extra.get("script_name"):
@@ -62,11 +63,11 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
         save_images=bool(body.save_images),
-        **{**option_fields(settings, sampler), **_eta(body), **_sigma_fields(body, settings)},
+        **{**option_fields(settings, sampler), **_eta(given), **_sigma_fields(given, settings)},
     )
     if body.tiling is not None:  # else the `tiling` option's
         fields["tiling"] = bool(body.tiling)
-    fields.update(_own_fields(body))
+    fields.update(_own_fields(given, isinstance(body, Img2ImgBody)))
     if isinstance(body, Img2ImgBody):
         fields.update(_img2img_fields(body, limits), script=script)
     elif body.enable_hr:
@@ -84,19 +85,20 @@ def _hires_fields(body: Txt2ImgBody) -> dict:
                 denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)
 
 
-def _eta(body: Txt2ImgBody) -> dict:
+def _number(name: str, value) -> float:
+    """An extra (undeclared) A1111 field's number; JSON true/false is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(name, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _eta(given: dict) -> dict:
     """The request's own eta, when it gives one (else the options' applies)."""
-    given = (body.model_extra or {}).get("eta")
-    if given is None:
-        return {}
-    if isinstance(given, bool) or not isinstance(given, (int, float)):
-        raise InvalidRequest("eta", f"expected a number, got {given!r}")
-    return {"eta": float(given)}
+    return {} if given.get("eta") is None else {"eta": _number("eta", given["eta"])}
 
 
-def refuse_unimplemented(body: Txt2ImgBody) -> None:
+def refuse_unimplemented(given: dict) -> None:
     """A 422 for the first A1111 field set to something this project cannot do yet."""
-    given = {**body.model_dump(), **(body.model_extra or {})}
     for name, (is_off, why) in REFUSED_FIELDS.items():
         if name in given and not is_off(given[name]):
             if name == "alwayson_scripts" and isinstance(given[name], dict):
@@ -104,36 +106,27 @@ def refuse_unimplemented(body: Txt2ImgBody) -> None:
             raise InvalidRequest(name, why)
 
 
-def _own_fields(body: Txt2ImgBody) -> dict:
+def _own_fields(given: dict, img2img: bool) -> dict:
     """A1111 fields that take the option's value when the request leaves them out (None)."""
-    given = {**body.model_dump(), **(body.model_extra or {})}
     fields = {}
     for name, kind in (("s_min_uncond", float), ("initial_noise_multiplier", float),
                        ("disable_extra_networks", bool), ("mask_round", bool)):
         value = given.get(name)
         if value is None:
             continue
-        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InvalidRequest(name, f"expected a number, got {value!r}")
         if kind is bool and not isinstance(value, bool):
             raise InvalidRequest(name, f"expected true or false, got {value!r}")
-        fields[name] = kind(value)
-    if fields.get("initial_noise_multiplier") is not None and not isinstance(body, Img2ImgBody):
-        del fields["initial_noise_multiplier"]  # A1111 applies it to img2img only
+        fields[name] = _number(name, value) if kind is float else value
+    if not img2img:
+        fields.pop("initial_noise_multiplier", None)  # A1111 applies it to img2img only
     return fields
 
 
-def _sigma_fields(body: Txt2ImgBody, settings: dict) -> dict:
-    given = {**body.model_dump(), **(body.model_extra or {})}
+def _sigma_fields(given: dict, settings: dict) -> dict:
     fields = {}
     for name, default in SIGMA_FIELDS:
         option, value = settings.get(name, default), given.get(name)
-        if option != default or value is None:
-            fields[name] = float(option)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidRequest(name, f"expected a number, got {value!r}")
-        else:
-            fields[name] = float(value)
+        fields[name] = float(option) if option != default or value is None else _number(name, value)
     return fields
 
 

@@ -159,11 +159,17 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     if _steps_to_run(req) < 1:
         return latents  # strength 0: nothing to denoise
     rng = sampling.image_noise(req, seeds)
-    noise = rng.first(tuple(latents.shape[1:])) * req.initial_noise_multiplier
+    noise = _starting_noise(req, rng, tuple(latents.shape[1:]))
     denoiser = sampling.make_denoiser(model, req, hooks, resources=resources, sampler=sampler)
     keep = None if latent_mask is None else 1 - latent_mask
     return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks,
                   Start(latents, req.denoising_strength, keep))
+
+
+def _starting_noise(req: GenerationRequest, rng, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The batch's first noise; A1111 scales img2img's (not txt2img's) by initial_noise_multiplier."""
+    noise = rng.first(shape)
+    return noise * req.initial_noise_multiplier if req.kind == "img2img" else noise
 
 
 def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
@@ -178,9 +184,7 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
 
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
-        noise = rng.first(sampling.latent_shape(model, req.height, req.width))
-        if req.kind == "img2img":  # A1111 scales img2img's starting noise only
-            noise = noise * req.initial_noise_multiplier
+        noise = _starting_noise(req, rng, sampling.latent_shape(model, req.height, req.width))
         channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
         denoiser = sampling.make_denoiser(model, req, hooks, channels, resources, sampler)
         start = Start()

@@ -82,19 +82,20 @@ class Denoiser:
     empty: Conditioning | None = None  # the empty prompt's conditioning, which "pad" appends
     batch_cond_uncond: bool = True  # A1111's option: off runs the uncond and the conds as separate UNet calls
 
-    def skips_uncond(self, step: int, level: float | None) -> bool:
+    def skips_uncond(self, step: int, level: float | torch.Tensor | None) -> bool:
         """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
         pass is skipped and the first conditioning's output stands in for it. `level` is what A1111 compares:
         the sigma for k-diffusion samplers, the timestep for DDIM/PLMS/UniPC."""
-        return (self.s_min_uncond > 0 and level is not None and level < self.s_min_uncond
-                and bool(step % 2 or self.s_min_uncond_all))
+        return bool(self.s_min_uncond > 0 and level is not None and (step % 2 or self.s_min_uncond_all)
+                    and level < self.s_min_uncond)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int, level: float | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int,
+                 level: float | torch.Tensor | None = None) -> torch.Tensor:
         """The guided model output."""
         return self.guide(x, t, step, level)[0]
 
     def guide(self, x: torch.Tensor, t: torch.Tensor, step: int,
-              level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              level: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(guided output, unconditional output): DDIM CFG++ steps along the unconditional one."""
         conds = self.cond.at(step)
         uncond = self.uncond.at(step)[0][1]

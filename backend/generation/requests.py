@@ -9,6 +9,7 @@ from enum import IntEnum
 import torch
 from PIL import Image
 
+from backend.checks import check_int, check_number
 from backend.errors import InvalidRequest
 from backend.samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS, UniPCSettings
 from backend.settings import Limits
@@ -124,34 +125,34 @@ class GenerationRequest:
 def validate(req: GenerationRequest, limits: Limits) -> None:
     for name in ("prompt", "negative_prompt"):
         _check_text(getattr(req, name), name, limits.max_prompt_chars)
-    _check_int(req.steps, "steps", 1, limits.max_steps)
-    _check_number(req.cfg_scale, "cfg_scale", 0.0, 30.0)
+    check_int(req.steps, "steps", 1, limits.max_steps)
+    check_number(req.cfg_scale, "cfg_scale", 0.0, 30.0)
     for name, value, maximum in (("width", req.width, limits.max_width), ("height", req.height, limits.max_height)):
-        _check_int(value, name, 64, maximum)
+        check_int(value, name, 64, maximum)
         if value % 8:
             raise InvalidRequest(name, f"must be a multiple of 8, got {value}")
-    _check_int(req.batch_size, "batch_size", 1, limits.max_batch_size)
-    _check_int(req.n_iter, "n_iter", 1, limits.max_batch_count)
-    _check_int(req.seed, "seed", -1, MAX_SEED)
-    _check_int(req.subseed, "subseed", -1, MAX_SEED)
-    _check_number(req.subseed_strength, "subseed_strength", 0.0, 1.0)
-    _check_int(req.seed_resize_from_w, "seed_resize_from_w", -1, limits.max_width)
-    _check_int(req.seed_resize_from_h, "seed_resize_from_h", -1, limits.max_height)
-    _check_int(req.eta_noise_seed_delta, "eta_noise_seed_delta", 0, MAX_SEED)
+    check_int(req.batch_size, "batch_size", 1, limits.max_batch_size)
+    check_int(req.n_iter, "n_iter", 1, limits.max_batch_count)
+    check_int(req.seed, "seed", -1, MAX_SEED)
+    check_int(req.subseed, "subseed", -1, MAX_SEED)
+    check_number(req.subseed_strength, "subseed_strength", 0.0, 1.0)
+    check_int(req.seed_resize_from_w, "seed_resize_from_w", -1, limits.max_width)
+    check_int(req.seed_resize_from_h, "seed_resize_from_h", -1, limits.max_height)
+    check_int(req.eta_noise_seed_delta, "eta_noise_seed_delta", 0, MAX_SEED)
     if req.rng_source not in ("CPU", "GPU", "NV"):
         raise InvalidRequest("randn_source", f"must be CPU, GPU or NV, got {req.rng_source!r}")
     if req.rng_source == "GPU" and not torch.cuda.is_available():
         raise InvalidRequest("randn_source", "GPU noise needs CUDA, which this machine lacks; NV gives the same "
                                              "numbers on any machine")
     if req.eta is not None:
-        _check_number(req.eta, "eta", 0.0, 10.0)
+        check_number(req.eta, "eta", 0.0, 10.0)
     for name in ("s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond"):
-        _check_number(getattr(req, name), name, 0.0, 1000.0)
-    _check_number(req.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 10.0)
+        check_number(getattr(req, name), name, 0.0, 1000.0)
+    check_number(req.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 10.0)
     if req.pad_conds not in ("", "pad", "v0"):
         raise InvalidRequest("pad_cond_uncond", f"must be '', 'pad' or 'v0', got {req.pad_conds!r}")
     _check_unipc(req.unipc)
-    _check_int(req.clip_skip, "clip_skip", 1, 12)
+    check_int(req.clip_skip, "clip_skip", 1, 12)
     if req.emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {req.emphasis!r}")
     for name, image in (("init_image", req.init_image), ("mask", req.mask)):
@@ -163,15 +164,15 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     if req.enable_hr and req.init_image is None:
         _check_hires(req, limits)
     if req.init_image is not None:
-        _check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
-        _check_int(int(req.resize_mode), "resize_mode", 0, 3)
+        check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
+        check_int(int(req.resize_mode), "resize_mode", 0, 3)
     if req.mask is not None:
-        _check_int(req.mask_blur, "mask_blur", 0, 64)
+        check_int(req.mask_blur, "mask_blur", 0, 64)
         for name in ("mask_blur_x", "mask_blur_y"):
             if getattr(req, name) is not None:
-                _check_int(getattr(req, name), name, 0, 256)
-        _check_int(req.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
-        _check_int(int(req.inpainting_fill), "inpainting_fill", 0, 3)
+                check_int(getattr(req, name), name, 0, 256)
+        check_int(req.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
+        check_int(int(req.inpainting_fill), "inpainting_fill", 0, 3)
 
 
 def _check_text(value, name: str, max_chars: int) -> None:
@@ -187,11 +188,11 @@ def _check_text(value, name: str, max_chars: int) -> None:
 
 
 def _check_hires(req: GenerationRequest, limits: Limits) -> None:
-    _check_number(req.hr_scale, "hr_scale", 1.0, 8.0)
-    _check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
-    _check_int(req.hr_second_pass_steps, "hr_second_pass_steps", 0, limits.max_steps)
-    _check_int(req.hr_resize_x, "hr_resize_x", 0, limits.max_width)
-    _check_int(req.hr_resize_y, "hr_resize_y", 0, limits.max_height)
+    check_number(req.hr_scale, "hr_scale", 1.0, 8.0)
+    check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
+    check_int(req.hr_second_pass_steps, "hr_second_pass_steps", 0, limits.max_steps)
+    check_int(req.hr_resize_x, "hr_resize_x", 0, limits.max_width)
+    check_int(req.hr_resize_y, "hr_resize_y", 0, limits.max_height)
     schedule, _ = hires_schedule(req)
     if schedule > limits.max_schedule_steps:
         raise InvalidRequest("denoising_strength", f"{req.denoising_strength} makes hires fix build a schedule of "
@@ -211,20 +212,6 @@ def check_prompt_chunks(chunks: int, name: str, max_chunks: int) -> None:
                                    "(set by --max-prompt-chunks)")
 
 
-def _check_int(value, name: str, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(name, f"must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise InvalidRequest(name, f"must be between {low} and {high}, got {value}")
-
-
-def _check_number(value, name: str, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(name, f"must be a number, got {value!r}")
-    if not low <= value <= high:
-        raise InvalidRequest(name, f"must be between {low} and {high}, got {value}")
-
-
 def resolve_seed(seed: int, rng: random.Random | None = None) -> int:
     """-1 means random, as in A1111."""
     if seed == -1:
@@ -239,7 +226,7 @@ def _check_unipc(settings: UniPCSettings) -> None:
     if settings.skip_type not in UNIPC_SKIP_TYPES:
         raise InvalidRequest("uni_pc_skip_type", f"must be time_uniform, time_quadratic or logSNR, got "
                                                  f"{settings.skip_type!r}")
-    _check_int(settings.order, "uni_pc_order", 1, 50)
+    check_int(settings.order, "uni_pc_order", 1, 50)
 
 
 # ------------------------------------------------------------------ hires fix, from the request alone

@@ -15,7 +15,7 @@ import torch
 from backend.generation import kdiffusion, loop, timestep_samplers
 from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest
-from backend.generation.sigmas import DiscreteSchedule, LcmSchedule, sigmas_for
+from backend.generation.sigmas import DiscreteSchedule, LcmSchedule, default_alphas_cumprod, sigmas_for
 from backend.loading.loader import LoadedModel
 from backend.samplers import ResolvedSampler
 
@@ -60,7 +60,8 @@ class SigmaDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         c_in = 1 / (sigma**2 + 1) ** 0.5
         t = self.schedule.sigma_to_t(sigma.reshape(1)).expand(x.shape[0]).to(x.device)
-        out = self.denoiser((x * c_in).to(self.dtype), t, self.calls, float(sigma.reshape(-1)[0])).float()
+        # the sigma stays a tensor: it is only read (a device sync) when NGMS is on
+        out = self.denoiser((x * c_in).to(self.dtype), t, self.calls, sigma.reshape(-1)[0]).float()
         self.calls += 1  # prompt schedules count model calls, as A1111's denoiser does
         if self.v:
             denoised = x / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
@@ -163,7 +164,7 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
     starts the loop one timestep lower, as A1111 does."""
     device = model.execution_device
     name = sampler.sampler.timestep_function
-    alphas_cumprod = DiscreteSchedule(model.alphas_cumprod).alphas_cumprod
+    alphas_cumprod = model.alphas_cumprod if model.alphas_cumprod is not None else default_alphas_cumprod()
     noise = noise.to(device, torch.float32)
     steps, run_steps = (req.steps, None) if start.init is None else start.steps(req.steps)
     timesteps = timestep_samplers.a1111_timesteps(steps, sampler.sampler.discard_penultimate)

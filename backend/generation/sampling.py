@@ -96,15 +96,6 @@ def latent_shape(model: LoadedModel, height: int, width: int) -> tuple[int, int,
     return (4, height // 8, width // 8)
 
 
-def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
-    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
-
-
-def initial_noise(generators: list[torch.Generator], height: int, width: int, channels: int = 4) -> torch.Tensor:
-    """A1111's "RNG source: CPU": each image's noise from its own CPU generator, identical on every device."""
-    return torch.stack([torch.randn((channels, height // 8, width // 8), generator=g) for g in generators])
-
-
 def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
                   inpaint_channels: torch.Tensor | None = None, resources: Resources | None = None,
                   sampler: ResolvedSampler | None = None, hires: HiresPass | None = None) -> loop.Denoiser:

@@ -4,12 +4,12 @@ optional second upscaler blended in, as A1111's postprocessing upscale script do
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from backend.checks import check_int, check_number
 from backend.errors import InvalidRequest
 from backend.upscale.resize import IMAGE_UPSCALERS, image_upscaler_names, upscale_by
 
@@ -39,21 +39,20 @@ def check(req: ExtrasRequest, models, max_pixels: int) -> None:
     for field, name in (("upscaler_1", req.upscaler_1), ("upscaler_2", req.upscaler_2)):
         if name not in names:
             raise InvalidRequest(field, f"unknown upscaler '{name}'; available: {', '.join(names)}")
-    _check_number(req.face_restoration, "gfpgan_visibility", 0.0, 1.0)
+    check_number(req.face_restoration, "gfpgan_visibility", 0.0, 1.0)
     if req.face_restoration > 0:
         raise InvalidRequest("gfpgan_visibility", "face restoration (GFPGAN, CodeFormer) is not available: its "
                                                   "weights would have to be downloaded, and this server is offline")
     if req.resize_mode not in (0, 1) or isinstance(req.resize_mode, bool):
         raise InvalidRequest("resize_mode", f"must be 0 (scale by) or 1 (scale to), got {req.resize_mode!r}")
-    _check_number(req.upscaler_2_visibility, "extras_upscaler_2_visibility", 0.0, 1.0)
+    check_number(req.upscaler_2_visibility, "extras_upscaler_2_visibility", 0.0, 1.0)
     if req.resize_mode == 0:
-        _check_number(req.upscaling_resize, "upscaling_resize", 0.0, 8.0)
+        check_number(req.upscaling_resize, "upscaling_resize", 0.0, 8.0)
         if req.upscaling_resize <= 0:
             raise InvalidRequest("upscaling_resize", f"must be above 0, got {req.upscaling_resize}")
         return
-    for field, value in (("upscaling_resize_w", req.upscaling_resize_w), ("upscaling_resize_h", req.upscaling_resize_h)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
-            raise InvalidRequest(field, f"must be a whole number of pixels from 1 to {MAX_SIDE}, got {value!r}")
+    check_int(req.upscaling_resize_w, "upscaling_resize_w", 1, MAX_SIDE)
+    check_int(req.upscaling_resize_h, "upscaling_resize_h", 1, MAX_SIDE)
     if req.upscaling_resize_w * req.upscaling_resize_h > max_pixels:
         raise InvalidRequest("upscaling_resize_w", f"{req.upscaling_resize_w}x{req.upscaling_resize_h} is more "
                                                    f"than the configured maximum of {max_pixels} pixels")
@@ -101,12 +100,6 @@ def upscaler_factor(name: str, scale: float, models) -> float:
     return float(file.scale) if file is not None and file.scale else 4.0
 
 
-def _check_number(value, field: str, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise InvalidRequest(field, f"must be a number from {low} to {high}, got {value!r}")
-
-
 def run_extras(image: Image.Image, req: ExtrasRequest, models) -> tuple[Image.Image, dict]:
     """The upscaled image and the `Postprocess ...` parameters A1111 reports."""
     info: dict = {}
@@ -139,9 +132,10 @@ def _upscale(image: Image.Image, name: str, req: ExtrasRequest, info: dict, mode
     return image
 
 
-def folder_pictures(folder: Path, max_pixels: int) -> tuple[list[Path], list[str]]:
-    """The image files in `folder` (not its subfolders), by name, at most MAX_FOLDER_IMAGES; only their headers
-    are read here (the worker opens one at a time). What cannot be used is named in the warnings and skipped."""
+def folder_pictures(folder: Path, max_pixels: int) -> tuple[list[tuple[Path, tuple[int, int]]], list[str]]:
+    """The image files in `folder` (not its subfolders), by name, at most MAX_FOLDER_IMAGES, with their sizes;
+    only their headers are read here (the worker opens one at a time). What cannot be used is named in the
+    warnings and skipped."""
     if not folder.is_dir():
         raise InvalidRequest("input_dir", "is not a folder on this machine")
     paths, warnings = [], []
@@ -150,8 +144,7 @@ def folder_pictures(folder: Path, max_pixels: int) -> tuple[list[Path], list[str
         warnings.append(f"the folder holds {len(candidates)} pictures; only the first {MAX_FOLDER_IMAGES} are done")
     for path in candidates[:MAX_FOLDER_IMAGES]:
         try:
-            picture_size(path, max_pixels)
-            paths.append(path)
+            paths.append((path, picture_size(path, max_pixels)))
         except (OSError, Image.DecompressionBombError) as err:
             log.warning("extras batch: skipped %s: %s", path.name, err)
             warnings.append(f"skipped {path.name}: {err}")
@@ -162,18 +155,24 @@ def folder_pictures(folder: Path, max_pixels: int) -> tuple[list[Path], list[str
 
 def picture_size(path: Path, max_pixels: int) -> tuple[int, int]:
     """A picture file's size from its header, refusing what is not a regular file or is too large."""
-    if not path.is_file():
-        raise OSError("not a regular file")
-    with Image.open(path) as opened:
-        if opened.width * opened.height > max_pixels:
-            raise OSError(f"{opened.width}x{opened.height} is larger than the configured maximum")
+    with _open_checked(path, max_pixels) as opened:
         return opened.size
 
 
 def open_picture(path: Path, max_pixels: int) -> Image.Image:
     """The picture, fully read, with its text chunks (its `parameters` go on to the result)."""
-    picture_size(path, max_pixels)
-    with Image.open(path) as opened:
+    with _open_checked(path, max_pixels) as opened:
         opened.load()
         return opened.copy()
+
+
+def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+    """The file opened lazily (header only), once its size is known to be within `max_pixels`."""
+    if not path.is_file():
+        raise OSError("not a regular file")
+    opened = Image.open(path)
+    if opened.width * opened.height > max_pixels:
+        opened.close()
+        raise OSError(f"{opened.width}x{opened.height} is larger than the configured maximum")
+    return opened
 
