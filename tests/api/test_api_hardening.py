@@ -229,7 +229,9 @@ def test_control_endpoints_answer_while_many_requests_wait(server):
     assert requests.post(api + "/interrupt", timeout=2).status_code == 200
     for t in threads:
         t.join(600)
-    assert len(done) == 48 and set(done) == {200}
+    # The skip may end the running job just before the interrupt, which then stops the next job before its first
+    # step: that one answers 409 ("interrupted before it made anything"); every other request makes its image.
+    assert len(done) == 48 and done.count(200) >= 47 and set(done) <= {200, 409}
 
 
 def test_selecting_a_broken_checkpoint_is_a_4xx(server):
