@@ -35,6 +35,10 @@ class OutOfMemory(BackendError):
     """Every memory-saving measure was tried and the device still ran out of memory."""
 
 
+class PrecisionError(BackendError):
+    """A model produced NaN: the precision it runs in cannot represent the picture (the message says what to do)."""
+
+
 class Interrupted(BackendError):
     """The user stopped the job."""
 

@@ -4,6 +4,7 @@ access to the cache goes through one lock."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -125,8 +126,13 @@ class ModelManager:
 
     def get(self, checkpoint: ModelFile, vae_choice: str | None = None) -> LoadedModel:
         with self._lock:
-            if self.current_file != checkpoint:
+            active = self._active
+            # The same file, compared by path: its registry entry is replaced when its hash arrives, and that
+            # must not take the model off the device and back.
+            if active is None or active.file.path != checkpoint.path:
                 self._activate(checkpoint)
+            else:
+                active.file = checkpoint
             self._apply_vae(self._active, vae_choice)
             return self._active.model
 
@@ -134,6 +140,14 @@ class ModelManager:
         """Put the active model into the state the (per-request) measures describe."""
         with self._lock:
             apply_measures(self._active.model, measures, self.device)
+
+    def use_fp32_vae(self) -> None:
+        """After a VAE overflowed in half precision: every VAE, cached or loaded later, runs in fp32."""
+        with self._lock:
+            self.placement = dataclasses.replace(self.placement, vae_dtype=torch.float32)
+            for entry in self._entries.values():
+                entry.builtin_vae.to(torch.float32)
+                entry.model.vae.to(torch.float32)
 
     def unload(self) -> None:
         with self._lock:

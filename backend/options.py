@@ -34,7 +34,7 @@ IMPLEMENTED = frozenset({
     "randn_source", "emphasis", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin",
     "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save", "default_sampler",
     "default_scheduler", "tiling", "s_min_uncond", "s_min_uncond_all", "initial_noise_multiplier",
-    "pad_cond_uncond", "pad_cond_uncond_v0", "batch_cond_uncond",
+    "pad_cond_uncond", "pad_cond_uncond_v0", "batch_cond_uncond", "auto_vae_precision",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 })
 
@@ -47,7 +47,7 @@ UNIMPLEMENTED_GENERATION = frozenset({
     "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
     "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
     "use_old_scheduling", "upcast_attn", "img2img_fix_steps", "img2img_color_correction",
-    "img2img_background_color", "inpainting_mask_weight", "sd_unet", "auto_vae_precision", "sd_noise_schedule",
+    "img2img_background_color", "inpainting_mask_weight", "sd_unet", "sd_noise_schedule",
     "comma_padding_backtrack", "enable_quantization", "sd_vae_decode_method", "sd_vae_encode_method",
     "sd_hypernetwork",
 })

@@ -16,6 +16,7 @@ from PIL import Image
 
 from backend import scripts
 from backend.errors import CheckpointError, Interrupted
+from backend.execution import ExecutionContext
 from backend.generation import sampling
 from backend.generation.img2img import prepare_img2img
 from backend.generation.parameters import image_parameters
@@ -26,7 +27,7 @@ from backend.generation.txt2img import prepare_txt2img
 from backend.grid import make_grid
 from backend.jobs import Job, SkipBatch
 from backend.loading.loader import LoadedModel
-from backend.memory.fallback import decode_with_fallbacks, run_with_fallbacks
+from backend.memory.fallback import run_with_fallbacks
 from backend.memory.policy import Measures
 from backend.model_manager import ModelManager
 from backend.networks.apply import NetworkApplier
@@ -85,7 +86,14 @@ class JobRunner:
                  resources: sampling.Resources, on_unloadable: Callable[[ModelFile], None] = lambda c: None):
         self.settings, self.models, self.registry = settings, models, models.registry
         self.outputs, self.options, self.embeddings = outputs, options, embeddings
-        self.networks, self.upscalers, self.resources = networks, upscalers, resources
+        self.networks, self.upscalers = networks, upscalers
+        placement = models.placement
+        # what jobs run with; only this (the worker's) thread uses it
+        self.context = ExecutionContext(
+            placement.device, placement.dtype, placement.vae_dtype, nan_check=settings.nan_check,
+            auto_vae_precision=lambda: bool(options.get("auto_vae_precision")), on_vae_upcast=models.use_fp32_vae,
+            apply_measures=models.apply)
+        self.resources = dataclasses.replace(resources, context=self.context)
         self.on_unloadable = on_unloadable  # the facade forgets an implicit default that cannot load
 
     def generate(self, job: Job) -> GenerationResult:
@@ -171,9 +179,10 @@ class JobRunner:
                 return self._denoise(model, req, sampler, seeds, job, m, result)
 
             try:
-                parts, measures = run_with_fallbacks(attempt, measures, len(seeds), self.models.device)
+                parts, _ = run_with_fallbacks(attempt, measures, len(seeds), self.models.device)
             except SkipBatch:
                 continue
+            measures = self.context.measures  # the attempt that worked, with any decode measure it needed
             images, measures = self._decode(model, parts, measures)
             interrupted = any(part.interrupted for part in parts)
             keep_partial = bool(self.options.get("save_incomplete_images"))  # A1111's option, off by default
@@ -250,6 +259,7 @@ class JobRunner:
             resources = dataclasses.replace(resources, switch_model=lambda title: self._switch_for_hires(
                 title, req, result, len(seeds)))
         self.models.apply(measures)
+        self.context.measures = measures
         prepare = prepare_txt2img if req.kind == "txt2img" else prepare_img2img
         size = -(-len(seeds) // measures.batch_split)
         parts = []
@@ -284,9 +294,10 @@ class JobRunner:
                 images += part.work.ready_images
                 continue
             decoder = part.work.decode_model or model
-            pixels, measures = decode_with_fallbacks(
-                lambda dtype, latents=part.latents, decoder=decoder: sampling.decode_latents(decoder, latents, dtype),
-                decoder.vae.dtype, measures, self.models.apply, self.models.device, self.settings.nan_check)
+            self.context.check_unet_output(part.latents, decoder.dtype)
+            self.context.measures = measures
+            pixels = self.context.decode(decoder, part.latents)
+            measures = self.context.measures
             images += part.work.finish(sampling.to_pil(pixels))
         return images, measures
 

@@ -4,10 +4,8 @@ loop, with fresh seed noise, running the last K steps of a schedule of int(K / d
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from backend.errors import InvalidRequest
 from backend.generation.requests import HiresTarget
@@ -37,11 +35,6 @@ def check_upscaler(name: str, models=None) -> None:
 def upscale_latents(latents: torch.Tensor, mode_name: str, to: HiresTarget) -> torch.Tensor:
     mode, antialias = LATENT_MODES[mode_name]
     return F.interpolate(latents, size=(to.height // 8, to.width // 8), mode=mode, antialias=antialias)
-
-
-def to_uint8_images(pixels: torch.Tensor) -> list[Image.Image]:
-    array = ((pixels.float() + 1) / 2).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray((255.0 * a).astype(np.uint8)) for a in array]
 
 
 def crop_latents(latents: torch.Tensor, to: HiresTarget) -> torch.Tensor:

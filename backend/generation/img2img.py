@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from backend.errors import InvalidRequest
+from backend.execution import ExecutionContext
 from backend.generation import image_ops, sampling
 from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest, MaskedContent, ResizeMode
@@ -49,7 +50,7 @@ def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
         white = Image.new("L", image.size, 255)
         return _inpainting_model_work(model, req, sampler, seeds, image, white, resources=resources)
-    return sampling.BatchWork(lambda hooks: _sample_regular(model, req, sampler, seeds, _init_latents(model, req),
+    return sampling.BatchWork(lambda hooks: _sample_regular(model, req, sampler, seeds, _init_latents(model, req, resources),
                                                             None, hooks, resources))
 
 
@@ -79,7 +80,7 @@ def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: R
                                        start_latents=masked_content)
     else:
         def denoise(hooks: sampling.Hooks):
-            latents = sampling.encode_image(model, work.image)
+            latents = sampling.encode_image(sampling.context_for(resources, model), model, work.image)
             return _sample_regular(model, req, sampler, seeds, masked_content(latents), latent_mask_for(latents),
                                    hooks, resources)
 
@@ -114,14 +115,15 @@ def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
     return InpaintWork(filled, work_mask, latent_mask, base, overlay_mask, region)
 
 
-def _init_latents(model: LoadedModel, req: GenerationRequest) -> torch.Tensor:
+def _init_latents(model: LoadedModel, req: GenerationRequest, resources: sampling.Resources | None) -> torch.Tensor:
+    context = sampling.context_for(resources, model)
     if req.resize_mode == ResizeMode.LATENT_UPSCALE:
         image = req.init_image.convert("RGB")
         image = image.resize((max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)), image_ops.LANCZOS)
-        latents = sampling.encode_image(model, image)
+        latents = sampling.encode_image(context, model, image)
         return F.interpolate(latents, size=(req.height // 8, req.width // 8), mode="bilinear", align_corners=False)
     image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
-    return sampling.encode_image(model, image)
+    return sampling.encode_image(context, model, image)
 
 
 def _latent_mask(mask: Image.Image, size, rounded: bool = True) -> torch.Tensor:
@@ -185,27 +187,25 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
         noise = _starting_noise(req, rng, sampling.latent_shape(model, req.height, req.width))
-        channels = _inpaint_channels(model, image, mask).repeat(len(seeds), 1, 1, 1)
+        channels = _inpaint_channels(sampling.context_for(resources, model), model, image, mask).repeat(len(seeds), 1, 1, 1)
         denoiser = sampling.make_denoiser(model, req, hooks, channels, resources, sampler)
         start = Start()
         if strength < 1.0:
-            latents = sampling.encode_image(model, image).repeat(len(seeds), 1, 1, 1)
+            latents = sampling.encode_image(sampling.context_for(resources, model), model, image).repeat(len(seeds), 1, 1, 1)
             start = Start(start_latents(latents) if start_latents else latents, strength)
         return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start)
 
     return sampling.BatchWork(denoise)
 
 
-def _inpaint_channels(model: LoadedModel, image: Image.Image, mask: Image.Image) -> torch.Tensor:
+def _inpaint_channels(context: ExecutionContext, model: LoadedModel, image: Image.Image,
+                      mask: Image.Image) -> torch.Tensor:
     """(1, 5, h/8, w/8): the binarized mask at latent size, then the latents of the picture with the masked
     area set to black-grey zero (as diffusers' inpainting pipelines prepare them)."""
     binary = torch.from_numpy((np.asarray(mask.convert("L"), dtype=np.float32) / 255.0 >= 0.5).astype(np.float32))
     binary = binary[None, None]
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
     masked = pixels * (binary < 0.5)
-    vae = model.vae
-    with torch.no_grad():
-        latents = vae.encode(masked.to(model.execution_device, vae.dtype)).latent_dist.mode().float()
-    latents = latents * vae.config.scaling_factor
+    latents = context.encode(model, masked).mode().float() * model.vae.config.scaling_factor
     small = F.interpolate(binary, size=latents.shape[-2:])
     return torch.cat([small.to(latents.device), latents], dim=1).to(model.dtype)

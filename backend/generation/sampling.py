@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.execution import ExecutionContext
 from backend.loading.detect import Family
 from backend.generation import loop
 from backend.generation.noise import ImageNoise
@@ -41,6 +42,11 @@ class Resources:
     embeddings: EmbeddingLibrary | None = None
     upscalers: object | None = None  # backend.upscale.models.UpscalerLibrary
     switch_model: Callable[[str], LoadedModel] | None = None
+    context: ExecutionContext | None = None  # the worker's; outside it, each model's own device and precisions
+
+
+def context_for(resources: Resources | None, model: LoadedModel) -> ExecutionContext:
+    return resources.context if resources and resources.context else ExecutionContext.of_model(model)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ def make_images(model: LoadedModel, work: BatchWork, hooks: Hooks | None = None)
     if work.ready_images is not None:
         return work.ready_images
     latents = work.denoise(hooks or NoHooks())
-    return work.finish(to_pil(decode_latents(model, latents)))
+    return work.finish(to_pil(ExecutionContext.of_model(work.decode_model or model).decode(
+        work.decode_model or model, latents)))
 
 
 def image_noise(req: GenerationRequest, seeds: list[int]) -> ImageNoise:
@@ -118,31 +125,13 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
                          req.s_min_uncond, req.s_min_uncond_all, req.pad_conds, empty, req.batch_cond_uncond)
 
 
-@torch.no_grad()
-def decode_latents(model: LoadedModel, latents: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Latents -> pixels in -1..1, decoded in the VAE's dtype (or `dtype`, which the VAE is cast to for this)."""
-    vae = model.vae
-    scaled = latents / vae.config.scaling_factor
-    if dtype is None or dtype == vae.dtype:
-        return vae.decode(scaled.to(vae.dtype)).sample
-    before = vae.dtype
-    vae.to(dtype)
-    try:
-        return vae.decode(scaled.to(dtype)).sample
-    finally:
-        vae.to(before)
-
-
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    """(-1..1) NCHW -> PIL images, converted to 8 bits by truncation as A1111 does (astype, not rounding)."""
-    array = ((pixels.float() + 1) / 2).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    """(-1..1) NCHW -> PIL images, converted to 8 bits by truncation as A1111 does (astype, not rounding). NaN
+    (kept only under --disable-nan-check) is black."""
+    array = ((pixels.float().nan_to_num(-1.0) + 1) / 2).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray((255.0 * a).astype(np.uint8)) for a in array]
 
 
-@torch.no_grad()
-def encode_image(model: LoadedModel, image: Image.Image) -> torch.Tensor:
+def encode_image(context: ExecutionContext, model: LoadedModel, image: Image.Image) -> torch.Tensor:
     """RGB image -> scaled latents (1, 4, h/8, w/8). The distribution's mean keeps img2img deterministic."""
-    vae = model.vae
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    pixels = torch.from_numpy(array).permute(2, 0, 1)[None].to(model.execution_device, vae.dtype)
-    return vae.encode(pixels).latent_dist.mode().float() * vae.config.scaling_factor
+    return context.encode_images(model, [image]).mode().float() * model.vae.config.scaling_factor

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from backend.execution import ExecutionContext
 from backend.generation import hires, sampling
 from backend.generation.img2img import txt2img_with_inpainting_model
 from backend.generation.noise import make_generator
@@ -46,18 +47,20 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSam
     to = hires_target(req)
     upscaler = req.hr_upscaler or "Latent"
     images = None
+    context = sampling.context_for(resources, model)
     if upscaler in hires.LATENT_MODES:
         samples = hires.upscale_latents(latents, upscaler, to)
     else:
         hooks.check_interrupt()
-        images = hires.to_uint8_images(sampling.decode_latents(model, latents))
+        context.check_unet_output(latents, model.dtype)  # before a decode could blame the VAE
+        images = sampling.to_pil(context.decode(model, latents))
         models = resources.upscalers if resources else None
         images = [upscale_image(image, upscaler, to.width, to.height, models) for image in images]
     if req.hr_checkpoint:
         model = resources.switch_model(req.hr_checkpoint)
         work.decode_model = model
     if images is not None:
-        samples = _encode_sampled(model, images, seeds, req.rng_source)
+        samples = _encode_sampled(context, model, images, seeds, req.rng_source)
     samples = hires.crop_latents(samples, to)
     width, height = to.final_size
     hr_req = dataclasses.replace(req, width=width, height=height)
@@ -72,14 +75,12 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSam
     return sample(model, hr_req, hr_sampler, seeds, rng, noise, denoiser, hooks, start)
 
 
-@torch.no_grad()
-def _encode_sampled(model: LoadedModel, images, seeds: list[int], source: str) -> torch.Tensor:
+def _encode_sampled(context: ExecutionContext, model: LoadedModel, images, seeds: list[int],
+                    source: str) -> torch.Tensor:
     """Images -> latents, taking a sample of the VAE's latent distribution as A1111 does (mean + std * noise),
     the noise being each image's seed's noise at the latent shape."""
-    vae = model.vae
     pixels = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) / 255.0 for i in images])).permute(0, 3, 1, 2)
-    pixels = (pixels * 2 - 1).to(model.execution_device, vae.dtype)
-    dist = vae.encode(pixels).latent_dist
+    dist = context.encode(model, pixels * 2 - 1)
     noise = torch.stack([make_generator(seed, source).randn(tuple(dist.mean.shape[1:])) for seed in seeds])
     latents = dist.mean.float() + dist.std.float() * noise.to(dist.mean.device)
-    return latents * vae.config.scaling_factor
+    return latents * model.vae.config.scaling_factor

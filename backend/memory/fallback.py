@@ -9,7 +9,7 @@ import torch
 
 from backend.errors import OutOfMemory
 from backend.memory.apply import release_memory
-from backend.memory.policy import Measures, nan_retry_dtype, next_decode_fallback, next_fallback
+from backend.memory.policy import Measures, next_decode_fallback, next_fallback
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,13 @@ def _out_of_memory(device: torch.device, problem: str, measures: Measures) -> Ou
                        "Use a smaller image size or batch size.")
 
 
-def decode_with_fallbacks(decode: Callable[[torch.dtype | None], torch.Tensor], vae_dtype: torch.dtype,
-                          measures: Measures, apply: Callable[[Measures], None],
-                          device: torch.device, nan_check: bool = True) -> tuple[torch.Tensor, Measures]:
-    """`decode(dtype)` -> pixels. Out of memory: retry only the decode with the next decode measure (`apply`
-    puts it in place). Non-finite pixels from an fp16 VAE: decode once more in the policy's retry dtype."""
+def decode_with_fallbacks(decode: Callable[[], T], measures: Measures, apply: Callable[[Measures], None],
+                          device: torch.device) -> tuple[T, Measures]:
+    """`decode()`; on out-of-memory, retry only the VAE's work with the next decode measure (`apply` puts it in
+    place). The NaN check and precision fallback are the caller's (backend/execution.py)."""
     while True:
         try:
-            pixels = decode(None)
-            break
+            return decode(), measures
         except Exception as err:  # noqa: BLE001 - everything but out-of-memory is re-raised
             if not is_out_of_memory(err):
                 raise
@@ -51,14 +49,9 @@ def decode_with_fallbacks(decode: Callable[[torch.dtype | None], torch.Tensor], 
         stronger = next_decode_fallback(measures)
         if stronger is None:
             raise _out_of_memory(device, problem, measures)
-        log.warning("out of memory while decoding (%s); retrying with %s", problem, stronger.fallbacks[-1])
+        log.warning("out of memory in the VAE (%s); retrying with %s", problem, stronger.fallbacks[-1])
         measures = stronger
         apply(measures)
-    retry_dtype = nan_retry_dtype(vae_dtype) if nan_check else None  # A1111's --disable-nan-check: none
-    if retry_dtype is not None and not torch.isfinite(pixels).all():
-        log.warning("the VAE produced NaN in %s; decoding again in %s", vae_dtype, retry_dtype)
-        pixels = decode(retry_dtype)
-    return pixels, measures
 
 
 def run_with_fallbacks(attempt: Callable[[Measures], T], measures: Measures, batch_size: int,

@@ -196,12 +196,6 @@ def choose_vae_dtype(dtype: torch.dtype, no_half_vae: bool) -> torch.dtype:
     return torch.float32 if no_half_vae else dtype
 
 
-def nan_retry_dtype(vae_dtype: torch.dtype) -> torch.dtype | None:
-    """SD 1.x and SDXL VAEs overflow in fp16 (NaN/black images): such a decode is redone in fp32.
-    bf16 has fp32's range and never needs it."""
-    return torch.float32 if vae_dtype == torch.float16 else None
-
-
 # ------------------------------------------------------------------------------------------ out of memory
 
 def next_decode_fallback(measures: Measures) -> Measures | None:
