@@ -128,6 +128,7 @@ def api_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def build_service(settings: Settings):
     from backend.memory import policy
+    from backend.memory.apply import configure_math
     from backend.memory.facts import probe_device_facts
     from backend.model_manager import CacheLimits, ModelManager, Placement
     from backend.networks.hypernetworks import HypernetLibrary
@@ -146,7 +147,8 @@ def build_service(settings: Settings):
     facts = probe()
     device = policy.choose_device(settings.device, facts)
     dtype = policy.choose_dtype(settings.precision, device, facts)
-    vae_dtype = policy.choose_vae_dtype(dtype, settings.no_half_vae)
+    vae_dtype = policy.choose_vae_dtype(dtype, settings.no_half_vae, device, facts)
+    configure_math(device)
     log.info("device %s, precision %s, VAE precision %s", device, dtype, vae_dtype)
     placement = Placement(device, dtype, vae_dtype, settings.memory, probe)
     cache = CacheLimits(settings.checkpoint_cache, policy.cache_budget_bytes(facts, settings.checkpoint_cache_gb))
@@ -154,7 +156,7 @@ def build_service(settings: Settings):
     models = ModelManager(registry, placement, cache, settings.prediction_overrides)
     embeddings = EmbeddingLibrary(settings.embedding_folders)
     networks = NetworkLibrary([settings.lora_folder])
-    upscalers = UpscalerLibrary(list(settings.upscaler_folders))
+    upscalers = UpscalerLibrary(list(settings.upscaler_folders), device, policy.choose_upscaler_dtype(dtype))
     hypernetworks = HypernetLibrary([settings.hypernetwork_dir or settings.models_dir / "hypernetworks"])
     styles = StyleLibrary(settings.styles_file or settings.models_dir.parent / "styles.csv")
     options = Options(path=settings.config_file)
@@ -173,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     check_exposure(args)
     api_auth = api_credentials(args)
     settings = settings_from_args(args)
-    service = build_service(settings)
+    try:
+        service = build_service(settings)
+    except ValueError as err:  # a precision or device this machine cannot run
+        log.error("%s", err)
+        return 2
     if not service.registry.checkpoints:
         log.warning("No checkpoints found. Put .safetensors/.ckpt files or diffusers folders into %s",
                     settings.checkpoint_dir)

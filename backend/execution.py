@@ -35,7 +35,6 @@ class ExecutionContext:
     device: torch.device
     dtype: torch.dtype  # UNet and text encoders
     vae_dtype: torch.dtype
-    upscaler_dtype: torch.dtype = torch.float32
     nan_check: bool = True  # A1111's --disable-nan-check turns it off
     auto_vae_precision: Callable[[], bool] = lambda: True  # the option, read at the moment it matters
     on_vae_upcast: Callable[[], None] = lambda: None  # the model manager keeps fp32 VAEs from then on

@@ -147,6 +147,14 @@ def _set_compile(unet: torch.nn.Module, on: bool) -> None:
         unet.to(memory_format=torch.contiguous_format)
 
 
+def configure_math(device: torch.device) -> None:
+    """As A1111: TF32 matmuls and convolutions on NVIDIA GPUs that have them (Ampere and later; a no-op before),
+    about 2x faster fp32 work (the fp32 VAE, upscalers) at no visible cost."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def release_memory() -> None:
     """Give freed memory back: Python garbage, PyTorch's CUDA cache, and glibc's heap (else RSS only grows)."""
     gc.collect()

@@ -107,6 +107,8 @@ def choose_device(requested: str, facts: DeviceFacts) -> torch.device:
 def choose_dtype(requested: str, device: torch.device, facts: DeviceFacts) -> torch.dtype:
     """auto: fp16 on CUDA/MPS (SD is trained for it and it is the fastest there); on CPU bf16 only where the
     processor computes it natively (AMX / AVX512-BF16: about 10x faster than fp32), else fp32."""
+    if requested == "bf16" and device.type == "cuda" and not facts.cuda_bf16:
+        raise ValueError("--precision bf16: this GPU cannot compute in bfloat16; use fp16 or fp32")
     if requested != "auto":
         return _DTYPES[requested]
     if device.type in ("cuda", "mps"):
@@ -191,9 +193,21 @@ def _vae_tiling_pixels(facts: DeviceFacts, device: torch.device, model: ModelSiz
     return max(MIN_TILED_PIXELS, int(fits))
 
 
-def choose_vae_dtype(dtype: torch.dtype, no_half_vae: bool) -> torch.dtype:
-    """--no-half-vae keeps the VAE in fp32; otherwise it runs in the model's precision."""
-    return torch.float32 if no_half_vae else dtype
+def choose_upscaler_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Upscaler networks run in half precision where the models do (A1111: unless --no-half), else fp32 (bf16's
+    short mantissa shows in upscaled pixels)."""
+    return torch.float16 if dtype == torch.float16 else torch.float32
+
+
+def choose_vae_dtype(dtype: torch.dtype, no_half_vae: bool, device: torch.device = torch.device("cpu"),
+                     facts: DeviceFacts = DeviceFacts()) -> torch.dtype:
+    """--no-half-vae keeps the VAE in fp32. A half-precision model on a GPU with bf16 gets a bf16 VAE: fp32's
+    range, so SD 1.x/SDXL VAEs never overflow and need no fp32 retry. Otherwise the model's precision."""
+    if no_half_vae:
+        return torch.float32
+    if dtype == torch.float16 and device.type == "cuda" and facts.cuda_bf16:
+        return torch.bfloat16
+    return dtype
 
 
 # ------------------------------------------------------------------------------------------ out of memory

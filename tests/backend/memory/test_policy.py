@@ -1,7 +1,11 @@
 """The memory policy as a pure function: facts + model size + flags in, measures out."""
 
+import dataclasses
+
+import pytest
 import torch
 
+from backend.memory.apply import configure_math
 from backend.memory.facts import DeviceFacts
 from backend.memory.policy import (
     GB,
@@ -12,6 +16,8 @@ from backend.memory.policy import (
     cache_budget_bytes,
     choose_device,
     choose_dtype,
+    choose_upscaler_dtype,
+    choose_vae_dtype,
     models_to_evict,
     next_fallback,
     plan_memory,
@@ -43,6 +49,32 @@ def test_device_and_precision_choice():
     assert choose_dtype("auto", CPU, cpu(bf16=False)) == torch.float32
     assert choose_dtype("fp32", CUDA, gpu(10)) == torch.float32
     assert choose_dtype("bf16", CPU, cpu(bf16=False)) == torch.bfloat16
+    assert choose_dtype("bf16", CUDA, dataclasses.replace(gpu(10), cuda_bf16=True)) == torch.bfloat16
+    with pytest.raises(ValueError, match="bfloat16"):  # a GPU without bf16 (before Ampere): refused, not emulated
+        choose_dtype("bf16", CUDA, dataclasses.replace(gpu(10), cuda_bf16=False))
+
+
+def test_vae_and_upscaler_precision():
+    ampere = dataclasses.replace(gpu(10), cuda_bf16=True)
+    assert choose_vae_dtype(torch.float16, False, CUDA, ampere) == torch.bfloat16  # no overflow, no retry
+    assert choose_vae_dtype(torch.float16, False, CUDA, dataclasses.replace(ampere, cuda_bf16=False)) == torch.float16
+    assert choose_vae_dtype(torch.float16, True, CUDA, ampere) == torch.float32  # --no-half-vae
+    assert choose_vae_dtype(torch.float16, False, CPU, cpu()) == torch.float16  # --precision fp16 on the CPU
+    assert choose_vae_dtype(torch.float32, False, CUDA, ampere) == torch.float32  # --no-half
+    assert choose_upscaler_dtype(torch.float16) == torch.float16
+    assert choose_upscaler_dtype(torch.bfloat16) == torch.float32 and choose_upscaler_dtype(torch.float32) == torch.float32
+
+
+def test_tf32_is_on_for_cuda_only():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        configure_math(CPU)
+        assert not torch.backends.cuda.matmul.allow_tf32
+        configure_math(CUDA)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def test_big_gpu_runs_everything_resident_with_sdpa():

@@ -121,7 +121,7 @@ def test_bgr_in_and_rounded_rgb_out():
     with torch.no_grad():
         out = net.double()(bgr)[0].clamp(0, 1).numpy()
     expected = np.round(255.0 * np.moveaxis(out, 0, 2)).astype(np.uint8)[:, :, ::-1]
-    assert np.abs(np.asarray(run_network(net, image), dtype=int) - expected).max() <= 1
+    assert np.abs(np.asarray(run_network(net, [image])[0], dtype=int) - expected).max() <= 1
 
 
 def test_tiles_join_like_a1111s_grid():
@@ -129,14 +129,67 @@ def test_tiles_join_like_a1111s_grid():
     net = build_network(_srvgg())
     image = _image(40, 24)
     tiled = np.asarray(upscale_tiled(net, image, tile=24, overlap=8), dtype=int)
-    first = np.asarray(run_network(net, image.crop((0, 0, 24, 24))), dtype=int)
-    second = np.asarray(run_network(net, image.crop((16, 0, 40, 24))), dtype=int)
+    first = np.asarray(run_network(net, [image.crop((0, 0, 24, 24))])[0], dtype=int)
+    second = np.asarray(run_network(net, [image.crop((16, 0, 40, 24))])[0], dtype=int)
     assert tiled.shape == (96, 160, 3)
     assert np.array_equal(tiled[:, :64], first[:, :64])  # before the overlap: the first tile
     assert np.array_equal(tiled[:, 96:], second[:, 32:])  # after it: the second
     middle = tiled[:, 64:96]
     low, high = np.minimum(first[:, 64:96], second[:, :32]), np.maximum(first[:, 64:96], second[:, :32])
     assert ((middle >= low - 1) & (middle <= high + 1)).all()
+
+
+def test_tiles_run_in_batches_as_one_at_a_time():
+    net = build_network(_srvgg())
+    image = _image(80, 56)
+    batched = np.asarray(upscale_tiled(net, image, tile=24, overlap=8, batch=8), dtype=int)
+    single = np.asarray(upscale_tiled(net, image, tile=24, overlap=8, batch=1), dtype=int)
+    assert np.abs(batched - single).max() <= 1
+
+
+class _SmallMemory(torch.nn.Module):
+    """The network, on a device that runs out of memory above two tiles at a time."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.batches = net, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.net(x)
+
+
+def test_out_of_memory_runs_fewer_tiles_at_a_time():
+    net = build_network(_srvgg())
+    image = _image(80, 56)
+    small = _SmallMemory(net)
+    result = np.asarray(upscale_tiled(small, image, tile=24, overlap=8, batch=8), dtype=int)
+    assert small.batches[:3] == [8, 4, 2] and max(small.batches[3:]) <= 2
+    assert np.abs(result - np.asarray(upscale_tiled(net, image, tile=24, overlap=8, batch=1), dtype=int)).max() <= 1
+
+
+def test_library_runs_the_network_on_its_device_in_its_dtype(upscaler_models):
+    library = UpscalerLibrary([upscaler_models / "RealESRGAN"], dtype=torch.float16)
+    image = _image(32, 32)
+    half = np.asarray(library.upscale(image, "R-ESRGAN AnimeVideo", 4.0), dtype=int)
+    assert next(library.network(library.find("R-ESRGAN AnimeVideo")).parameters()).dtype == torch.float16
+    full = np.asarray(UpscalerLibrary([upscaler_models / "RealESRGAN"]).upscale(image, "R-ESRGAN AnimeVideo", 4.0),
+                      dtype=int)
+    assert np.abs(half - full).mean() < 1.0
+
+
+def test_an_fp16_overflow_is_computed_again_in_fp32():
+    state = _srvgg()
+    state["body.0.weight"] = state["body.0.weight"] * 3e5  # the first convolution passes fp16's range ...
+    state["body.2.weight"] = state["body.2.weight"] / 3e5  # ... and the next brings it back (PReLU scales)
+    net = build_network(state)
+    expected = np.asarray(run_network(net, [_image(16, 16)])[0], dtype=int)
+    net.half()
+    got = np.asarray(run_network(net, [_image(16, 16)])[0], dtype=int)
+    assert next(net.parameters()).dtype == torch.float32
+    assert np.abs(got - expected).max() <= 2
 
 
 @pytest.fixture(scope="module")
