@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any, Callable
 
 import torch
+from PIL import Image
 
 from backend.errors import BackendError, Interrupted, ServiceStopping
 
@@ -38,7 +39,9 @@ class Progress:
     batch_no: int = 0  # 0-based index of the batch being sampled
     batch_count: int = 1
     started_at: float | None = None
-    latents: torch.Tensor | None = None  # latest latents, for a live preview
+    latents: torch.Tensor | None = None  # the latest denoised estimate: what an interrupt keeps
+    preview: Image.Image | None = None  # the latest live preview, made by the worker
+    preview_step: int = -1  # the step it shows
     textinfo: str = ""
 
     @property
@@ -89,7 +92,7 @@ class Job:
 
     def start_batch(self, batch_no: int, batch_count: int) -> None:
         self.progress.batch_no, self.progress.batch_count = batch_no, batch_count
-        self.progress.step = 0
+        self.progress.step, self.progress.preview_step = 0, -1
         if self._cancel.is_set() or self._stop_after_batch.is_set():
             raise Interrupted("interrupted by the user")
 

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from backend.errors import InvalidRequest
+from backend.generation.preview import PREVIEW_TYPES
 from backend.samplers import UNIPC_VARIANTS, UniPCSettings
 from backend.samplers import takes_ddim_eta
 
@@ -35,6 +36,7 @@ IMPLEMENTED = frozenset({
     "s_tmax", "s_noise", "save_incomplete_images", "interrupt_after_current", "samples_save", "default_sampler",
     "default_scheduler", "tiling", "s_min_uncond", "s_min_uncond_all", "initial_noise_multiplier",
     "pad_cond_uncond", "pad_cond_uncond_v0", "batch_cond_uncond", "auto_vae_precision",
+    "live_previews_enable", "show_progress_every_n_steps", "show_progress_type",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 })
 
@@ -58,6 +60,7 @@ SUPPORTED_VALUES = {
     "randn_source": ("CPU", "GPU", "NV"),
     "emphasis": ("Original", "No norm", "None"),
     "uni_pc_variant": UNIPC_VARIANTS,
+    "show_progress_type": PREVIEW_TYPES,
 }
 
 MAX_TEXT = 4096

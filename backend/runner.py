@@ -19,6 +19,7 @@ from backend.errors import CheckpointError, Interrupted
 from backend.execution import ExecutionContext
 from backend.generation import sampling
 from backend.generation.img2img import prepare_img2img
+from backend.generation.preview import PreviewMaker
 from backend.generation.parameters import image_parameters
 from backend.generation.requests import GenerationRequest, check_prompt_chunks, hires_target, resolve_seed, validate
 from backend.generation.results import GenerationResult
@@ -78,6 +79,23 @@ class _Denoised:
     interrupted: bool = False
 
 
+class _StepHooks:
+    """What sampling reports to: the job (progress, interrupt, skip), and a live preview when one is due."""
+
+    def __init__(self, job: Job, previews: PreviewMaker, context: ExecutionContext, model: Callable[[], LoadedModel]):
+        self.job, self.previews, self.context, self.model = job, previews, context, model
+
+    def report_step(self, step: int, steps: int, latents: torch.Tensor | None = None) -> None:
+        self.job.report_step(step, steps, latents)
+        progress, every = self.job.progress, self.previews.every()
+        if latents is not None and every and step - max(progress.preview_step, 0) >= every:
+            progress.preview = self.previews.make(self.context, self.model(), latents)
+            progress.preview_step = step
+
+    def check_interrupt(self) -> None:
+        self.job.check_interrupt()
+
+
 class JobRunner:
     """Runs generation and Extras jobs on the worker thread (the only one that touches the device)."""
 
@@ -94,6 +112,7 @@ class JobRunner:
             auto_vae_precision=lambda: bool(options.get("auto_vae_precision")), on_vae_upcast=models.use_fp32_vae,
             apply_measures=models.apply)
         self.resources = dataclasses.replace(resources, context=self.context)
+        self.previews = PreviewMaker(options, settings.vae_approx_folder)
         self.on_unloadable = on_unloadable  # the facade forgets an implicit default that cannot load
 
     def generate(self, job: Job) -> GenerationResult:
@@ -270,7 +289,8 @@ class JobRunner:
                 continue
             job.progress.latents = None
             try:
-                parts.append(_Denoised(work, work.denoise(job)))
+                parts.append(_Denoised(work, work.denoise(_StepHooks(job, self.previews, self.context,
+                                                                      lambda work=work: work.decode_model or model))))
             except Interrupted:
                 if job.progress.latents is None:
                     raise

@@ -16,7 +16,6 @@ from PIL import Image
 
 from backend.errors import Forbidden, InvalidRequest, ModelNotFound
 from backend.generation import hires, sampling
-from backend.generation.preview import latent_preview
 from backend.generation.requests import GenerationRequest, validate
 from backend.jobs import Job, JobQueue
 from backend.model_manager import AUTOMATIC_VAE, NO_CHECKPOINT_MESSAGE, NO_VAE, ModelManager
@@ -396,11 +395,8 @@ class GenerationService:
         return True
 
     def preview(self, job: Job) -> Image.Image | None:
-        """A quick look at the job's latest latents (no VAE decode)."""
-        latents, family = job.progress.latents, self.models.loaded_family
-        if latents is None or family is None:
-            return None
-        return latent_preview(latents[0], family)
+        """The job's latest live preview, as the worker made it (reading it touches no device tensor)."""
+        return job.progress.preview
 
     def shutdown(self) -> None:
         self.queue.stop()

@@ -93,6 +93,11 @@ class Settings:
         return self.upscaler_dirs or (self.models_dir / "ESRGAN", self.models_dir / "RealESRGAN")
 
     @property
+    def vae_approx_folder(self) -> Path:
+        """A1111's models/VAE-approx: the weights of the "Approx NN" and "TAESD" live previews."""
+        return self.models_dir / "VAE-approx"
+
+    @property
     def lora_folder(self) -> Path:
         return self.lora_dir or self.models_dir / "Lora"
 

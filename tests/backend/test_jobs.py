@@ -83,20 +83,6 @@ def test_skip_moves_on_to_the_next_batch(service):
     assert result.seeds == [2]  # the first batch (seed 1) was skipped
 
 
-def test_preview_latents_are_available_while_running(service):
-    from backend.generation.preview import latent_preview
-    from backend.loading.detect import Family
-
-    job = service.submit(_request(steps=30))
-    latents = None
-    while not job.finished and latents is None:
-        latents = job.progress.latents
-        time.sleep(0.005)
-    job.wait(60)
-    assert latents is not None
-    assert latent_preview(latents[0], Family.SD1).size == (32, 32)
-
-
 def test_empty_models_folder_says_where_to_put_checkpoints(tmp_path):
     (tmp_path / "models").mkdir()
     svc = build_backend(tmp_path / "models", tmp_path / "outputs")
