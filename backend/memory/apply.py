@@ -8,6 +8,7 @@ import gc
 import logging
 
 import torch
+import torch._dynamo
 import torch._inductor.config
 from accelerate import cpu_offload
 from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
@@ -145,6 +146,9 @@ def _set_compile(unet: torch.nn.Module, on: bool) -> None:
     elif compiled and not on:
         unet._compiled_call_impl = None  # what nn.Module.compile() set: calls go to the plain module again
         unet.to(memory_format=torch.contiguous_format)
+        # Dynamo's cache lives on the code object, not the module: with frozen weights a later compile could
+        # reuse a graph holding the old ones (networks merged since). Only the UNet is ever compiled.
+        torch._dynamo.reset()
 
 
 def configure_math(device: torch.device) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from backend.memory.apply import park
+from backend.memory.policy import Offload
 from backend.networks.hypernetworks import HypernetLibrary, HypernetPatcher
 from backend.networks.library import NetworkLibrary
 from backend.networks.patch import NetworkPatcher, WantedNetwork
@@ -54,6 +56,16 @@ class NetworkApplier:
         merge's warnings."""
         if model.network_patcher is None:
             model.network_patcher, model.hypernet_patcher = NetworkPatcher(), HypernetPatcher()
+        changing = model.network_patcher.changes(networks) or model.hypernet_patcher.changes(hypernetworks)
+        if changing and _weights_not_in_place(model):
+            # --lowvram keeps the weights in an offload map, --compile freezes them into its graph: take them back
+            # (park); the runner puts the measures back before sampling (recompiling with the new weights).
+            park(model)
         warnings = model.network_patcher.apply(model, networks, self.networks)
         model.hypernet_patcher.apply(model.unet, hypernetworks)
         return warnings
+
+
+def _weights_not_in_place(model) -> bool:
+    measures = model.applied_measures
+    return measures is not None and (measures.compile or measures.offload is Offload.SEQUENTIAL)

@@ -161,6 +161,9 @@ class HypernetPatcher:
         self._handles: list = []
         self.signature: tuple = ()
 
+    def changes(self, wanted: list[tuple[Hypernetwork, float]]) -> bool:
+        return tuple((h.path, m) for h, m in wanted) != self.signature
+
     def apply(self, unet, wanted: list[tuple[Hypernetwork, float]]) -> None:
         signature = tuple((h.path, m) for h, m in wanted)
         if signature == self.signature:

@@ -41,6 +41,9 @@ class NetworkPatcher:
         self._backups: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.signature: tuple = ()
 
+    def changes(self, wanted: list[WantedNetwork]) -> bool:
+        return tuple(w.identity for w in wanted) != self.signature
+
     def apply(self, model, wanted: list[WantedNetwork], library: NetworkLibrary) -> list[str]:
         """Merge `wanted` (replacing whatever was merged before); returns warnings for the user."""
         signature = tuple(w.identity for w in wanted)
@@ -159,9 +162,7 @@ def _forget_packed(module: torch.nn.Module) -> None:
 
 
 def _check_patchable(model) -> None:
-    measures = model.applied_measures
-    if measures is not None and measures.compile:
-        raise InvalidRequest("prompt", "LoRA cannot be used with --compile yet (the compiled UNet has its weights "
-                                       "frozen in); start without --compile to use LoRA")
-    if any(p.device.type == "meta" for p in model.unet.parameters()):
-        raise InvalidRequest("prompt", "LoRA cannot be used with --lowvram (sequential offload) yet")
+    """The caller (backend/networks/apply.py) takes a compiled or sequentially offloaded model's weights back
+    first; merging into the offload map's placeholders would change nothing."""
+    if any(param.device.type == "meta" for module in model.modules() for param in module.parameters()):
+        raise RuntimeError("networks merged into a sequentially offloaded model")

@@ -1,7 +1,6 @@
 """Each memory measure carried out for real on a tiny model (on the CPU, offload runs the GPU code path with the
 CPU as the execution device): the images stay the same and undoing a measure restores the model."""
 
-import shutil
 import threading
 
 import numpy as np
@@ -15,7 +14,6 @@ from backend.memory.apply import BringOnUse, apply_measures
 from backend.memory.facts import probe_device_facts
 from backend.memory.policy import Measures, Offload
 from backend.samplers import resolve
-from backend.settings import MemoryFlags
 from tests.conftest import build_backend
 
 CPU = torch.device("cpu")
@@ -101,24 +99,6 @@ def test_prepacked_convolutions_on_bf16_cpu_match_and_come_off(models_dir, tmp_p
     assert not any("forward" in vars(m) for m in convs)
     diff = np.abs(packed - plain)  # the same convolutions through another kernel: only bf16 rounding differs
     assert diff.mean() < 2 and diff.max() <= 16
-    svc.shutdown()
-
-
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on the CPU needs a C++ compiler")
-def test_compile_flag_compiles_the_unet_and_keeps_the_image(models_dir, tmp_path):
-    """--compile (torch.compile, channels_last, frozen weights) on the CPU: the GPU's code path, here with inductor's
-    C++ backend. The first call compiles (slow); the image must be the eager one."""
-    eager = build_backend(models_dir, tmp_path / "eager")
-    req = GenerationRequest(prompt="a lighthouse", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
-                            checkpoint="sd1.safetensors", save_images=False)
-    want = np.asarray(eager.generate(req).images[0], dtype=np.int16)
-    eager.shutdown()
-    svc = build_backend(models_dir, tmp_path / "compiled", memory=MemoryFlags(compile=True))
-    got = np.asarray(svc.generate(req).images[0], dtype=np.int16)
-    unet = svc.models.get(svc.registry.find_checkpoint("sd1.safetensors")).unet
-    assert unet._compiled_call_impl is not None and svc.models.plan.measures.compile
-    assert np.abs(got - want).max() <= 2
     svc.shutdown()
 
 

@@ -2,8 +2,10 @@
 are merged into the modules by A1111's formulas (written out here), exact restore, tags, hashes, listing."""
 
 import copy
+import dataclasses
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from safetensors.torch import save_file
 
 from backend.errors import InvalidRequest
 from backend.generation.requests import GenerationRequest
+from backend.memory.policy import Offload
+from backend.settings import MemoryFlags
 from tests.conftest import build_backend
 from tests.fixtures.a1111_reference import a1111_txt2img
 from tests.fixtures.reference import max_pixel_diff, reference_conds
@@ -370,3 +374,42 @@ def test_openclip_attention_needs_all_four_parts_as_in_a1111(svc, lora_dir):
     finally:
         (lora_dir / "v_only.safetensors").unlink()
         svc.refresh_loras()
+
+
+# ------------------------------------------------------------------ under the memory flags
+
+@pytest.mark.parametrize("offload", [Offload.MODEL, Offload.SEQUENTIAL], ids=["medvram", "lowvram"])
+def test_networks_under_offload_give_the_same_pixels(svc, offload):
+    """--medvram (model offload) and --lowvram (sequential offload: the weights live in an offload map) merge
+    the networks wherever the weights are: the same images as without the flag, and back to plain after."""
+    plain, styled = _ours(svc, "a cat"), _ours(svc, "a cat <lora:style:0.8> <lora:loha:1>")
+    active = svc.models._active  # on the CPU the policy never offloads: put the model in that state directly
+    normal = active.plan
+    active.plan = dataclasses.replace(normal, measures=dataclasses.replace(normal.measures, offload=offload))
+    try:
+        under_flag = _ours(svc, "a cat <lora:style:0.8> <lora:loha:1>")
+        if offload is Offload.SEQUENTIAL:
+            assert {p.device.type for p in active.model.unet.parameters()} == {"meta"}  # it really ran offloaded
+        assert max_pixel_diff(under_flag.images[0], styled.images[0]) == 0
+        assert max_pixel_diff(_ours(svc, "a cat").images[0], plain.images[0]) == 0
+        assert max_pixel_diff(_ours(svc, "a cat <lora:style:0.8> <lora:loha:1>").images[0], styled.images[0]) == 0
+    finally:
+        active.plan = normal
+        _ours(svc, "a cat")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_networks_under_compile_recompile_without_a_stale_graph(models_dir, lora_dir, svc, tmp_path):
+    """--compile (torch.compile, channels_last, frozen weights; on the CPU inductor's C++ backend) gives the eager
+    image; it freezes the weights into the graph, so a network change takes them back and compiles anew."""
+    plain, styled = _ours(svc, "a cat"), _ours(svc, "a cat <lora:style:1>")
+    compiled = build_backend(models_dir, tmp_path, lora_dir=lora_dir, memory=MemoryFlags(compile=True))
+    try:
+        assert max_pixel_diff(_ours(compiled, "a cat").images[0], plain.images[0]) <= 2
+        unet = compiled.models.loaded_model.unet
+        assert unet._compiled_call_impl is not None and compiled.models.plan.measures.compile
+        assert max_pixel_diff(_ours(compiled, "a cat <lora:style:1>").images[0], styled.images[0]) <= 2
+        assert unet._compiled_call_impl is not None  # compiled again, with the merged weights
+    finally:
+        compiled.shutdown()
