@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from scipy import integrate
 
@@ -30,12 +31,14 @@ class Extras:
     s_tmin: float = 0.0
     s_tmax: float = float("inf")
 
-    def churn(self, x: torch.Tensor, sigma: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x with churn noise added, the raised sigma). A draw is taken every step, as k-diffusion does, so
-        the noise stream stays aligned whichever steps churn."""
+    def churn(self, x: torch.Tensor, sigma: torch.Tensor, level: float,
+              steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x with churn noise added, the raised sigma); `level` is sigma on the host (deciding on the device's
+        value would wait for the device). A draw is taken every step, as k-diffusion does, so the noise stream
+        stays aligned whichever steps churn."""
         if not self.s_churn:
             return x, sigma
-        gamma = min(self.s_churn / steps, 2**0.5 - 1) if self.s_tmin <= sigma <= self.s_tmax else 0.0
+        gamma = min(self.s_churn / steps, 2**0.5 - 1) if self.s_tmin <= level <= self.s_tmax else 0.0
         eps = self.noise() * self.s_noise
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
@@ -48,12 +51,20 @@ def _slope(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torc
     return (x - denoised) / sigma
 
 
-def _ancestral_split(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float):
-    """(sigma to step down to deterministically, noise to add back) for one ancestral step."""
+def _ancestral_split(sigma, sigma_next, eta: float):
+    """(sigma to step down to deterministically, noise to add back) for one ancestral step; of device tensors
+    (without reading them) or of host floats (to decide on)."""
     if not eta:
         return sigma_next, 0.0
-    up = min(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    up = eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+    up = torch.minimum(sigma_next, up) if isinstance(up, torch.Tensor) else min(sigma_next, up)
     return (sigma_next**2 - up**2) ** 0.5, up
+
+
+def _host(sigmas: torch.Tensor) -> list[float]:
+    """The schedule on the host, read once per run: the samplers' decisions use it, so no step waits for the
+    device to answer a comparison."""
+    return sigmas.tolist()
 
 
 def _log_time(sigma: torch.Tensor) -> torch.Tensor:
@@ -65,8 +76,9 @@ def _sigma_of(t: torch.Tensor) -> torch.Tensor:
 
 
 def euler(model: Model, x, sigmas, ex: Extras):
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
-        x, sigma = ex.churn(x, sigmas[i], len(sigmas) - 1)
+        x, sigma = ex.churn(x, sigmas[i], levels[i], len(sigmas) - 1)
         denoised = model(x, sigma)
         ex.on_step(i, x)
         x = x + _slope(x, sigma, denoised) * (sigmas[i + 1] - sigma)
@@ -74,31 +86,33 @@ def euler(model: Model, x, sigmas, ex: Extras):
 
 
 def euler_ancestral(model: Model, x, sigmas, ex: Extras):
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         down, up = _ancestral_split(sigmas[i], sigmas[i + 1], ex.eta)
         ex.on_step(i, x)
         x = x + _slope(x, sigmas[i], denoised) * (down - sigmas[i])
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + ex.noise() * ex.s_noise * up
     return x
 
 
 def heun(model: Model, x, sigmas, ex: Extras):
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
-        x, sigma = ex.churn(x, sigmas[i], len(sigmas) - 1)
+        x, sigma = ex.churn(x, sigmas[i], levels[i], len(sigmas) - 1)
         denoised = model(x, sigma)
         ex.on_step(i, x)
-        x = _heun_step(model, x, sigma, sigmas[i + 1], denoised)
+        x = _heun_step(model, x, sigma, sigmas[i + 1], denoised, levels[i + 1] == 0)
     return x
 
 
-def _heun_step(model: Model, x, sigma, sigma_next, denoised):
+def _heun_step(model: Model, x, sigma, sigma_next, denoised, into_zero: bool):
     """One Heun step from sigma to sigma_next (an Euler step into sigma 0)."""
     d = _slope(x, sigma, denoised)
     dt = sigma_next - sigma
     x_2 = x + d * dt
-    if sigma_next == 0:
+    if into_zero:
         return x_2
     return x + (d + _slope(x_2, sigma_next, model(x_2, sigma_next))) / 2 * dt
 
@@ -108,12 +122,13 @@ def _midpoint(sigma: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def dpm_2(model: Model, x, sigmas, ex: Extras):
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
-        x, sigma = ex.churn(x, sigmas[i], len(sigmas) - 1)
+        x, sigma = ex.churn(x, sigmas[i], levels[i], len(sigmas) - 1)
         denoised = model(x, sigma)
         ex.on_step(i, x)
         d = _slope(x, sigma, denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma)
             continue
         mid = _midpoint(sigma, sigmas[i + 1])
@@ -123,12 +138,13 @@ def dpm_2(model: Model, x, sigmas, ex: Extras):
 
 
 def dpm_2_ancestral(model: Model, x, sigmas, ex: Extras):
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         down, up = _ancestral_split(sigmas[i], sigmas[i + 1], ex.eta)
         ex.on_step(i, x)
         d = _slope(x, sigmas[i], denoised)
-        if down == 0:
+        if _ancestral_split(levels[i], levels[i + 1], ex.eta)[0] == 0:
             x = x + d * (down - sigmas[i])
             continue
         mid = _midpoint(sigmas[i], down)
@@ -163,11 +179,12 @@ def lms(model: Model, x, sigmas, ex: Extras, order: int = 4):
 
 
 def dpmpp_2s_ancestral(model: Model, x, sigmas, ex: Extras):
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         down, up = _ancestral_split(sigmas[i], sigmas[i + 1], ex.eta)
         ex.on_step(i, x)
-        if down == 0:
+        if _ancestral_split(levels[i], levels[i + 1], ex.eta)[0] == 0:
             x = x + _slope(x, sigmas[i], denoised) * (down - sigmas[i])
         else:
             t, t_next = _log_time(sigmas[i]), _log_time(down)
@@ -176,16 +193,17 @@ def dpmpp_2s_ancestral(model: Model, x, sigmas, ex: Extras):
             x_2 = (_sigma_of(s) / _sigma_of(t)) * x - (-h / 2).expm1() * denoised
             denoised_2 = model(x_2, _sigma_of(s))
             x = (_sigma_of(t_next) / _sigma_of(t)) * x - (-h).expm1() * denoised_2
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + ex.noise() * ex.s_noise * up
     return x
 
 
 def dpmpp_sde(model: Model, x, sigmas, ex: Extras, r: float = 0.5):
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         ex.on_step(i, x)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + _slope(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
             continue
         t, t_next = _log_time(sigmas[i]), _log_time(sigmas[i + 1])
@@ -194,25 +212,27 @@ def dpmpp_sde(model: Model, x, sigmas, ex: Extras, r: float = 0.5):
         down, up = _ancestral_split(_sigma_of(t), _sigma_of(s), ex.eta)
         s_down = _log_time(down)
         x_2 = (_sigma_of(s_down) / _sigma_of(t)) * x - (t - s_down).expm1() * denoised
-        x_2 = x_2 + ex.brownian(_sigma_of(t), _sigma_of(s)) * ex.s_noise * up
+        host_t, host_t_next = -math.log(levels[i]), -math.log(levels[i + 1])  # the same times, on the host
+        host_s = host_t + (host_t_next - host_t) * r
+        x_2 = x_2 + ex.brownian(levels[i], math.exp(-host_s)) * ex.s_noise * up
         denoised_2 = model(x_2, _sigma_of(s))
         down, up = _ancestral_split(_sigma_of(t), _sigma_of(t_next), ex.eta)
         t_down = _log_time(down)
         blend = 1 / (2 * r)
         mixed = (1 - blend) * denoised + blend * denoised_2
         x = (_sigma_of(t_down) / _sigma_of(t)) * x - (t - t_down).expm1() * mixed
-        x = x + ex.brownian(_sigma_of(t), _sigma_of(t_next)) * ex.s_noise * up
+        x = x + ex.brownian(levels[i], levels[i + 1]) * ex.s_noise * up
     return x
 
 
 def dpmpp_2m(model: Model, x, sigmas, ex: Extras):
-    previous = None
+    previous, levels = None, _host(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         ex.on_step(i, x)
         t, t_next = _log_time(sigmas[i]), _log_time(sigmas[i + 1])
         h = t_next - t
-        if previous is None or sigmas[i + 1] == 0:
+        if previous is None or levels[i + 1] == 0:
             estimate = denoised
         else:
             r = (t - _log_time(sigmas[i - 1])) / h
@@ -223,11 +243,11 @@ def dpmpp_2m(model: Model, x, sigmas, ex: Extras):
 
 
 def dpmpp_2m_sde(model: Model, x, sigmas, ex: Extras, solver: str = "midpoint"):
-    previous, h_last = None, None
+    previous, h_last, levels = None, None, _host(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         ex.on_step(i, x)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             h = _log_time(sigmas[i + 1]) - _log_time(sigmas[i])
@@ -240,7 +260,7 @@ def dpmpp_2m_sde(model: Model, x, sigmas, ex: Extras, solver: str = "midpoint"):
                 else:
                     x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - previous)
             if ex.eta:
-                noise = ex.brownian(sigmas[i], sigmas[i + 1])
+                noise = ex.brownian(levels[i], levels[i + 1])
                 x = x + noise * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * ex.s_noise
             h_last = h
         previous = denoised
@@ -253,10 +273,11 @@ def dpmpp_2m_sde_heun(model: Model, x, sigmas, ex: Extras):
 
 def dpmpp_3m_sde(model: Model, x, sigmas, ex: Extras):
     d_1 = d_2 = h_1 = h_2 = None  # the last two denoised estimates and step sizes
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         ex.on_step(i, x)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             h = _log_time(sigmas[i + 1]) - _log_time(sigmas[i])
@@ -272,7 +293,7 @@ def dpmpp_3m_sde(model: Model, x, sigmas, ex: Extras):
             elif h_1 is not None:
                 x = x + phi_2 * (denoised - d_1) / (h_1 / h)
             if ex.eta:
-                noise = ex.brownian(sigmas[i], sigmas[i + 1])
+                noise = ex.brownian(levels[i], levels[i + 1])
                 x = x + noise * sigmas[i + 1] * (-2 * h * ex.eta).expm1().neg().sqrt() * ex.s_noise
             h_1, h_2 = h, h_1
         d_1, d_2 = denoised, d_1
@@ -293,22 +314,24 @@ class BrownianNoise:
         w0 = torch.zeros_like(x[0])
         self.trees = [torchsde.BrownianTree(self.low, w0, self.high, entropy=seed) for seed in seeds]
 
-    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+    def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        """`sigma`, `sigma_next`: host floats (the order is decided on them, not on the device)."""
         sign = self.sign
-        if t0 > t1:
-            t0, t1, sign = t1, t0, -sign
+        if sigma > sigma_next:
+            sigma, sigma_next, sign = sigma_next, sigma, -sign
+        t0, t1 = float(np.float32(sigma)), float(np.float32(sigma_next))  # the float32 times k-diffusion queries
         w = torch.stack([tree(t0, t1) for tree in self.trees]) * sign
-        return w / (torch.as_tensor(sigma_next) - torch.as_tensor(sigma)).abs().sqrt()
+        return w / math.sqrt(t1 - t0)
 
 
 def lcm(model: Model, x, sigmas, ex: Extras):
     """Latent consistency: jump to the model's clean estimate, then re-noise to the next sigma with the image's
     own noise (the LCM boundary scaling is in the model, see sigmas.LcmSchedule)."""
+    levels = _host(sigmas)
     for i in range(len(sigmas) - 1):
         x = model(x, sigmas[i])
         ex.on_step(i, x)
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + sigmas[i + 1] * ex.noise()
     return x
 
@@ -337,13 +360,15 @@ def restart(model: Model, x, sigmas, ex: Extras):
     """Heun steps (Euler into sigma 0); wherever a step starts above where the last one ended, fresh noise
     from the image's generator lifts x to that sigma first."""
     last = None
-    for i, (sigma, sigma_next) in enumerate(_restart_pairs(sigmas)):
-        if last is not None and last < sigma:
-            x = x + ex.noise() * ex.s_noise * (sigma**2 - last**2) ** 0.5
+    pairs = _restart_pairs(sigmas)
+    host = torch.stack([torch.stack(pair) for pair in pairs]).tolist() if pairs else []  # read once
+    for i, ((sigma, sigma_next), (level, level_next)) in enumerate(zip(pairs, host, strict=True)):
+        if last is not None and last[1] < level:
+            x = x + ex.noise() * ex.s_noise * (sigma**2 - last[0] ** 2) ** 0.5
         denoised = model(x, sigma)
         ex.on_step(i, x)
-        x = _heun_step(model, x, sigma, sigma_next, denoised)
-        last = sigma_next
+        x = _heun_step(model, x, sigma, sigma_next, denoised, level_next == 0)
+        last = (sigma_next, level_next)
     return x
 
 

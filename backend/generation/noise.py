@@ -24,7 +24,7 @@ class _TorchDraws:
         self.device = device
 
     def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator, device=self.device).cpu()
+        return torch.randn(shape, generator=self.generator, device=self.device)
 
 
 class _PhiloxDraws(PhiloxGenerator):

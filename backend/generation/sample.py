@@ -140,7 +140,8 @@ class EpsDenoiser:
 
     def __init__(self, denoiser: loop.Denoiser, alphas_cumprod: torch.Tensor, prediction_type: str,
                  dtype: torch.dtype, start: Start):
-        self.denoiser, self.alphas_cumprod, self.v = denoiser, alphas_cumprod, prediction_type == "v_prediction"
+        self.denoiser, self.v = denoiser, prediction_type == "v_prediction"
+        self.alphas_cumprod = alphas_cumprod.tolist()  # read once, on the host
         self.dtype, self.start, self.calls = dtype, start, 0
         self.last_denoised: torch.Tensor | None = None  # the x0 estimate of the last call (A1111's pred_x0)
 
@@ -150,7 +151,7 @@ class EpsDenoiser:
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
         guided, uncond = (out.float() for out in self.denoiser.guide(x.to(self.dtype), t, self.calls, float(timestep)))
         self.calls += 1
-        a = self.alphas_cumprod[int(timestep)].item()  # A1111 truncates a fractional timestep
+        a = self.alphas_cumprod[int(timestep)]  # A1111 truncates a fractional timestep
         if self.v:  # epsilon = sqrt(a) v + sqrt(1 - a) x, for both (linear in the output)
             guided, uncond = (a**0.5 * out + (1 - a) ** 0.5 * x for out in (guided, uncond))
         x0 = (x - (1 - a) ** 0.5 * guided) / a**0.5

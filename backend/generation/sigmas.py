@@ -28,6 +28,13 @@ class DiscreteSchedule:
         self.alphas_cumprod = default_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod.float().cpu()
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
+        self._on_device: dict[torch.device, torch.Tensor] = {}
+
+    def _log_sigmas_on(self, device: torch.device) -> torch.Tensor:
+        """The table, copied to `device` once (not at every model call)."""
+        if device not in self._on_device:
+            self._on_device[device] = self.log_sigmas.to(device)
+        return self._on_device[device]
 
     first_t, last_t = TRAIN_STEPS - 1, 0  # the Uniform schedule's timesteps run from first_t to last_t
 
@@ -42,10 +49,11 @@ class DiscreteSchedule:
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional timestep of `sigma` (log-sigma interpolation between the two nearest timesteps)."""
         log_sigma = sigma.log()
-        dists = log_sigma - self.log_sigmas.to(sigma.device)[:, None]
-        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        log_sigmas = self._log_sigmas_on(sigma.device)
+        dists = log_sigma - log_sigmas[:, None]
+        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
         high = low + 1
-        log_low, log_high = self.log_sigmas.to(sigma.device)[low], self.log_sigmas.to(sigma.device)[high]
+        log_low, log_high = log_sigmas[low], log_sigmas[high]
         w = ((log_low - log_sigma) / (log_low - log_high)).clamp(0, 1)
         return ((1 - w) * low + w * high).view(sigma.shape)
 
@@ -73,7 +81,7 @@ class LcmSchedule(DiscreteSchedule):
         self.log_sigmas = self.sigmas.log()
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        index = (sigma.log() - self.log_sigmas.to(sigma.device)[:, None]).abs().argmin(dim=0).view(sigma.shape)
+        index = (sigma.log() - self._log_sigmas_on(sigma.device)[:, None]).abs().argmin(dim=0).view(sigma.shape)
         return (index * self.SKIP + self.SKIP - 1).float()
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:

@@ -28,25 +28,25 @@ def a1111_timesteps(steps: int, discard_penultimate: bool = False) -> list[int]:
 class Coefficients:
     """alphas_cumprod at each timestep and at the one before it in the list (float64 like A1111's alphas_prev)."""
 
-    alphas: torch.Tensor
-    alphas_prev: torch.Tensor
+    alphas: list[float]  # on the host, read once: each step's arithmetic then never waits for the device
+    alphas_prev: list[float]
 
     @classmethod
     def of(cls, alphas_cumprod: torch.Tensor, timesteps: list[int]) -> Coefficients:
         index = torch.tensor(timesteps)
         previous = torch.tensor([timesteps[0], *timesteps[:-1]])
-        return cls(alphas_cumprod[index], alphas_cumprod[previous].double())
+        return cls(alphas_cumprod[index].tolist(), alphas_cumprod[previous].double().tolist())
 
     def step(self, x: torch.Tensor, eps: torch.Tensor, index: int, direction: torch.Tensor | None = None,
              sigma: float = 0.0) -> torch.Tensor:
         """x at the previous timestep: the clean estimate from `eps`, plus the way back along `direction`."""
-        a_t, a_prev = self.alphas[index].item(), self.alphas_prev[index].item()
+        a_t, a_prev = self.alphas[index], self.alphas_prev[index]
         pred_x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
         direction = eps if direction is None else direction
         return a_prev**0.5 * pred_x0 + (1.0 - a_prev - sigma**2) ** 0.5 * direction
 
     def ddim_sigma(self, index: int, eta: float) -> float:
-        a_t, a_prev = self.alphas[index].double().item(), self.alphas_prev[index].item()
+        a_t, a_prev = self.alphas[index], self.alphas_prev[index]
         return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
 
 
