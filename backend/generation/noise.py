@@ -33,7 +33,7 @@ class _PhiloxDraws(PhiloxGenerator):
 
 
 def make_generator(seed: int, source: str = "CPU"):
-    """A generator with `randn(shape) -> CPU tensor`, continuing from draw to draw."""
+    """A generator with `randn(shape)` (a tensor on its own device), continuing from draw to draw."""
     if source == "NV":
         return _PhiloxDraws(seed)
     return _TorchDraws(seed, "cuda" if source == "GPU" else "cpu")

@@ -83,3 +83,25 @@ def test_cache_limits_come_from_settings(models_dir, tmp_path):
     svc = _backend(models_dir, tmp_path, checkpoint_cache=3, checkpoint_cache_gb=2)
     assert svc.models.cache.max_models == 3 and svc.models.cache.max_bytes == 2 * GB
     svc.shutdown()
+
+
+def test_the_same_file_with_its_hash_arrived_is_not_activated_again(models_dir, tmp_path, monkeypatch):
+    """A large checkpoint is hashed in the background and its registry entry replaced when the hash lands: the
+    next request names the same file by a new entry, which must not park the model and bring it back (on a GPU
+    that moves the whole model to RAM and back on every request)."""
+    import dataclasses
+
+    svc = _backend(models_dir, tmp_path)
+    try:
+        first = svc.registry.find_checkpoint("sd1.safetensors")
+        model = svc.models.get(first)
+        activations = []
+        original = type(svc.models)._activate
+        monkeypatch.setattr(type(svc.models), "_activate",
+                            lambda self, checkpoint: (activations.append(checkpoint), original(self, checkpoint)))
+        rehashed = dataclasses.replace(first, sha256="0" * 64)
+        assert rehashed != first
+        assert svc.models.get(rehashed) is model and activations == []
+        assert svc.models.current_file.sha256 == "0" * 64  # the infotext gets the hash from now on
+    finally:
+        svc.shutdown()
