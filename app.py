@@ -63,6 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         precision=flags.precision_choice(args),
         no_half_vae=args.no_half_vae,
         nan_check=not args.disable_nan_check,
+        upcast_sampling=args.upcast_sampling,
         memory=MemoryFlags(xformers=args.xformers or args.force_enable_xformers or args.xformers_flash_attention,
                            attention_slicing=args.attention_slicing, medvram=args.medvram,
                            medvram_sdxl=args.medvram_sdxl, lowvram=args.lowvram, compile=args.compile),

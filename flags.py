@@ -97,12 +97,6 @@ NOTICE_VALUE_FLAGS = {
     "--vae-path": "pick the VAE with the SD VAE setting (sd_vae) or a <name>.vae.safetensors sidecar",
 }
 
-# A1111 flags that have meaning here but whose work belongs to the execution context (issue 21); they are
-# accepted with a warning that says exactly what still happens.
-PARTIAL_FLAGS = {
-    "--upcast-sampling": "the UNet runs in the chosen precision; use --no-half if half precision gives NaN",
-}
-
 PRECISIONS = ["auto", "fp32", "fp16", "bf16", "full", "half", "autocast"]
 
 
@@ -117,8 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         compat.add_argument(flag, action="store_true", help=why)
     for flag, why in NOTICE_VALUE_FLAGS.items():
         compat.add_argument(flag, default=None, metavar="VALUE", help=why)
-    for flag, why in PARTIAL_FLAGS.items():
-        compat.add_argument(flag, action="store_true", help=why)
     compat.add_argument("--theme", choices=["light", "dark"], default=None, help="UI theme (open ?__theme=dark)")
     p.add_argument("--disable-safe-unpickle", action="store_true",
                    help="refused: pickle checkpoints are always loaded with the restricted unpickler")
@@ -187,6 +179,9 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="auto (fp16 on GPUs), fp32, fp16, bf16; A1111's full = fp32, half = fp16, autocast = auto")
     p.add_argument("--no-half", action="store_true", help="run the whole model in fp32")
     p.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32")
+    p.add_argument("--upcast-sampling", action="store_true",
+                   help="half-precision UNet weights run under autocast (normalisations and softmax in fp32): "
+                        "fewer NaN than plain fp16, less memory than --no-half; no effect with --no-half")
     p.add_argument("--disable-nan-check", action="store_true",
                    help="no NaN check after a VAE decode (a NaN image is not decoded again in fp32)")
     p.add_argument("--xformers", action="store_true", help="use xformers attention where its CUDA kernels work")
@@ -224,9 +219,6 @@ def announce_compat_flags(args: argparse.Namespace) -> None:
     for flag, why in NOTICE_VALUE_FLAGS.items():
         if getattr(args, dest(flag)) is not None:
             log.info("%s: accepted, no effect here (%s)", flag, why)
-    for flag, why in PARTIAL_FLAGS.items():
-        if getattr(args, dest(flag)):
-            log.warning("%s: accepted, not applied yet: %s", flag, why)
     other_cpu_modules = [m for m in args.use_cpu if m not in ("all", "sd")]
     if other_cpu_modules:
         log.info("--use-cpu %s: accepted, no effect here (there are no such modules)", " ".join(other_cpu_modules))

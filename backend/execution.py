@@ -36,6 +36,7 @@ class ExecutionContext:
     dtype: torch.dtype  # UNet and text encoders
     vae_dtype: torch.dtype
     nan_check: bool = True  # A1111's --disable-nan-check turns it off
+    upcast_sampling: bool = False  # A1111's --upcast-sampling: the UNet's half-precision calls under autocast
     auto_vae_precision: Callable[[], bool] = lambda: True  # the option, read at the moment it matters
     on_vae_upcast: Callable[[], None] = lambda: None  # the model manager keeps fp32 VAEs from then on
     apply_measures: Callable[[Measures], None] = lambda measures: None

@@ -109,6 +109,7 @@ class JobRunner:
         # what jobs run with; only this (the worker's) thread uses it
         self.context = ExecutionContext(
             placement.device, placement.dtype, placement.vae_dtype, nan_check=settings.nan_check,
+            upcast_sampling=settings.upcast_sampling,
             auto_vae_precision=lambda: bool(options.get("auto_vae_precision")), on_vae_upcast=models.use_fp32_vae,
             apply_measures=models.apply)
         self.resources = dataclasses.replace(resources, context=self.context)

@@ -55,6 +55,7 @@ class Settings:
     device: str = "auto"  # auto | cuda | cpu | mps
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     no_half_vae: bool = False
+    upcast_sampling: bool = False  # A1111's --upcast-sampling (fp16 weights, autocast; no effect with --no-half)
     nan_check: bool = True  # A1111's --disable-nan-check turns it off: a VAE NaN is not retried in fp32
     memory: MemoryFlags = field(default_factory=MemoryFlags)
     checkpoint_cache: int = 1  # inactive checkpoints kept in RAM for fast switching back

@@ -101,7 +101,7 @@ def test_all_a1111_flags_together_make_settings(caplog):
     settings = app.settings_from_args(args)
     assert settings.device == "cpu" and settings.precision == "fp32"  # --use-cpu all, --precision full
     assert "--ngrok: accepted, no effect here" in caplog.text
-    assert "--upcast-sampling: accepted, not applied yet" in caplog.text  # a warning, not silence
+    assert settings.upcast_sampling
 
 
 def test_a1111_cpu_recipe_and_precision_names():

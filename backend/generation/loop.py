@@ -81,6 +81,7 @@ class Denoiser:
     pad_conds: str = ""  # A1111's options: "v0" (pad_cond_uncond_v0), "pad" (pad_cond_uncond) or "" (off)
     empty: Conditioning | None = None  # the empty prompt's conditioning, which "pad" appends
     batch_cond_uncond: bool = True  # A1111's option: off runs the uncond and the conds as separate UNet calls
+    upcast: bool = False  # A1111's --upcast-sampling: half-precision weights under autocast (norms, softmax in fp32)
 
     def skips_uncond(self, step: int, level: float | torch.Tensor | None) -> bool:
         """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
@@ -148,4 +149,5 @@ class Denoiser:
             kwargs["added_cond_kwargs"] = {
                 "text_embeds": torch.cat([p.expand(batch, -1) for p in pooled]).to(x.device, self.dtype),
                 "time_ids": time_ids.repeat(batch * copies, 1)}
-        return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.upcast and self.dtype == torch.float16):
+            return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]

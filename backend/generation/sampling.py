@@ -122,7 +122,8 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
     sdxl_size = size if model.family is Family.SDXL else None
     empty = encoder.encode([""], req.clip_skip, 1, hooks.check_interrupt) if req.pad_conds == "pad" else None
     return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels,
-                         req.s_min_uncond, req.s_min_uncond_all, req.pad_conds, empty, req.batch_cond_uncond)
+                         req.s_min_uncond, req.s_min_uncond_all, req.pad_conds, empty, req.batch_cond_uncond,
+                         context_for(resources, model).upcast_sampling)
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:

@@ -142,3 +142,24 @@ def test_a_unet_that_overflows_is_an_error_naming_no_half(half):
         half.generate(GenerationRequest(**{**BASE, "checkpoint": "unet-overflow.safetensors"}))
     with pytest.raises(PrecisionError, match="--no-half"):  # checked before a hires decode could blame the VAE
         half.generate(GenerationRequest(**{**BASE, **CASES["hires Lanczos"], "checkpoint": "unet-overflow.safetensors"}))
+
+
+def test_upcast_sampling_runs_the_half_unet_under_autocast(models_dir, tmp_path, service):
+    """A1111's --upcast-sampling: fp16 weights, the UNet's calls under autocast; the fp32 picture."""
+    svc = build_backend(models_dir, tmp_path, precision="fp16", upcast_sampling=True)
+    try:
+        req = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, seed=8, sampler_name="Euler",
+                                checkpoint="sd1.safetensors", save_images=False)
+        svc.generate(req)
+        unet = svc.models.loaded_model.unet
+        seen = []
+        handle = unet.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+        try:
+            ours = np.asarray(svc.generate(req).images[0], dtype=np.int16)
+        finally:
+            handle.remove()
+        assert seen and all(seen) and unet.dtype == torch.float16
+        want = np.asarray(service.generate(req).images[0], dtype=np.int16)
+        assert np.abs(ours - want).mean() < 2
+    finally:
+        svc.shutdown()
