@@ -178,9 +178,9 @@ def test_progress_and_interrupt_mid_run(api):
         requests.post(f"{api}/txt2img", json={**SMALL, "steps": 150, "n_iter": 5}, timeout=300)))
     thread.start()
     progress = None
-    for _ in range(400):
+    for _ in range(1200):  # A1111's default: a live preview every 10 steps (show_progress_every_n_steps)
         progress = requests.get(f"{api}/progress", timeout=30).json()
-        if progress["state"]["sampling_step"] >= 2:
+        if progress["state"]["sampling_step"] >= 12:
             break
         time.sleep(0.05)
     assert progress["state"]["job_count"] >= 1 and progress["current_image"]
