@@ -20,14 +20,13 @@ from backend.settings import Limits
 REFUSED_FIELDS = {
     "restore_faces": (lambda v: not v, "face restoration needs GFPGAN/CodeFormer weights, which cannot be "
                                        "downloaded here (GET /sdapi/v1/face-restorers is empty)"),
-    "firstpass_image": (lambda v: not v, "a given first-pass image for hires fix is not implemented yet"),
     "refiner_checkpoint": (lambda v: v in (None, "", "None"), "the SDXL refiner is not implemented yet"),
     "latent_mask": (lambda v: not v, "a separate latent mask is not implemented yet"),
     "alwayson_scripts": (lambda v: not v, "there are no always-on scripts here"),
 }
 # A1111 fields read by _own_fields, and those that A1111's own API overrides or that never change an image.
-HARMLESS_FIELDS = ("infotext", "s_min_uncond", "initial_noise_multiplier", "disable_extra_networks", "mask_round",
-                   "do_not_save_samples", "do_not_save_grid", "comments", "force_task_id", "firstphase_width",
+HARMLESS_FIELDS = ("infotext", "firstpass_image", "s_min_uncond", "initial_noise_multiplier", "disable_extra_networks",
+                   "mask_round", "do_not_save_samples", "do_not_save_grid", "comments", "force_task_id", "firstphase_width",
                    "firstphase_height", "refiner_switch_at", "image_cfg_scale", "sampler_index", "script_args",
                    "script_name", "send_images", "save_images", "user")
 # The sampler's sigma options: the request's value, unless the option differs from the sampler's default (then
@@ -72,6 +71,9 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         fields.update(_img2img_fields(body, limits), script=script)
     elif body.enable_hr:
         fields.update(_hires_fields(body))
+    if not isinstance(body, Img2ImgBody) and given.get("firstpass_image"):  # A1111 1.10's txt2img field
+        fields["firstpass_image"] = decode_b64_image(str(given["firstpass_image"]), "firstpass_image",
+                                                     limits.max_upload_pixels)
     return GenerationRequest(**fields), _warnings(body)
 
 

@@ -54,15 +54,10 @@ def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
                                                             None, hooks, resources))
 
 
-def txt2img_with_inpainting_model(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                                  seeds: list[int], resources: sampling.Resources | None = None) -> sampling.BatchWork:
-    """A 9-channel model makes a txt2img image as an inpainting of a blank picture with everything masked."""
-    if req.enable_hr:
-        raise InvalidRequest("enable_hr", "hires fix with an inpainting checkpoint is not implemented yet; make "
-                                          "the image without hires fix, or with a regular checkpoint")
-    blank = Image.new("RGB", (req.width, req.height), GRAY)
-    white = Image.new("L", blank.size, 255)
-    return _inpainting_model_work(model, req, sampler, seeds, blank, white, strength=1.0, resources=resources)
+def blank_inpaint_channels(context: ExecutionContext, model: LoadedModel, width: int, height: int) -> torch.Tensor:
+    """What a 9-channel model sees for txt2img and the hires pass: a blank picture, everything masked."""
+    blank = Image.new("RGB", (width, height), GRAY)
+    return _inpaint_channels(context, model, blank, Image.new("L", blank.size, 255))
 
 
 def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,

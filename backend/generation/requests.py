@@ -93,6 +93,7 @@ class GenerationRequest:
     save_images: bool = True
     # img2img / inpainting
     init_image: Image.Image | None = None
+    firstpass_image: Image.Image | None = None  # txt2img with hires fix: this picture stands in for the first pass
     denoising_strength: float = 0.75
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
     mask: Image.Image | None = None
@@ -155,7 +156,10 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     check_int(req.clip_skip, "clip_skip", 1, 12)
     if req.emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {req.emphasis!r}")
-    for name, image in (("init_image", req.init_image), ("mask", req.mask)):
+    if req.firstpass_image is not None and (not req.enable_hr or req.init_image is not None):
+        raise InvalidRequest("firstpass_image", "a first-pass picture is used by txt2img's hires fix only: set "
+                                                "enable_hr")
+    for name, image in (("init_image", req.init_image), ("mask", req.mask), ("firstpass_image", req.firstpass_image)):
         if image is not None and image.width * image.height > limits.max_upload_pixels:
             raise InvalidRequest(name, f"image is {image.width}x{image.height}, larger than the configured maximum "
                                        f"of {limits.max_upload_pixels} pixels")

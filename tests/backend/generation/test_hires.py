@@ -141,3 +141,71 @@ def test_hires_sampler_runs_the_second_pass_as_a1111(service, tiny):
                            denoising_strength=0.9)
     assert max_pixel_diff(ours, decode_truncated(model.vae, second)[0]) <= 3
     assert max_pixel_diff(ours, service.generate(_req(**kw)).images[0]) > 3  # Euler there: another image
+
+
+# ------------------------------------------------------------------ A1111 1.10's firstpass_image
+
+def _picture(seed=9):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+
+def _a1111_firstpass_roundtrip(picture):
+    """What A1111's txt2img does to a given first-pass picture before the second pass: numpy float32 to -1..1,
+    a torch tensor back to 0..1, then 255. * values truncated to 8 bits."""
+    levels = np.moveaxis(np.array(picture).astype(np.float32) / 255.0 * 2.0 - 1.0, 2, 0)
+    lowres = torch.clamp((torch.asarray(levels) + 1.0) / 2.0, min=0.0, max=1.0)
+    return Image.fromarray((255.0 * np.moveaxis(lowres.numpy(), 0, 2)).astype(np.uint8))
+
+
+def _encoded_like_a1111(model, image, seed=77):
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
+    with torch.no_grad():
+        dist = model.vae.encode(pixels).latent_dist
+    noise = torch.randn(tuple(dist.mean.shape[1:]), generator=torch.Generator().manual_seed(seed))[None]
+    return (dist.mean + dist.std * noise) * model.vae.config.scaling_factor
+
+
+def test_firstpass_image_with_an_image_upscaler_equals_a1111(service, tiny):
+    model, picture = tiny["sd1"], _picture()
+    ours = service.generate(_req(hr_upscaler="Lanczos", firstpass_image=picture))
+    expected = _a1111_hires(model, lambda _: _encoded_like_a1111(
+        model, _a1111_firstpass_roundtrip(picture).resize((128, 128), Image.LANCZOS)))
+    assert ours.images[0].size == (128, 128) and max_pixel_diff(ours.images[0], expected) <= 3
+
+
+def test_firstpass_image_with_a_latent_upscaler_equals_a1111(service, tiny):
+    model, picture = tiny["sd1"], _picture(4)
+    ours = service.generate(_req(hr_upscaler="Latent", firstpass_image=picture))
+    expected = _a1111_hires(model, lambda _: F.interpolate(_encoded_like_a1111(model, picture), size=(16, 16),
+                                                           mode="bilinear", antialias=False))
+    assert max_pixel_diff(ours.images[0], expected) <= 3
+
+
+def test_firstpass_roundtrip_truncates_as_a1111():
+    every_level = Image.fromarray(np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3))
+    from backend.generation.txt2img import _as_first_pass
+
+    ours = _as_first_pass(GenerationRequest(prompt="", firstpass_image=every_level, enable_hr=True), [1])[0]
+    assert np.array_equal(np.asarray(ours), np.asarray(_a1111_firstpass_roundtrip(every_level)))
+
+
+def test_firstpass_image_without_hires_is_refused(service):
+    with pytest.raises(InvalidRequest, match="firstpass_image"):
+        service.generate(_req(enable_hr=False, firstpass_image=_picture()))
+
+
+# ------------------------------------------------------------------ inpainting checkpoints
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_with_an_inpainting_checkpoint_conditions_on_a_blank_at_the_final_size(service, upscaler):
+    """As A1111's image-upscaler path: the second pass sees the masked-out blank (a fully masked picture) at
+    the final size; the latent path does the same (A1111 builds it at the first pass's size, which fails)."""
+    model = service.models.get(service.registry.find_checkpoint("sd1-inpainting.safetensors"))
+    seen = []
+    handle = model.unet.conv_in.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    try:
+        result = service.generate(_req(checkpoint="sd1-inpainting.safetensors", hr_upscaler=upscaler))
+    finally:
+        handle.remove()
+    assert result.images[0].size == (128, 128) and np.asarray(result.images[0]).std() > 5
+    assert seen[0][1:] == (9, 8, 8) and seen[-1][1:] == (9, 16, 16)
