@@ -161,7 +161,7 @@ def build_service(settings: Settings):
     hypernetworks = HypernetLibrary([settings.hypernetwork_dir or settings.models_dir / "hypernetworks"])
     styles = StyleLibrary(settings.styles_file or settings.models_dir.parent / "styles.csv")
     options = Options(path=settings.config_file)
-    return GenerationService(settings, models, OutputWriter(settings.outputs_dir), options=options,
+    return GenerationService(settings, models, OutputWriter(settings.outputs_dir, options), options=options,
                              embeddings=embeddings, networks=networks, upscalers=upscalers,
                              hypernetworks=hypernetworks, styles=styles)
 

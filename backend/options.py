@@ -13,6 +13,7 @@ from pathlib import Path
 
 from backend.errors import InvalidRequest
 from backend.generation.preview import PREVIEW_TYPES
+from backend.outputs import FORMATS
 from backend.samplers import UNIPC_VARIANTS, UniPCSettings
 from backend.samplers import takes_ddim_eta
 
@@ -37,6 +38,7 @@ IMPLEMENTED = frozenset({
     "default_scheduler", "tiling", "s_min_uncond", "s_min_uncond_all", "initial_noise_multiplier",
     "pad_cond_uncond", "pad_cond_uncond_v0", "batch_cond_uncond", "auto_vae_precision",
     "live_previews_enable", "show_progress_every_n_steps", "show_progress_type",
+    "grid_format", "jpeg_quality", "webp_lossless",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 })
 
@@ -56,7 +58,8 @@ UNIMPLEMENTED_GENERATION = frozenset({
 
 # The only values of these options that are implemented; another value is refused rather than pretended.
 SUPPORTED_VALUES = {
-    "samples_format": ("png",),
+    "samples_format": FORMATS,
+    "grid_format": FORMATS,
     "randn_source": ("CPU", "GPU", "NV"),
     "emphasis": ("Original", "No norm", "None"),
     "uni_pc_variant": UNIPC_VARIANTS,

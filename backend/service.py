@@ -38,7 +38,7 @@ from backend.prompts.schedule import prompt_schedule
 from backend.loading.build import build_tokenizer
 from backend.loading.detect import Family, TextEncoderSpec
 from backend.prompts.encode import PromptEncoder, encoder_for, text_width
-from backend.outputs import OutputWriter
+from backend.outputs import ImageFormat, OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import resolve
 from backend import scripts
@@ -393,6 +393,10 @@ class GenerationService:
             return False
         current.skip()
         return True
+
+    def image_format(self) -> ImageFormat:
+        """The pictures' file format now (A1111's samples_format and its quality options)."""
+        return self.outputs.format()
 
     def preview(self, job: Job) -> Image.Image | None:
         """The job's latest live preview, as the worker made it (reading it touches no device tensor)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gradio as gr
 
 from backend.errors import BackendError
+from backend.generation.preview import PREVIEW_TYPES
+from backend.outputs import FORMATS
 from backend.samplers import SAMPLERS, SCHEDULES
 from backend.samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS
 from ui.context import UiContext
@@ -30,8 +32,16 @@ SETTINGS = {
     "uni_pc_lower_order_final": ("UniPC lower order final", lambda **kw: gr.Checkbox(**kw)),
     "return_grid": ("Show the grid in results", lambda **kw: gr.Checkbox(**kw)),
     "samples_save": ("Always save all generated images", lambda **kw: gr.Checkbox(**kw)),
-    "samples_format": ("File format for images (PNG keeps the parameters; other formats are not supported yet)",
-                       lambda **kw: gr.Radio(["png"], **kw)),
+    "samples_format": ("File format for images", lambda **kw: gr.Radio(list(FORMATS), **kw)),
+    "grid_format": ("File format for grids", lambda **kw: gr.Radio(list(FORMATS), **kw)),
+    "jpeg_quality": ("Quality for saved jpeg, webp and avif images", lambda **kw: gr.Slider(1, 100, step=1, **kw)),
+    "webp_lossless": ("Use lossless compression for webp images", lambda **kw: gr.Checkbox(**kw)),
+    "live_previews_enable": ("Show live previews of the created image", lambda **kw: gr.Checkbox(**kw)),
+    "show_progress_every_n_steps": ("Live preview display period (steps)",
+                                    lambda **kw: gr.Slider(-1, 32, step=1, **kw)),
+    "show_progress_type": ("Live preview method", lambda **kw: gr.Radio(list(PREVIEW_TYPES), **kw)),
+    "auto_vae_precision": ("Automatically revert VAE to 32-bit floats (when it produces NaN in half precision)",
+                           lambda **kw: gr.Checkbox(**kw)),
     "save_incomplete_images": ("Save incomplete images (interrupted)", lambda **kw: gr.Checkbox(**kw)),
     "interrupt_after_current": ("Interrupt finishes the current batch first", lambda **kw: gr.Checkbox(**kw)),
 }
@@ -66,12 +76,13 @@ def current_values(ctx: UiContext) -> list:
 
 
 def _typed(name: str, value):
-    if name in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta", "uni_pc_order"):
+    if name in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta", "uni_pc_order", "jpeg_quality",
+                "show_progress_every_n_steps"):
         return int(value or 0)
     if name in ("return_grid", "samples_save", "save_incomplete_images", "interrupt_after_current",
-                "uni_pc_lower_order_final"):
+                "uni_pc_lower_order_final", "webp_lossless", "live_previews_enable", "auto_vae_precision"):
         return bool(value)
     if name in ("emphasis", "randn_source", "samples_format", "default_sampler", "default_scheduler",
-                "uni_pc_variant", "uni_pc_skip_type"):
+                "uni_pc_variant", "uni_pc_skip_type", "grid_format", "show_progress_type"):
         return value
     return float(value or 0)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 
 from PIL import Image
 
 from backend.errors import InvalidRequest
 from backend.generation.image_ops import decode_image
-from backend.outputs import png_info
+from backend.outputs import ImageFormat, encode_image
 
 
 def decode_b64_image(text: str, field: str, max_pixels: int) -> Image.Image:
@@ -26,7 +25,6 @@ def decode_b64_image(text: str, field: str, max_pixels: int) -> Image.Image:
     return decode_image(data, field, max_pixels)
 
 
-def encode_png(image: Image.Image, infotext: str | None) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=png_info({"parameters": infotext}) if infotext else None)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+def encode_png(image: Image.Image, infotext: str | None, fmt: ImageFormat = ImageFormat()) -> str:
+    """base64 of the picture in `fmt` (A1111's API answers in samples_format), the infotext inside."""
+    return base64.b64encode(encode_image(image, {"parameters": infotext} if infotext else {}, fmt)).decode("ascii")

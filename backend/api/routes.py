@@ -244,7 +244,8 @@ class SdApi:
             if overrides and not body.override_settings_restore_afterwards:
                 self.service.set_options(overrides)
             result.warnings[:0] = warnings
-            return to_response(body, req, result, bool(self.service.options.get("return_grid")))
+            return to_response(body, req, result, bool(self.service.options.get("return_grid")),
+                               self.service.image_format())
 
         return Deferred(job, finish)
 
@@ -295,7 +296,8 @@ class SdApi:
                      sampling_steps=p.steps)
         preview = None if skip_image else self.service.preview(job)
         return {"progress": p.fraction, "eta_relative": p.eta_seconds() or 0, "state": state,
-                "current_image": encode_png(preview, None) if preview else None, "textinfo": p.textinfo}
+                "current_image": encode_png(preview, None, self.service.image_format()) if preview else None,
+                "textinfo": p.textinfo}
 
     def interrupt(self) -> dict:
         self.service.interrupt()
@@ -338,7 +340,8 @@ class SdApi:
         image = decode_b64_image(body.image, "image", self.service.settings.limits.max_upload_pixels)
         result = self.service.extras([image], _extras_request(body))
         return {"html_info": _html_info(result.infotexts[0]),
-                "image": encode_png(result.images[0], None) if body.show_extras_results else None}
+                "image": encode_png(result.images[0], None, self.service.image_format())
+                if body.show_extras_results else None}
 
     def extra_batch_images(self, body: ExtrasBatchBody) -> dict:
         limit = self.service.settings.limits.max_upload_pixels
@@ -347,7 +350,8 @@ class SdApi:
             raise InvalidRequest("imageList", "at least one image is required")
         result = self.service.extras(images, _extras_request(body))
         return {"html_info": _html_info(result.infotexts[0]),
-                "images": [encode_png(i, None) for i in result.images] if body.show_extras_results else []}
+                "images": [encode_png(i, None, self.service.image_format()) for i in result.images]
+                if body.show_extras_results else []}
 
     def latent_upscale_modes(self) -> list[dict]:
         return [{"name": name} for name in hires.LATENT_MODES]

@@ -10,6 +10,7 @@ from backend.api.models import Img2ImgBody, Txt2ImgBody
 from backend.errors import InvalidRequest
 from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest, MaskedContent, ResizeMode
 from backend.options import request_fields as option_fields
+from backend.outputs import ImageFormat
 from backend.generation.parameters import VERSION
 from backend.generation.results import GenerationResult
 from backend.settings import Limits
@@ -162,7 +163,8 @@ def _img2img_fields(body: Img2ImgBody, limits: Limits) -> dict:
     return fields
 
 
-def to_response(body: Txt2ImgBody, req: GenerationRequest, result: GenerationResult, return_grid: bool) -> dict:
+def to_response(body: Txt2ImgBody, req: GenerationRequest, result: GenerationResult, return_grid: bool,
+                fmt: ImageFormat = ImageFormat()) -> dict:
     """A1111's answer: the images (with the grid first only when A1111 makes one for the API: save_images, the
     return_grid option, several images), the request as `parameters` (init images and mask only with
     include_init_images), and the info JSON."""
@@ -172,7 +174,8 @@ def to_response(body: Txt2ImgBody, req: GenerationRequest, result: GenerationRes
         images.insert(0, result.grid)
         infotexts.insert(0, result.infotexts[0])
         first = 1
-    encoded = [encode_png(img, text) for img, text in zip(images, infotexts, strict=True)] if body.send_images else []
+    encoded = [encode_png(img, text, fmt) for img, text in zip(images, infotexts, strict=True)] if body.send_images \
+        else []
     parameters = body.model_dump()
     if isinstance(body, Img2ImgBody) and not body.include_init_images:
         parameters.update(init_images=None, mask=None)

@@ -120,6 +120,20 @@ def test_png_info(api):
     assert info["parameters"]["Seed"] == "11"
 
 
+@pytest.mark.parametrize("extension, pil_name", [("jpg", "JPEG"), ("webp", "WEBP")])
+def test_samples_format_shapes_the_answer_and_png_info_reads_it(api, extension, pil_name):
+    """As A1111's API: the answer's pictures are in samples_format, the infotext in their EXIF UserComment."""
+    assert requests.post(f"{api}/options", json={"samples_format": extension}, timeout=30).status_code == 200
+    try:
+        body = requests.post(f"{api}/txt2img", json=SMALL, timeout=120).json()
+    finally:
+        requests.post(f"{api}/options", json={"samples_format": "png"}, timeout=30)
+    picture = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert picture.format == pil_name
+    info = requests.post(f"{api}/png-info", json={"image": body["images"][0]}, timeout=30).json()
+    assert info["info"].startswith("a cat\nSteps: 3, Sampler: Euler") and info["parameters"]["Seed"] == "11"
+
+
 @pytest.mark.parametrize("payload, field", [
     ({**SMALL, "width": 65}, "width"),
     ({**SMALL, "steps": 0}, "steps"),

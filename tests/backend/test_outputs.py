@@ -1,8 +1,11 @@
 import datetime as dt
 
+import numpy as np
+import pytest
 from PIL import Image
 
-from backend.outputs import OutputWriter, next_number, read_infotext
+from backend.options import Options
+from backend.outputs import FORMATS, OutputWriter, next_number, read_infotext
 
 
 def test_a1111_layout_numbering_and_infotext(tmp_path):
@@ -54,3 +57,37 @@ def test_saved_generation_carries_model_hash(service, models_dir):
     checkpoint = service.registry.find_checkpoint("sd1.safetensors")
     assert f"Model hash: {checkpoint.short_hash}" in read_infotext(saved)
     assert result.paths[0].name.endswith("-3.png")
+
+
+# ------------------------------------------------------------------ A1111's other formats
+
+@pytest.mark.parametrize("extension", [f for f in FORMATS if f != "png"])
+def test_formats_carry_the_infotext_as_a1111s_exif_user_comment(tmp_path, extension):
+    """A1111 writes piexif's UserComment: b"UNICODE\\0" + UTF-16 big-endian; PNG Info reads it back."""
+    options = Options()
+    options.update({"samples_format": extension, "jpeg_quality": 90})
+    writer = OutputWriter(tmp_path, options)
+    text = "a café at night, <lora:x:0.5>\nSteps: 4, Seed: 7"
+    path = writer.save_image(Image.new("RGB", (64, 48), (200, 30, 30)), "txt2img", 7, text)
+    assert path.name == f"00000-7.{extension}"
+    with Image.open(path) as saved:
+        assert saved.format == {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}[extension]
+        comment = saved.getexif().get_ifd(0x8769)[0x9286]
+        assert comment == b"UNICODE\x00" + text.encode("utf-16-be")
+        assert read_infotext(saved) == text
+
+
+def test_quality_lossless_and_grid_format(tmp_path):
+    options = Options()
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    sizes = {}
+    for quality in (30, 95):
+        options.update({"samples_format": "jpg", "jpeg_quality": quality})
+        sizes[quality] = OutputWriter(tmp_path / str(quality), options).save_image(picture, "txt2img", 1, "x") \
+            .stat().st_size
+    assert sizes[30] < sizes[95]
+    options.update({"samples_format": "webp", "webp_lossless": True, "grid_format": "jpg"})
+    writer = OutputWriter(tmp_path / "lossless", options)
+    with Image.open(writer.save_image(picture, "txt2img", 1, "x")) as saved:
+        assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(picture))
+    assert writer.save_grid(picture, "txt2img", "x").suffix == ".jpg"

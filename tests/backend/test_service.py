@@ -42,13 +42,14 @@ def test_options_are_a1111s_with_type_checks(svc):
                           ("sd_vae", "Automatic"), ("eta_noise_seed_delta", 0)):
         assert values[name] == default
     assert values["sd_model_checkpoint"].startswith("sd1.safetensors [")
-    report = svc.set_options({"no_such_option": "x" * 1000, "jpeg_quality": 90, "CLIP_stop_at_last_layers": 2})
-    assert report == {"ignored": ["no_such_option"], "not_implemented": ["jpeg_quality"]}
+    report = svc.set_options({"no_such_option": "x" * 1000, "jpeg_quality": 90, "CLIP_stop_at_last_layers": 2,
+                              "export_for_4chan": False})
+    assert report == {"ignored": ["no_such_option"], "not_implemented": ["export_for_4chan"]}
     assert "no_such_option" not in svc.get_options() and svc.get_options()["jpeg_quality"] == 90
     with pytest.raises(InvalidRequest, match="send_seed"):
         svc.set_options({"send_seed": "yes"})
     with pytest.raises(InvalidRequest, match="samples_format"):
-        svc.set_options({"samples_format": "jpg"})  # refused, rather than pretending to save JPEGs
+        svc.set_options({"samples_format": "bmp"})  # refused, rather than pretending to save BMPs
     svc.set_options({"CLIP_stop_at_last_layers": 1})
 
 
