@@ -43,12 +43,15 @@ class Progress:
     preview: Image.Image | None = None  # the latest live preview, made by the worker
     preview_step: int = -1  # the step it shows
     textinfo: str = ""
+    job_no: int = 0  # a script's jobs (X/Y/Z cells): which one runs, of how many
+    job_count: int = 1
 
     @property
     def fraction(self) -> float:
         if not self.steps:
-            return 0.0
-        return min(1.0, (self.batch_no + self.step / self.steps) / max(1, self.batch_count))
+            return min(1.0, self.job_no / max(1, self.job_count))
+        within = min(1.0, (self.batch_no + self.step / self.steps) / max(1, self.batch_count))
+        return min(1.0, (self.job_no + within) / max(1, self.job_count))
 
     def eta_seconds(self, now: float | None = None) -> float | None:
         if self.started_at is None or self.fraction <= 0:

@@ -15,7 +15,6 @@ from backend.errors import InvalidRequest
 from backend.generation.preview import PREVIEW_TYPES
 from backend.outputs import FORMATS
 from backend.samplers import UNIPC_VARIANTS, UniPCSettings
-from backend.samplers import takes_ddim_eta
 
 log = logging.getLogger(__name__)
 
@@ -200,20 +199,20 @@ def docs_text() -> str:
             "`not_implemented`.")
 
 
-def request_fields(values: dict, sampler_name: str) -> dict:
-    """The GenerationRequest fields A1111 takes from its options (the API and the UI both use them). eta is
-    the sampler kind's option: eta_ddim for DDIM, eta_ancestral otherwise."""
+def request_fields(values: dict) -> dict:
+    """The GenerationRequest fields A1111 takes from its options (the API and the UI both use them). Both etas
+    go along: the sampler that runs picks its kind's (eta_ddim for DDIM, eta_ancestral otherwise), so a sampler
+    changed later (hires, X/Y/Z) still gets the right one."""
     def number(name, default):
         value = values.get(name)
         return default if value is None else value
 
-    ddim = takes_ddim_eta(sampler_name)
     return dict(
         clip_skip=int(number("CLIP_stop_at_last_layers", 1)),
         eta_noise_seed_delta=int(number("eta_noise_seed_delta", 0) or 0),
         rng_source=values.get("randn_source") or "CPU",
         emphasis=values.get("emphasis") or "Original",
-        eta=float(number("eta_ddim", 0.0) if ddim else number("eta_ancestral", 1.0)),
+        eta_ddim=float(number("eta_ddim", 0.0)), eta_ancestral=float(number("eta_ancestral", 1.0)),
         s_churn=float(number("s_churn", 0.0)), s_tmin=float(number("s_tmin", 0.0)),
         s_tmax=float(number("s_tmax", 0.0)), s_noise=float(number("s_noise", 1.0)),
         tiling=bool(values.get("tiling")),

@@ -21,7 +21,7 @@ from backend.generation import sampling
 from backend.generation.img2img import prepare_img2img
 from backend.generation.preview import PreviewMaker
 from backend.generation.parameters import image_parameters
-from backend.generation.requests import GenerationRequest, check_prompt_chunks, hires_target, resolve_seed, validate
+from backend.generation.requests import GenerationRequest, check_prompt_chunks, hires_target, resolve_seed
 from backend.generation.results import GenerationResult
 from backend.generation.tiling import seamless
 from backend.generation.txt2img import prepare_txt2img
@@ -101,7 +101,8 @@ class JobRunner:
 
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter, options: Options,
                  embeddings: EmbeddingLibrary, networks: NetworkApplier, upscalers: UpscalerLibrary,
-                 resources: sampling.Resources, on_unloadable: Callable[[ModelFile], None] = lambda c: None):
+                 resources: sampling.Resources, on_unloadable: Callable[[ModelFile], None] = lambda c: None,
+                 prepare: Callable[[GenerationRequest], GenerationRequest] = lambda req: req):
         self.settings, self.models, self.registry = settings, models, models.registry
         self.outputs, self.options, self.embeddings = outputs, options, embeddings
         self.networks, self.upscalers = networks, upscalers
@@ -115,6 +116,7 @@ class JobRunner:
         self.resources = dataclasses.replace(resources, context=self.context)
         self.previews = PreviewMaker(options, settings.vae_approx_folder)
         self.on_unloadable = on_unloadable  # the facade forgets an implicit default that cannot load
+        self.prepare = prepare  # the facade's checks of a script's job, which it returns ready to run
 
     def generate(self, job: Job) -> GenerationResult:
         return self._generate(job, job.payload)
@@ -154,6 +156,8 @@ class JobRunner:
         return result
 
     def _generate(self, job: Job, req: GenerationRequest) -> GenerationResult:
+        if req.script is not None:
+            return self._run_script(job, req)
         checkpoint = self.registry.find_checkpoint(req.checkpoint)
         job.progress.textinfo = f"loading {checkpoint.title}"
         try:
@@ -172,10 +176,7 @@ class JobRunner:
                                                                                                      req.height)
         measures = self.models.plan.for_request(width, height, req.batch_size)
         with seamless([model.unet, model.vae], req.tiling):
-            if req.script is not None:
-                self._run_script(job, model, req, sampler, result, measures)
-            else:
-                self._run_batches(job, model, req, sampler, result, measures)
+            self._run_batches(job, model, req, sampler, result, measures)
         if len(result.images) > 1:
             result.grid = make_grid(result.images)
             if req.save_images and not result.interrupted:
@@ -211,38 +212,60 @@ class JobRunner:
                 result.interrupted = True
                 break
 
-    def _run_script(self, job: Job, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                    result: GenerationResult, measures: Measures) -> None:
-        """An img2img script: its jobs run here, one after another, like batches; its pictures are the result,
-        saved with the first job's parameters (as A1111 does)."""
+    def _run_script(self, job: Job, req: GenerationRequest) -> GenerationResult:
+        """A script: its jobs run here, one after another, each as the request it equals (prepared by the
+        facade: styles, checkpoint); its pictures are the result. Pictures the jobs did not save themselves are
+        saved with their infotexts, grids in the grids folder (as A1111)."""
+        if not scripts.keeps_random_seeds(req.script):
+            req = dataclasses.replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed))
+
         def process(sub_req: GenerationRequest) -> GenerationResult:
-            validate(sub_req, self.settings.limits)
-            sub = dataclasses.replace(result, request=sub_req, images=[], infotexts=[], seeds=[], paths=[])
-            self._run_batches(job, model, sub_req, sampler, sub, measures)
-            return sub
+            return self._generate(job, self.prepare(sub_req))
 
         def report(text: str) -> None:
             job.progress.textinfo = text
             job.check_interrupt()
 
-        tools = scripts.ScriptTools(process, lambda image, name, scale: upscale_by(image, name, scale,
-                                                                                          self.upscalers), report)
+        def count_job(done: int, total: int) -> None:
+            job.progress.job_no, job.progress.job_count = done, total
+
+        def infotext(result: GenerationResult, extra: tuple) -> str:
+            request = dataclasses.replace(result.request, extra_params=result.request.extra_params + extra)
+            return image_parameters(request, result, result.seeds[0] if result.seeds else request.seed)
+
+        tools = scripts.ScriptTools(process, lambda image, name, scale: upscale_by(image, name, scale, self.upscalers),
+                                    report, count_job, infotext, lambda: job.interrupted,
+                                    return_grid=bool(self.options.get("return_grid")))
+        result = GenerationResult(req, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
         try:
             output = scripts.run(req.script, req, tools)
         except Interrupted:
             result.interrupted = True
-            return
+            return result
+        finally:
+            job.progress.job_no, job.progress.job_count = 0, 1
+        template = output.template
+        if template is not None:
+            result = dataclasses.replace(template, request=req, images=[], infotexts=[], seeds=[], paths=[],
+                                         grid=None, grid_path=None, warnings=list(template.warnings))
+        result.warnings += [w for w in output.warnings if w not in result.warnings]
         result.interrupted = output.interrupted
         keep_partial = bool(self.options.get("save_incomplete_images"))
-        for image, seed in zip(output.images, output.seeds, strict=True):
+        for index, (image, seed, text) in enumerate(zip(output.images, output.seeds, output.texts(), strict=True)):
             result.images.append(image)
             result.seeds.append(seed)
-            result.infotexts.append(output.infotext)
-            if req.save_images and (not output.interrupted or keep_partial):
-                path = self._save(result, lambda image=image, seed=seed: self.outputs.save_image(
-                    image, req.kind, seed, output.infotext))
-                if path is not None:
-                    result.paths.append(path)
+            result.infotexts.append(text)
+            grid = index < output.grids
+            if not req.save_images or (output.saved and not grid) or (output.interrupted and not keep_partial):
+                continue
+            if grid:
+                self._save(result, lambda image=image, text=text: self.outputs.save_grid(image, req.kind, text))
+                continue
+            path = self._save(result, lambda image=image, seed=seed, text=text: self.outputs.save_image(
+                image, req.kind, seed, text))
+            if path is not None:
+                result.paths.append(path)
+        return result
 
     def _apply_networks(self, model: LoadedModel, req: GenerationRequest,
                         result: GenerationResult) -> GenerationRequest:

@@ -185,12 +185,6 @@ def hires_infotext_schedule(first: Sampler, first_choice: str | None, second: Sa
     return None if label in ("Automatic", written) else label
 
 
-def takes_ddim_eta(sampler_name: str) -> bool:
-    """Whether the named sampler reads eta_ddim; an unknown name reads neither and is refused later."""
-    base, _ = split_legacy_name(sampler_name, None)
-    return _is_sampler(base) and find_sampler(base).uses_ddim_eta
-
-
 UNIPC_VARIANTS = ("bh1", "bh2")  # A1111's vary_coeff is not implemented
 UNIPC_SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
 

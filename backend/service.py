@@ -40,7 +40,7 @@ from backend.loading.detect import Family, TextEncoderSpec
 from backend.prompts.encode import PromptEncoder, encoder_for, text_width
 from backend.outputs import ImageFormat, OutputWriter
 from backend.registry import ModelFile
-from backend.samplers import resolve
+from backend.samplers import SAMPLERS, SCHEDULES, resolve
 from backend import scripts
 from backend.settings import Settings
 
@@ -82,18 +82,24 @@ class GenerationService:
         self._counting_tokenizer = None
         self.runner = JobRunner(settings, models, outputs, self.options, self.embeddings,
                                 NetworkApplier(self.networks, self.hypernetworks), self.upscalers, self.resources,
-                                on_unloadable=self._forget_unloadable_default)
+                                on_unloadable=self._forget_unloadable_default, prepare=self.prepare)
         self.queue = JobQueue(self._run_job)
 
     # ---------------------------------------------------------------- generation (any thread)
 
     def submit(self, request: GenerationRequest) -> Job:
-        """Check the request now (bad input fails fast, before queueing), then queue it. A request without a
-        checkpoint gets the one selected now, so a later switch does not change what it runs on."""
-        if request.styles:  # as A1111: the prompts (and their infotext) carry the styles' text
+        """Check the request now (bad input fails fast, before queueing), then queue it."""
+        return self.queue.submit("generate", self.prepare(request))
+
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        """Every check of a request, and the request ready to run: its styles merged into the prompts, its
+        checkpoint's title fixed (one without a checkpoint gets the one selected now, so a later switch does not
+        change what it runs on). A script's jobs are prepared one by one when they are made (their styles merged
+        then), and each is checked here first."""
+        if request.styles and request.script is None:  # as A1111: the prompts (and infotext) carry the styles
             prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, list(request.styles),
                                                  max_chars=self.settings.limits.max_prompt_chars)
-            request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative)
+            request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative, styles=())
         validate(request, self.settings.limits)
         resolve(request.sampler_name, request.scheduler)
         if request.enable_hr and request.hr_upscaler is not None:
@@ -104,16 +110,20 @@ class GenerationService:
             except ModelNotFound as err:
                 raise InvalidRequest("hr_checkpoint_name", str(err)) from None
             request = dataclasses.replace(request, hr_checkpoint=hr_checkpoint.title)
-        if request.script is not None and (request.init_image is None or request.mask is not None):
-            raise InvalidRequest("script_name", f"{request.script.title} runs on img2img's picture, without a mask")
-        if request.script is not None:
-            scripts.check(request.script, request, scripts.SizeLimit(self.settings.limits.max_extras_pixels,
-                                                                      self._upscale_peak))
         checkpoint = self.registry.find_checkpoint(request.checkpoint) if request.checkpoint \
             else self._require_selected()
         if request.vae not in (None, AUTOMATIC_VAE, NO_VAE):
             self.registry.find_vae(request.vae)
-        return self.queue.submit("generate", dataclasses.replace(request, checkpoint=checkpoint.title))
+        request = dataclasses.replace(request, checkpoint=checkpoint.title)
+        if request.script is not None:
+            scripts.check(request.script, request, self._script_checks())
+        return request
+
+    def _script_checks(self) -> scripts.ScriptChecks:
+        limits = self.settings.limits
+        return scripts.ScriptChecks(scripts.SizeLimit(limits.max_extras_pixels, self._upscale_peak), self.prepare,
+                                    max_jobs=limits.max_script_jobs,
+                                    grid_megapixels=int(self.options.get("img_max_size_mp") or 200))
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit(request).wait(timeout)
@@ -254,19 +264,30 @@ class GenerationService:
 
     # ---------------------------------------------------------------- scripts
 
+    def script_catalog(self, tab: str) -> scripts.Catalog:
+        """What the scripts' controls offer on a tab (A1111's choices lists)."""
+        return scripts.Catalog(
+            tab=tab, upscalers=tuple(self.image_upscaler_names()), hires_upscalers=tuple(self.upscaler_names()),
+            samplers=tuple(s.name for s in SAMPLERS), schedulers=tuple(SCHEDULES),
+            checkpoints=tuple(c.title for c in self.registry.checkpoints),
+            vaes=tuple(v.name for v in self.registry.vaes), styles=tuple(s.name for s in self.styles.all()))
+
     def script_names(self) -> dict:
         return scripts.api_names()
 
     def script_info(self) -> list[dict]:
-        return scripts.api_info(self.image_upscaler_names())
+        return scripts.api_info({tab: self.script_catalog(tab) for tab in scripts.TABS})
 
-    def script_arguments(self, title: str) -> list[scripts.ScriptArg]:
+    def script_titles(self, tab: str) -> tuple[str, ...]:
+        return scripts.titles(tab)
+
+    def script_arguments(self, title: str, tab: str = "img2img") -> list[scripts.ScriptArg]:
         """A script's controls (A1111's order), for the UI to build."""
-        return scripts.arguments(title, self.image_upscaler_names())
+        return scripts.arguments(title, self.script_catalog(tab))
 
-    def script(self, name: str, args: list | None = None) -> scripts.ScriptRun:
-        """An img2img script by A1111's title (any case), with A1111's positional script_args."""
-        return scripts.parse(name, args, self.image_upscaler_names())
+    def script(self, name: str, args: list | None = None, tab: str = "img2img") -> scripts.ScriptRun:
+        """A script of a tab by A1111's title (any case), with A1111's positional script_args."""
+        return scripts.parse(name, args, self.script_catalog(tab))
 
     def extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool = False) -> ExtrasResult:
         """Upscale pictures (the Extras tab and API) on the worker that owns the device. Every size the work

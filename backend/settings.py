@@ -21,6 +21,7 @@ class Limits:
     max_schedule_steps: int = 10_000  # hires fix's schedule of int(steps / denoising strength) steps
     max_upload_pixels: int = 4096 * 4096
     max_prompt_chunks: int = 75  # 75-token chunks per prompt: 5625 tokens, far above any real prompt
+    max_script_jobs: int = 1000  # jobs one script may make (X/Y/Z cells x batch count, prompts from a file)
 
     @property
     def max_extras_pixels(self) -> int:

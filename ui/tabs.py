@@ -139,7 +139,7 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
     Settings tab), unless a pasted infotext overrides them; `find_script(title, args)` gives the chosen
     script."""
     options = {**(options or {}), **option_overrides(values[tab.controls.override_settings] or [])}
-    fields = option_fields(options, values[tab.controls.sampler] or "")
+    fields = option_fields(options)
     fields.update(request_fields(values, tab.controls))
     fields["save_images"] = bool(options.get("samples_save", True))  # "Always save all generated images"
     fields.update(checkpoint=values[top["checkpoint"]] or None, vae=values[top["vae"]])

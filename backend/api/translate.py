@@ -36,22 +36,19 @@ SIGMA_FIELDS = (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", 0.0), ("s_noise", 
 
 
 def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits,
-               find_script: Callable[[str, list], object]) -> tuple[GenerationRequest, list]:
+               find_script: Callable[[str, list, str], object]) -> tuple[GenerationRequest, list]:
     """The body with the current options and this request's (checked) override_settings -> a request, and
-    warnings about what it asked for that has no effect. `find_script(script_name, script_args)` gives the
-    img2img script; txt2img has none here (A1111 answers an unknown script with an error too)."""
+    warnings about what it asked for that has no effect. `find_script(script_name, script_args, tab)` gives the
+    script (an unknown one is an error, as in A1111)."""
     given = body.model_dump()  # declared fields and the extra keys A1111 also knows
     refuse_unimplemented(given)
     extra = body.model_extra or {}
     script = None
     if extra.get("script_name"):
-        if not isinstance(body, Img2ImgBody):
-            raise InvalidRequest("script_name", f"unknown script '{extra['script_name']}': txt2img has no scripts "
-                                                "here (GET /sdapi/v1/scripts)")
         args = extra.get("script_args") or []
         if not isinstance(args, list):
             raise InvalidRequest("script_args", "expected a list, in the order of the script's controls")
-        script = find_script(str(extra["script_name"]), args)
+        script = find_script(str(extra["script_name"]), args, "img2img" if isinstance(body, Img2ImgBody) else "txt2img")
     settings = {**options, **overrides}
     sampler = body.sampler_name or body.sampler_index or "Euler"
     fields = dict(
@@ -62,14 +59,14 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         styles=tuple(body.styles or ()),
         seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
-        save_images=bool(body.save_images),
-        **{**option_fields(settings, sampler), **_eta(given), **_sigma_fields(given, settings)},
+        save_images=bool(body.save_images), script=script,
+        **{**option_fields(settings), **_eta(given), **_sigma_fields(given, settings)},
     )
     if body.tiling is not None:  # else the `tiling` option's
         fields["tiling"] = bool(body.tiling)
     fields.update(_own_fields(given, isinstance(body, Img2ImgBody)))
     if isinstance(body, Img2ImgBody):
-        fields.update(_img2img_fields(body, limits), script=script)
+        fields.update(_img2img_fields(body, limits))
     elif body.enable_hr:
         fields.update(_hires_fields(body))
     if not isinstance(body, Img2ImgBody) and given.get("firstpass_image"):  # A1111 1.10's txt2img field

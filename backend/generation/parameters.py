@@ -35,8 +35,8 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
         if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0 else None,
         "Denoising strength": req.denoising_strength if req.kind == "img2img" or hires_fix else None,
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
-        "Eta": req.eta if req.eta is not None and result.sampler.sampler.noise and req.eta != 1.0 else None,
-        "Eta DDIM": req.eta if req.eta and result.sampler.sampler.uses_ddim_eta else None,
+        "Eta": req.eta_for(False) if result.sampler.sampler.noise and req.eta_for(False) != 1.0 else None,
+        "Eta DDIM": req.eta_for(True) if result.sampler.sampler.uses_ddim_eta and req.eta_for(True) else None,
         **_sigma_options(req, result.sampler.sampler),
         "ENSD": req.eta_noise_seed_delta if req.eta_noise_seed_delta and result.sampler.sampler.ancestral
         else None,

@@ -56,7 +56,9 @@ class GenerationRequest:
     seed_resize_from_h: int = 0
     eta_noise_seed_delta: int = 0  # A1111's ENSD option: reseeds ancestral samplers' extra noise
     tiling: bool = False  # seamless: circular padding in every convolution of the UNet and the VAE
-    eta: float | None = None  # noise multiplier of ancestral/SDE samplers (default 1) and DDIM (default 0)
+    eta: float | None = None  # the request's own noise multiplier of ancestral/SDE samplers and DDIM; None:
+    eta_ancestral: float = 1.0  # ... A1111's options, by the kind of the sampler that runs (hires may differ)
+    eta_ddim: float = 0.0
     rng_source: str = "CPU"  # A1111's randn_source: CPU | GPU | NV
     s_churn: float = 0.0  # A1111's sigma churn options (Euler, Heun, DPM2); s_noise also for ancestral/SDE
     s_tmin: float = 0.0
@@ -109,6 +111,12 @@ class GenerationRequest:
     script: object | None = None  # an img2img script (backend/scripts.ScriptRun): Poor man's outpainting, ...
     extra_params: tuple[tuple[str, object], ...] = ()  # infotext keys a script adds (A1111's extra_generation_params)
 
+    def eta_for(self, ddim: bool) -> float:
+        """The eta a sampler runs with: the request's own, else the option of the sampler's kind (A1111)."""
+        if self.eta is not None:
+            return self.eta
+        return self.eta_ddim if ddim else self.eta_ancestral
+
     @property
     def kind(self) -> str:
         return "txt2img" if self.init_image is None else "img2img"
@@ -147,6 +155,8 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
                                              "numbers on any machine")
     if req.eta is not None:
         check_number(req.eta, "eta", 0.0, 10.0)
+    check_number(req.eta_ancestral, "eta_ancestral", 0.0, 10.0)
+    check_number(req.eta_ddim, "eta_ddim", 0.0, 10.0)
     for name in ("s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond"):
         check_number(getattr(req, name), name, 0.0, 1000.0)
     check_number(req.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 10.0)

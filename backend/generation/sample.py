@@ -119,7 +119,7 @@ def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler
         on_step=lambda i, x: hooks.report_step(min(i + 1, len(run) - 1), len(run) - 1, model_fn.last_denoised),
         noise=lambda: rng.next(tuple(x.shape[1:])).to(device),
         brownian=kdiffusion.BrownianNoise(x, sigmas.cpu(), seeds) if sampler.sampler.noise == "brownian" else None,
-        eta=1.0 if req.eta is None else req.eta, s_noise=req.s_noise, s_churn=req.s_churn, s_tmin=req.s_tmin,
+        eta=req.eta_for(ddim=False), s_noise=req.s_noise, s_churn=req.s_churn, s_tmin=req.s_tmin,
         s_tmax=req.s_tmax or float("inf"))
     function = getattr(kdiffusion, sampler.sampler.k_function)
     with torch.no_grad():
@@ -191,7 +191,7 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
         else:
             x = timestep_samplers.ddim(eps_model, x, timesteps, alphas_cumprod,
                                        lambda: rng.next(tuple(x.shape[1:])).to(device), on_step,
-                                       eta=req.eta or 0.0, cfgpp=name == "ddim_cfgpp")
+                                       eta=req.eta_for(ddim=True), cfgpp=name == "ddim_cfgpp")
     if start.keep is not None:
         x = start.hold(x)
     return x.float()

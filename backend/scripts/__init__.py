@@ -1,6 +1,6 @@
-"""A1111's img2img scripts, chosen by `script_name` with `script_args` in A1111's order: Poor man's outpainting,
-Outpainting mk2 and SD upscale. Each turns one request into several img2img jobs (tiles or borders) through
-`ScriptTools.process`, which runs them on the one denoising loop, and joins the results."""
+"""A1111's scripts, chosen by `script_name` with `script_args` in A1111's order: X/Y/Z plot (txt2img and
+img2img), Poor man's outpainting, Outpainting mk2 and SD upscale (img2img). Each turns one request into several
+jobs, which `ScriptTools.process` runs on the one denoising loop, and joins the results."""
 
 from __future__ import annotations
 
@@ -8,71 +8,99 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.errors import InvalidRequest
-from backend.scripts import outpainting, sd_upscale
-from backend.scripts.base import ScriptArg, ScriptOutput, ScriptRun, ScriptTools, SizeLimit
+from backend.scripts import outpainting, sd_upscale, xyz_grid
+from backend.scripts.base import (Catalog, ScriptArg, ScriptChecks, ScriptOutput, ScriptRun, ScriptTools,
+                                  SizeLimit)
+
+TABS = ("txt2img", "img2img")
 
 
 @dataclass(frozen=True)
 class Script:
-    """What a script offers: its controls (given the upscaler names), its settings from A1111's positional
-    script_args, a check against the request before it is queued, and the run itself."""
+    """What a script offers: its controls (given what exists on the tab), its settings from A1111's positional
+    script_args, a check against the request before it is queued, and the run itself. `picture_only`: it works
+    on img2img's picture, without a mask."""
 
     title: str
-    arguments: Callable[[list[str]], list[ScriptArg]]
-    settings: Callable[[list, list[str]], object]
+    tabs: tuple[str, ...]
+    arguments: Callable[[Catalog], list[ScriptArg]]
+    settings: Callable[[list, Catalog], object]
     run: Callable[[object, object, ScriptTools], ScriptOutput]
-    check: Callable[[object, object, SizeLimit], None] = lambda req, settings, limit: None
+    check: Callable[[object, object, ScriptChecks], None] = lambda req, settings, checks: None
+    picture_only: bool = False
+    keeps_random_seeds: Callable[[object], bool] = lambda settings: False
 
 
 SCRIPTS = (
-    Script(outpainting.POOR_MANS, lambda names: outpainting.POOR_MANS_ARGS,
-           lambda args, names: outpainting.poor_mans_settings(args), outpainting.run_poor_mans,
-           outpainting.check_poor_mans),
-    Script(outpainting.MK2, lambda names: outpainting.MK2_ARGS, lambda args, names: outpainting.mk2_settings(args),
-           outpainting.run_mk2, outpainting.check_mk2),
-    Script(sd_upscale.TITLE, sd_upscale.arguments, sd_upscale.settings, sd_upscale.run, sd_upscale.check),
+    Script(outpainting.POOR_MANS, ("img2img",), lambda c: outpainting.POOR_MANS_ARGS,
+           lambda args, c: outpainting.poor_mans_settings(args), outpainting.run_poor_mans,
+           lambda req, s, checks: outpainting.check_poor_mans(req, s, checks.size), picture_only=True),
+    Script(outpainting.MK2, ("img2img",), lambda c: outpainting.MK2_ARGS, lambda args, c: outpainting.mk2_settings(args),
+           outpainting.run_mk2, lambda req, s, checks: outpainting.check_mk2(req, s, checks.size), picture_only=True),
+    Script(sd_upscale.TITLE, ("img2img",), lambda c: sd_upscale.arguments(list(c.upscalers)),
+           lambda args, c: sd_upscale.settings(args, list(c.upscalers)), sd_upscale.run,
+           lambda req, s, checks: sd_upscale.check(req, s, checks.size), picture_only=True),
+    Script(xyz_grid.TITLE, TABS, xyz_grid.arguments, xyz_grid.settings, xyz_grid.run, xyz_grid.check,
+           keeps_random_seeds=xyz_grid.keeps_random_seeds),
 )
 TITLES = tuple(script.title for script in SCRIPTS)
 
 
-def find(name: str) -> Script:
+def titles(tab: str) -> tuple[str, ...]:
+    return tuple(script.title for script in SCRIPTS if tab in script.tabs)
+
+
+def find(name: str, tab: str = "img2img") -> Script:
     for script in SCRIPTS:
-        if script.title.lower() == str(name).strip().lower():
+        if script.title.lower() == str(name).strip().lower() and tab in script.tabs:
             return script
-    raise InvalidRequest("script_name", f"unknown script '{name}'; img2img has: {', '.join(TITLES)} "
+    raise InvalidRequest("script_name", f"unknown script '{name}'; {tab} has: {', '.join(titles(tab))} "
                                         "(GET /sdapi/v1/scripts)")
 
 
-def arguments(title: str, upscaler_names: list[str]) -> list[ScriptArg]:
+def arguments(title: str, catalog: Catalog) -> list[ScriptArg]:
     """A script's controls in A1111's order, with their defaults and ranges."""
-    return find(title).arguments(upscaler_names)
+    return find(title, catalog.tab).arguments(catalog)
 
 
-def api_info(upscaler_names: list[str]) -> list[dict]:
-    """GET /sdapi/v1/script-info, in A1111's ScriptInfo shape."""
-    return [{"name": script.title.lower(), "is_alwayson": False, "is_img2img": True,
-             "args": [a.api() for a in script.arguments(upscaler_names)]} for script in SCRIPTS]
+def api_info(catalogs: dict[str, Catalog]) -> list[dict]:
+    """GET /sdapi/v1/script-info, in A1111's ScriptInfo shape: each script once per tab."""
+    return [{"name": script.title.lower(), "is_alwayson": False, "is_img2img": tab == "img2img",
+             "args": [a.api() for a in script.arguments(catalogs[tab])]}
+            for tab in TABS for script in SCRIPTS if tab in script.tabs]
 
 
 def api_names() -> dict:
     """GET /sdapi/v1/scripts: A1111 lists the titles in lower case, per tab."""
-    return {"txt2img": [], "img2img": sorted(title.lower() for title in TITLES)}
+    return {tab: sorted(title.lower() for title in titles(tab)) for tab in TABS}
 
 
-def parse(name: str, args: list | None, upscaler_names: list[str]) -> ScriptRun:
+def parse(name: str, args: list | None, catalog: Catalog) -> ScriptRun:
     """A1111's positional script_args (missing ones take the script's defaults) -> a ScriptRun."""
-    script = find(name)
-    return ScriptRun(script.title, script.settings(list(args or []), upscaler_names))
+    script = find(name, catalog.tab)
+    return ScriptRun(script.title, script.settings(list(args or []), catalog), catalog.tab)
 
 
-def check(run: ScriptRun, req, limit: SizeLimit) -> None:
-    """What can only be checked against the request (its tile size, its picture's size), before it is queued."""
-    find(run.title).check(req, run.settings, limit)
+def check(run: ScriptRun, req, checks: ScriptChecks) -> None:
+    """What can only be checked against the request (its size, its picture, each job it makes), before it is
+    queued."""
+    script = find(run.title, run.tab)
+    if req.kind != run.tab:
+        raise InvalidRequest("script_name", f"{run.title} was chosen for {run.tab}, not {req.kind}")
+    if script.picture_only and (req.init_image is None or req.mask is not None):
+        raise InvalidRequest("script_name", f"{run.title} runs on img2img's picture, without a mask")
+    script.check(req, run.settings, checks)
+
+
+def keeps_random_seeds(run: ScriptRun) -> bool:
+    """Whether the script draws its jobs' random seeds itself (X/Y/Z plot's `Keep -1 for seeds`)."""
+    return find(run.title, run.tab).keeps_random_seeds(run.settings)
 
 
 def run(script: ScriptRun, req, tools: ScriptTools) -> ScriptOutput:
-    return find(script.title).run(req, script.settings, tools)
+    return find(script.title, script.tab).run(req, script.settings, tools)
 
 
-__all__ = ["SCRIPTS", "TITLES", "Script", "ScriptArg", "ScriptOutput", "ScriptRun", "ScriptTools", "SizeLimit",
-           "api_info", "api_names", "arguments", "check", "find", "parse", "run"]
+__all__ = ["SCRIPTS", "TABS", "TITLES", "Catalog", "Script", "ScriptArg", "ScriptChecks", "ScriptOutput",
+           "ScriptRun", "ScriptTools", "SizeLimit", "api_info", "api_names", "arguments", "check", "find",
+           "keeps_random_seeds", "parse", "run", "titles"]

@@ -11,14 +11,34 @@ from PIL import Image
 from backend.errors import InvalidRequest
 
 
+@dataclass(frozen=True)
+class Catalog:
+    """What a script's controls offer on one tab: the names of what exists here (A1111's choices lists)."""
+
+    tab: str = "img2img"  # txt2img | img2img
+    upscalers: tuple[str, ...] = ()  # image upscalers, A1111's order (None, Lanczos, Nearest, models)
+    hires_upscalers: tuple[str, ...] = ()  # latent modes, then the image upscalers
+    samplers: tuple[str, ...] = ()
+    schedulers: tuple[str, ...] = ()  # schedule type labels
+    checkpoints: tuple[str, ...] = ()  # titles
+    vaes: tuple[str, ...] = ()  # VAE names
+    styles: tuple[str, ...] = ()
+
+
 @dataclass
 class ScriptTools:
-    """What a script may use: run an img2img request (returns a GenerationResult), upscale a picture, and say
-    what it is doing."""
+    """What a script may use: run a request as its own job on the one loop (returns a GenerationResult; the
+    request's styles are merged there), upscale a picture, say what it is doing (and stop here when the user
+    interrupted), count its jobs for the progress bar (done, total), and write an infotext for a job's result
+    with more parameters (A1111's extra_generation_params of a grid)."""
 
     process: Callable
     upscale: Callable[[Image.Image, str, float], Image.Image]
     report: Callable[[str], None] = lambda text: None
+    count_job: Callable[[int, int], None] = lambda done, total: None
+    infotext: Callable[[object, tuple], str] = lambda result, extra: ""
+    interrupted: Callable[[], bool] = lambda: False
+    return_grid: bool = True  # A1111's option: a batch's first picture is its grid
 
 
 @dataclass
@@ -27,12 +47,21 @@ class ScriptOutput:
     seeds: list[int] = field(default_factory=list)
     infotext: str = ""  # A1111 reports the first job's parameters for the whole result
     interrupted: bool = False
+    infotexts: list[str] | None = None  # one per image (X/Y/Z plot); None: `infotext` for every image
+    grids: int = 0  # the first `grids` images are grids: saved to the grids folder
+    saved: bool = False  # the jobs saved their own pictures: only the grids are left to save
+    template: object | None = None  # one job's result: the model and sampler the answer's info names
+    warnings: list[str] = field(default_factory=list)
+
+    def texts(self) -> list[str]:
+        return list(self.infotexts) if self.infotexts is not None else [self.infotext] * len(self.images)
 
 
 @dataclass(frozen=True)
 class ScriptArg:
     """One of a script's controls, in A1111's order: what GET /script-info reports and the UI builds.
-    kind: "info" (text only), "slider", "radio" (one of `choices`), "checkboxes" (any of `choices`)."""
+    kind: "info" (text only), "slider", "radio" (one of `choices`), "checkboxes" (any of `choices`),
+    "dropdown" (one of `choices`), "multiselect" (any of `choices`, filled by the UI), "text", "checkbox"."""
 
     key: str
     kind: str
@@ -69,11 +98,24 @@ class SizeLimit:
 
 
 @dataclass(frozen=True)
+class ScriptChecks:
+    """What a script's check may use before the request is queued: the size limit, `prepare(request)` (the
+    service's own checks of one of the script's jobs, which it returns ready to run), the largest number of jobs
+    one request may make, and A1111's `img_max_size_mp` for a grid."""
+
+    size: SizeLimit
+    prepare: Callable = lambda req: req
+    max_jobs: int = 1000
+    grid_megapixels: int = 200
+
+
+@dataclass(frozen=True)
 class ScriptRun:
     """A chosen script and its settings (a dataclass of the script's module)."""
 
     title: str
     settings: object
+    tab: str = "img2img"
 
 
 def arg(args: list, spec: list[ScriptArg], key: str, cast):

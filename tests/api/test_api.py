@@ -6,6 +6,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -97,7 +98,8 @@ def test_listings(api):
     assert {s["label"] for s in requests.get(f"{api}/schedulers", timeout=30).json()} >= {"Karras", "Uniform"}
     assert requests.get(f"{api}/sd-vae", timeout=30).json() == []
     assert requests.get(f"{api}/scripts", timeout=30).json() == {
-        "txt2img": [], "img2img": ["outpainting mk2", "poor man's outpainting", "sd upscale"]}
+        "txt2img": ["x/y/z plot"], "img2img": ["outpainting mk2", "poor man's outpainting", "sd upscale",
+                                              "x/y/z plot"]}
     assert "ram" in requests.get(f"{api}/memory", timeout=30).json()
     assert requests.post(f"{api}/refresh-checkpoints", timeout=30).status_code == 200
     models = requests.get(f"{api}/sd-models", timeout=30).json()
@@ -233,8 +235,8 @@ def test_extras_endpoints_and_lists(api):
 
 
 def test_img2img_scripts_by_name_and_args(api):
-    scripts = {s["name"]: s for s in requests.get(f"{api}/script-info", timeout=30).json()}
-    assert set(scripts) == {"outpainting mk2", "poor man's outpainting", "sd upscale"}
+    scripts = {s["name"]: s for s in requests.get(f"{api}/script-info", timeout=30).json() if s["is_img2img"]}
+    assert set(scripts) == {"outpainting mk2", "poor man's outpainting", "sd upscale", "x/y/z plot"}
     assert scripts["poor man's outpainting"]["args"][0] == {"label": "Pixels to expand", "value": 128, "minimum": 8,
                                                            "maximum": 256, "step": 8, "choices": None}
     assert scripts["sd upscale"]["args"][2]["choices"][:3] == ["None", "Lanczos", "Nearest"]
@@ -255,6 +257,28 @@ def test_img2img_scripts_by_name_and_args(api):
                        ({"script_name": "sd upscale", "script_args": "16"}, "script_args")):
         r = requests.post(f"{api}/img2img", json={**body, **bad}, timeout=60)
         assert r.status_code == 422 and r.json()["field"] == field, r.text
+
+
+def test_xyz_plot_through_the_api(api):
+    info = [s for s in requests.get(f"{api}/script-info", timeout=30).json() if s["name"] == "x/y/z plot"]
+    assert [s["is_img2img"] for s in info] == [False, True]
+    assert len(info[0]["args"]) == 18 and info[0]["args"][0]["choices"][41] == "Size"
+    assert info[1]["args"][0]["choices"][6] == "Image CFG Scale"
+    args = [4, "2,3", [], 9, "", ["Euler", "DDIM"], 0, "", [], True, True, False, False, False, False, False, 0, False]
+    r = requests.post(f"{api}/txt2img", json={**SMALL, "seed": 3, "script_name": "x/y/z plot", "script_args": args},
+                      timeout=300)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 5 and len(info["infotexts"]) == 5
+    assert "Script: X/Y/Z plot, X Type: Steps, X Values: \"2,3\", Y Type: Sampler, Y Values: \"Euler,DDIM\"" \
+        in info["infotexts"][0]
+    assert "Steps: 3, Sampler: DDIM" in info["infotexts"][4]
+    alone = requests.post(f"{api}/txt2img", json={**SMALL, "seed": 3, "steps": 3, "sampler_name": "DDIM"}, timeout=120)
+    assert np.array_equal(np.asarray(decode(alone.json()["images"][0])), np.asarray(decode(body["images"][4])))
+    bad = [32, "true"] + args[2:]
+    r = requests.post(f"{api}/txt2img", json={**SMALL, "script_name": "x/y/z plot", "script_args": bad}, timeout=60)
+    assert r.status_code == 422 and "Face restore" in r.json()["detail"], r.text
 
 
 def test_hires_fix_through_the_api(api):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from backend.errors import InvalidRequest
@@ -42,9 +44,8 @@ def test_unknown_names_are_invalid_requests():
         resolve("Euler", "Weird")
 
 
-def test_eta_option_follows_the_sampler_kind():
-    values = {"eta_ddim": 0.3, "eta_ancestral": 0.8}
-    for name in ("DDIM", "ddim", "DDIM CFG++", "ddim_cfgpp"):
-        assert request_fields(values, name)["eta"] == 0.3, name
-    for name in ("Euler a", "PLMS", "no such sampler"):
-        assert request_fields(values, name)["eta"] == 0.8, name
+def test_eta_option_follows_the_kind_of_the_sampler_that_runs():
+    req = GenerationRequest(**request_fields({"eta_ddim": 0.3, "eta_ancestral": 0.8}))
+    assert req.eta is None and req.eta_for(ddim=True) == 0.3 and req.eta_for(ddim=False) == 0.8
+    own = dataclasses.replace(req, eta=0.5)  # the request's own eta, whatever the sampler
+    assert own.eta_for(ddim=True) == own.eta_for(ddim=False) == 0.5

@@ -92,7 +92,7 @@ def test_unipc_settings_in_an_infotext_reach_the_request():
     assert values["override_settings"] == ["UniPC variant: bh2", "UniPC order: 2", "UniPC lower order final: False"]
     options = option_overrides(values["override_settings"])
     assert options == {"uni_pc_variant": "bh2", "uni_pc_order": 2, "uni_pc_lower_order_final": False}
-    settings = request_fields({"uni_pc_skip_type": "logSNR", **options}, "UniPC")["unipc"]
+    settings = request_fields({"uni_pc_skip_type": "logSNR", **options})["unipc"]
     assert settings == UniPCSettings(variant="bh2", skip_type="logSNR", order=2, lower_order_final=False)
 
 
@@ -141,7 +141,7 @@ def test_ngms_noise_multiplier_and_pad_conds_in_an_infotext_reach_the_request():
     text = ("p\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.5, Noise multiplier: 0.7, "
             "NGMS: 2.5, NGMS all steps: True, Pad conds: True")
     values = fields_from_infotext(text)
-    fields = request_fields(option_overrides(values["override_settings"]), "Euler")
+    fields = request_fields(option_overrides(values["override_settings"]))
     assert (fields["s_min_uncond"], fields["s_min_uncond_all"], fields["initial_noise_multiplier"],
             fields["pad_conds"]) == (2.5, True, 0.7, "pad")
     assert unapplied_keys(text) == []

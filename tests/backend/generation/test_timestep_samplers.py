@@ -75,7 +75,7 @@ def test_unipc_lowers_its_order_as_a1111(service, tiny, steps):
 def test_each_unipc_option_equals_a1111(service, tiny, option, value, reference, steps):
     """Each option against the reference driven the same way (its own grid, order, variant), with a negative
     control: the default settings' image is told apart by the same tolerance."""
-    settings = request_fields({option: value}, "UniPC")["unipc"]
+    settings = request_fields({option: value})["unipc"]
     ours = _ours(service, "UniPC", steps, unipc=settings).images[0]
     assert max_pixel_diff(ours, _theirs(tiny["sd1"], "UniPC", steps, **reference)[0]) <= 1
     assert max_pixel_diff(ours, _ours(service, "UniPC", steps).images[0]) > 1
