@@ -42,6 +42,7 @@ from backend.outputs import ImageFormat, OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import SAMPLERS, SCHEDULES, resolve
 from backend import scripts
+from backend.scripts import xyz_grid
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,11 @@ class GenerationService:
     def script_arguments(self, title: str, tab: str = "img2img") -> list[scripts.ScriptArg]:
         """A script's controls (A1111's order), for the UI to build."""
         return scripts.arguments(title, self.script_catalog(tab))
+
+    def plot_axis_choices(self, tab: str) -> list[list[str] | None]:
+        """X/Y/Z plot: per axis type (A1111's index on the tab), the names its values dropdown offers, or None
+        for an axis typed as text."""
+        return xyz_grid.axis_choices(self.script_catalog(tab))
 
     def script(self, name: str, args: list | None = None, tab: str = "img2img") -> scripts.ScriptRun:
         """A script of a tab by A1111's title (any case), with A1111's positional script_args."""

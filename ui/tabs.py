@@ -39,7 +39,7 @@ class Tab:
     send_to_img2img: gr.Button | None = None
     send_to_inpaint: gr.Button | None = None
     send_to_extras: gr.Button | None = None
-    scripts: dict = field(default_factory=dict)  # the Script dropdown and its scripts' controls (img2img)
+    scripts: dict = field(default_factory=dict)  # the Script dropdown and its scripts' controls
 
 
 def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
@@ -49,7 +49,7 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
             controls = build_controls(name)
             build_extra_networks(ctx, name, top_bar["checkpoint"])
             extra = {**images, **_build_extra(name, ctx)}
-            scripts = build_scripts(ctx, name) if name == "img2img" else {}
+            scripts = build_scripts(ctx, name) if name in ("txt2img", "img2img") else {}
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{name}_generate")
@@ -136,7 +136,7 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
 def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
                  find_script=None) -> GenerationRequest:
     """Widget values of `tab` (and the top bar) -> a backend request. Settings come from `options` (the
-    Settings tab), unless a pasted infotext overrides them; `find_script(title, args)` gives the chosen
+    Settings tab), unless a pasted infotext overrides them; `find_script(title, args, tab)` gives the chosen
     script."""
     options = {**(options or {}), **option_overrides(values[tab.controls.override_settings] or [])}
     fields = option_fields(options)
@@ -171,7 +171,7 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
                       resize_mode=ResizeMode(RESIZE_MODES.index(values[extra["resize_mode"]])))
     chosen = script_choice(values, tab.scripts) if tab.scripts else None
     if chosen is not None:
-        fields["script"] = find_script(*chosen)
+        fields["script"] = find_script(*chosen, tab.name)
     return GenerationRequest(**fields)
 
 

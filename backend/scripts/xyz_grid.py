@@ -165,6 +165,11 @@ def axes_for(tab: str) -> tuple[Axis, ...]:
     return tuple(axis for axis in AXES if axis.tab in (None, tab))
 
 
+def axis_choices(catalog: Catalog) -> list[list[str] | None]:
+    """Per axis of the tab: the names its values dropdown offers, or None (values typed as text)."""
+    return [list(axis.choices(catalog)) if axis.choices else None for axis in axes_for(catalog.tab)]
+
+
 # ------------------------------------------------------------------ values, as A1111 parses them
 
 _INT_RANGE = re.compile(r"\s*([+-]?\s*\d+)\s*-\s*([+-]?\s*\d+)(?:\s*\(([+-]\d+)\s*\))?\s*")

@@ -542,3 +542,37 @@ def test_extras_batch_of_files_and_from_a_folder(page, tmp_path):
         time.sleep(0.2)
     assert Image.open(tmp_path / "done" / "one.png").size == (32, 16)
     assert Image.open(tmp_path / "done" / "two.png").size == (16, 16)
+
+
+def _choose_exact(page, dropdown_id: str, option: str) -> None:
+    page.click(f"#{dropdown_id} input")
+    page.click(f"li[role=option] >> text=\"{option}\"")
+    page.keyboard.press("Escape")
+
+
+def test_xyz_plot_from_the_txt2img_tab(page, app_url):
+    """Steps typed as text, samplers picked from the dropdown A1111 shows for them; the grid has the legend's
+    room (a left band of 3/4 of a cell for the Y labels); swapping X and Y swaps types and values."""
+    paste_parameters(page, "txt2img", "a boat\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 21, Size: 64x64")
+    _choose(page, "txt2img_script", "X/Y/Z plot")
+    page.wait_for_selector("#txt2img_xyz_x_type", state="visible", timeout=30_000)
+    _choose_exact(page, "txt2img_xyz_x_type", "Steps")
+    page.fill("#txt2img_xyz_x_values textarea", "2,3")
+    _choose_exact(page, "txt2img_xyz_y_type", "Sampler")
+    page.wait_for_selector("#txt2img_xyz_y_values_dropdown", state="visible", timeout=30_000)
+    assert not page.is_visible("#txt2img_xyz_y_values")  # a dropdown axis hides its text box, as A1111
+    for sampler in ("Euler", "DDIM"):  # typed to filter the long list, then picked
+        page.fill("#txt2img_xyz_y_values_dropdown input", sampler)
+        page.click(f"li[role=option] >> text=\"{sampler}\"")
+    page.keyboard.press("Escape")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Script: X/Y/Z plot')",
+                           timeout=120_000)
+    info = page.input_value("#txt2img_info textarea")
+    assert "X Type: Steps, X Values: \"2,3\", Y Type: Sampler, Y Values: \"Euler,DDIM\"" in info
+    grid = _fetch(page, app_url, "#txt2img_gallery img")
+    assert grid.width == 2 * 64 + 48 and grid.height > 2 * 64
+    page.click("#txt2img_xyz_swap_xy")
+    page.wait_for_function("document.querySelector('#txt2img_xyz_x_type input').value === 'Sampler'")
+    assert page.input_value("#txt2img_xyz_y_type input") == "Steps"
+    assert page.input_value("#txt2img_xyz_y_values textarea") == "2,3"
