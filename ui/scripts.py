@@ -10,7 +10,8 @@ from ui.xyz_plot import wire_xyz_plot
 
 NONE = "None"
 # script title -> the prefix of its controls' element ids
-PREFIXES = {"Poor man's outpainting": "pm", "Outpainting mk2": "mk2", "SD upscale": "sdu", "X/Y/Z plot": "xyz"}
+PREFIXES = {"Prompt matrix": "pmx", "Prompts from file or textbox": "pff", "X/Y/Z plot": "xyz", "Loopback": "loop",
+            "Poor man's outpainting": "pm", "Outpainting mk2": "mk2", "SD upscale": "sdu"}
 
 
 def build_scripts(ctx: UiContext, tab: str) -> dict:
@@ -45,10 +46,12 @@ def _widget(a, elem_id: str):
         return gr.Radio(list(a.choices), value=a.value, label=a.label, elem_id=elem_id)
     if a.kind == "dropdown":  # its value is the choice's index, as A1111's script_args
         return gr.Dropdown(list(a.choices), value=a.value, type="index", label=a.label, elem_id=elem_id)
+    if a.kind == "dropdown_value":
+        return gr.Dropdown(list(a.choices), value=a.value, label=a.label, elem_id=elem_id)
     if a.kind == "multiselect":
         return gr.Dropdown([], value=[], multiselect=True, visible=False, label=a.label, elem_id=elem_id)
     if a.kind == "text":
-        return gr.Textbox(value=a.value, label=a.label, lines=1, elem_id=elem_id)
+        return gr.Textbox(value=a.value, label=a.label, lines=1 if a.key.endswith("values") else 4, elem_id=elem_id)
     if a.kind == "checkbox":
         return gr.Checkbox(value=a.value, label=a.label, elem_id=elem_id)
     return gr.CheckboxGroup(list(a.choices), value=list(a.value), label=a.label, elem_id=elem_id)

@@ -1,6 +1,7 @@
-"""A1111's scripts, chosen by `script_name` with `script_args` in A1111's order: X/Y/Z plot (txt2img and
-img2img), Poor man's outpainting, Outpainting mk2 and SD upscale (img2img). Each turns one request into several
-jobs, which `ScriptTools.process` runs on the one denoising loop, and joins the results."""
+"""A1111's scripts, chosen by `script_name` with `script_args` in A1111's order: X/Y/Z plot, Prompt matrix and
+Prompts from file or textbox (txt2img and img2img), Loopback, Poor man's outpainting, Outpainting mk2 and SD
+upscale (img2img). Each turns one request into several jobs, which `ScriptTools.process` runs on the one
+denoising loop, and joins the results."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.errors import InvalidRequest
-from backend.scripts import outpainting, sd_upscale, xyz_grid
+from backend.scripts import loopback, outpainting, prompt_matrix, prompts_from_file, sd_upscale, xyz_grid
 from backend.scripts.base import (Catalog, ScriptArg, ScriptChecks, ScriptOutput, ScriptRun, ScriptTools,
                                   SizeLimit)
 
@@ -42,6 +43,11 @@ SCRIPTS = (
            lambda req, s, checks: sd_upscale.check(req, s, checks.size), picture_only=True),
     Script(xyz_grid.TITLE, TABS, xyz_grid.arguments, xyz_grid.settings, xyz_grid.run, xyz_grid.check,
            keeps_random_seeds=xyz_grid.keeps_random_seeds),
+    Script(prompt_matrix.TITLE, TABS, prompt_matrix.arguments, prompt_matrix.settings, prompt_matrix.run,
+           prompt_matrix.check),
+    Script(prompts_from_file.TITLE, TABS, prompts_from_file.arguments, prompts_from_file.settings,
+           prompts_from_file.run, prompts_from_file.check, keeps_random_seeds=prompts_from_file.keeps_random_seeds),
+    Script(loopback.TITLE, ("img2img",), loopback.arguments, loopback.settings, loopback.run, loopback.check),
 )
 TITLES = tuple(script.title for script in SCRIPTS)
 

@@ -61,7 +61,8 @@ class ScriptOutput:
 class ScriptArg:
     """One of a script's controls, in A1111's order: what GET /script-info reports and the UI builds.
     kind: "info" (text only), "slider", "radio" (one of `choices`), "checkboxes" (any of `choices`),
-    "dropdown" (one of `choices`), "multiselect" (any of `choices`, filled by the UI), "text", "checkbox"."""
+    "dropdown" (one of `choices`, given as its index), "dropdown_value" (one of `choices`, given as itself),
+    "multiselect" (any of `choices`, filled by the UI), "text", "checkbox"."""
 
     key: str
     kind: str

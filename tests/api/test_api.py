@@ -98,8 +98,9 @@ def test_listings(api):
     assert {s["label"] for s in requests.get(f"{api}/schedulers", timeout=30).json()} >= {"Karras", "Uniform"}
     assert requests.get(f"{api}/sd-vae", timeout=30).json() == []
     assert requests.get(f"{api}/scripts", timeout=30).json() == {
-        "txt2img": ["x/y/z plot"], "img2img": ["outpainting mk2", "poor man's outpainting", "sd upscale",
-                                              "x/y/z plot"]}
+        "txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
+        "img2img": ["loopback", "outpainting mk2", "poor man's outpainting", "prompt matrix",
+                    "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
     assert "ram" in requests.get(f"{api}/memory", timeout=30).json()
     assert requests.post(f"{api}/refresh-checkpoints", timeout=30).status_code == 200
     models = requests.get(f"{api}/sd-models", timeout=30).json()
@@ -236,7 +237,8 @@ def test_extras_endpoints_and_lists(api):
 
 def test_img2img_scripts_by_name_and_args(api):
     scripts = {s["name"]: s for s in requests.get(f"{api}/script-info", timeout=30).json() if s["is_img2img"]}
-    assert set(scripts) == {"outpainting mk2", "poor man's outpainting", "sd upscale", "x/y/z plot"}
+    assert set(scripts) == {"outpainting mk2", "poor man's outpainting", "sd upscale", "x/y/z plot", "loopback",
+                            "prompt matrix", "prompts from file or textbox"}
     assert scripts["poor man's outpainting"]["args"][0] == {"label": "Pixels to expand", "value": 128, "minimum": 8,
                                                            "maximum": 256, "step": 8, "choices": None}
     assert scripts["sd upscale"]["args"][2]["choices"][:3] == ["None", "Lanczos", "Nearest"]
@@ -252,7 +254,7 @@ def test_img2img_scripts_by_name_and_args(api):
                                               "script_args": [32, 4, 1, ["right"]]}, timeout=120)
     assert r.status_code == 200, r.text
     assert decode(r.json()["images"][0]).size == (128, 64)
-    for bad, field in (({"script_name": "loopback"}, "script_name"),
+    for bad, field in (({"script_name": "img2img alternative test"}, "script_name"),
                        ({"script_name": "sd upscale", "script_args": ["", 16, "nope"]}, "script_args"),
                        ({"script_name": "sd upscale", "script_args": "16"}, "script_args")):
         r = requests.post(f"{api}/img2img", json={**body, **bad}, timeout=60)

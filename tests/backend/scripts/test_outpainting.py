@@ -87,8 +87,8 @@ def test_match_histogram_maps_quantiles():
 
 
 def test_bad_script_arguments_and_uses_are_refused(service):
-    with pytest.raises(InvalidRequest, match="script_name: unknown script 'loopback'"):
-        service.script("loopback")
+    with pytest.raises(InvalidRequest, match="script_name: unknown script 'img2img alternative test'"):
+        service.script("img2img alternative test")
     with pytest.raises(InvalidRequest, match="pixels to expand must be 8..256"):
         service.script("Poor man's outpainting", [512])
     with pytest.raises(InvalidRequest, match="direction"):
