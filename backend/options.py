@@ -37,7 +37,7 @@ IMPLEMENTED = frozenset({
     "default_scheduler", "tiling", "s_min_uncond", "s_min_uncond_all", "initial_noise_multiplier",
     "pad_cond_uncond", "pad_cond_uncond_v0", "batch_cond_uncond", "auto_vae_precision",
     "live_previews_enable", "show_progress_every_n_steps", "show_progress_type",
-    "grid_format", "jpeg_quality", "webp_lossless",
+    "grid_format", "jpeg_quality", "webp_lossless", "hires_fix_refiner_pass", "img_max_size_mp", "grid_save",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 })
 
@@ -52,7 +52,7 @@ UNIMPLEMENTED_GENERATION = frozenset({
     "use_old_scheduling", "upcast_attn", "img2img_fix_steps", "img2img_color_correction",
     "img2img_background_color", "inpainting_mask_weight", "sd_unet", "sd_noise_schedule",
     "comma_padding_backtrack", "enable_quantization", "sd_vae_decode_method", "sd_vae_encode_method",
-    "sd_hypernetwork",
+    "sd_hypernetwork", "refiner_switch_by_sample_steps",
 })
 
 # The only values of these options that are implemented; another value is refused rather than pretended.
@@ -63,6 +63,7 @@ SUPPORTED_VALUES = {
     "emphasis": ("Original", "No norm", "None"),
     "uni_pc_variant": UNIPC_VARIANTS,
     "show_progress_type": PREVIEW_TYPES,
+    "hires_fix_refiner_pass": ("first pass", "second pass", "both passes"),
 }
 
 MAX_TEXT = 4096
@@ -218,6 +219,7 @@ def request_fields(values: dict) -> dict:
         tiling=bool(values.get("tiling")),
         s_min_uncond=float(number("s_min_uncond", 0.0)), s_min_uncond_all=bool(values.get("s_min_uncond_all")),
         initial_noise_multiplier=float(number("initial_noise_multiplier", 1.0)),
+        hires_refiner_pass=values.get("hires_fix_refiner_pass") or "second pass",
         # A1111's CFGDenoiser checks v0 first
         pad_conds="v0" if values.get("pad_cond_uncond_v0") else "pad" if values.get("pad_cond_uncond") else "",
         batch_cond_uncond=values.get("batch_cond_uncond") is not False,

@@ -179,7 +179,7 @@ class JobRunner:
             self._run_batches(job, model, req, sampler, result, measures)
         if len(result.images) > 1:
             result.grid = make_grid(result.images)
-            if req.save_images and not result.interrupted:
+            if req.save_images and not result.interrupted and self.options.get("grid_save"):
                 result.grid_path = self._save(result, lambda: self.outputs.save_grid(result.grid, req.kind,
                                                                                      result.infotexts[0]))
         return result
@@ -256,7 +256,8 @@ class JobRunner:
             result.seeds.append(seed)
             result.infotexts.append(text)
             grid = index < output.grids
-            if not req.save_images or (output.saved and not grid) or (output.interrupted and not keep_partial):
+            wanted = self.options.get("grid_save") if grid else not output.saved
+            if not req.save_images or not wanted or (output.interrupted and not keep_partial):
                 continue
             if grid:
                 self._save(result, lambda image=image, text=text: self.outputs.save_grid(image, req.kind, text))
@@ -297,10 +298,12 @@ class JobRunner:
         """Sample one batch under `measures`; with a batch split, its parts run one after another (same seeds).
         An interrupt keeps what the current part has reached, as A1111 does."""
         resources = self.resources
-        if req.enable_hr and req.hr_checkpoint:  # each batch's first pass on the request's model again
+        if req.enable_hr and req.hr_checkpoint or req.refiner_checkpoint:  # each batch starts on the request's model
             model = self.models.get(self.registry.find_checkpoint(req.checkpoint), req.vae)
-            resources = dataclasses.replace(resources, switch_model=lambda title: self._switch_for_hires(
-                title, req, result, len(seeds)))
+            self._patch_networks(model, result)
+            resources = dataclasses.replace(
+                resources, switch_model=lambda title: self._switch_for_hires(title, req, result, len(seeds)),
+                switch_to_refiner=lambda: self._switch_to_refiner(req, result, len(seeds)))
         self.models.apply(measures)
         self.context.measures = measures
         prepare = prepare_txt2img if req.kind == "txt2img" else prepare_img2img
@@ -328,6 +331,17 @@ class JobRunner:
         model = self.models.get(self.registry.find_checkpoint(title), req.vae)
         self._patch_networks(model, result)
         self.models.apply(self.models.plan.for_request(*hires_target(req).final_size, batch))
+        return model
+
+    def _switch_to_refiner(self, req: GenerationRequest, result: GenerationResult, batch: int) -> LoadedModel:
+        """The refiner takes over mid-sampling: activated with the job's networks and memory measures; the job's
+        record names it (the infotext's `Refiner`)."""
+        refiner = self.registry.find_checkpoint(req.refiner_checkpoint)
+        model = self.models.get(refiner, req.vae)
+        self._patch_networks(model, result)
+        size = hires_target(req).final_size if req.enable_hr and req.kind == "txt2img" else (req.width, req.height)
+        self.models.apply(self.models.plan.for_request(*size, batch))
+        result.refiner = refiner
         return model
 
     def _decode(self, model: LoadedModel, parts: list[_Denoised],

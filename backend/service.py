@@ -111,6 +111,12 @@ class GenerationService:
             except ModelNotFound as err:
                 raise InvalidRequest("hr_checkpoint_name", str(err)) from None
             request = dataclasses.replace(request, hr_checkpoint=hr_checkpoint.title)
+        if request.refiner_checkpoint:
+            try:
+                refiner = self.registry.find_checkpoint(request.refiner_checkpoint)
+            except ModelNotFound as err:
+                raise InvalidRequest("refiner_checkpoint", str(err)) from None
+            request = dataclasses.replace(request, refiner_checkpoint=refiner.title)
         checkpoint = self.registry.find_checkpoint(request.checkpoint) if request.checkpoint \
             else self._require_selected()
         if request.vae not in (None, AUTOMATIC_VAE, NO_VAE):

@@ -173,7 +173,7 @@ OVERRIDE_KEYS = {"Clip skip": ("clip_skip", int), "ENSD": ("eta_noise_seed_delta
 OPTION_OVERRIDE_KEYS = {"UniPC variant": ("uni_pc_variant", str), "UniPC skip type": ("uni_pc_skip_type", str),
                         "UniPC order": ("uni_pc_order", int),
                         "UniPC lower order final": ("uni_pc_lower_order_final", lambda v: v.lower() == "true"),
-                        "NGMS": ("s_min_uncond", float),
+                        "NGMS": ("s_min_uncond", float), "Hires refiner": ("hires_fix_refiner_pass", str),
                         "NGMS all steps": ("s_min_uncond_all", lambda v: v.lower() == "true"),
                         "Noise multiplier": ("initial_noise_multiplier", float),
                         "Pad conds": ("pad_cond_uncond", lambda v: v.lower() == "true"),
@@ -293,12 +293,14 @@ def fields_from_infotext(text: str) -> dict[str, object]:
                "Hires resize-2": ("hr_resize_y", int), "Hires steps": ("hr_second_pass_steps", int),
                "Hires upscaler": ("hr_upscaler", str), "Hires checkpoint": ("hr_checkpoint", str),
                "Hires sampler": ("hr_sampler", str), "Hires schedule type": ("hr_scheduler", str),
-               "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str)}
+               "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str),
+               "Refiner": ("refiner_checkpoint", str), "Refiner switch at": ("refiner_switch_at", float)}
     if "Steps" in parsed:  # a full parameter line: what it does not mention is off, as when it was made
         values.update(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0, tiling=False,
                       enable_hr=infotext.hires_enabled(parsed), hr_second_pass_steps=0,
                       hr_resize_x=0, hr_resize_y=0, hr_checkpoint=SAME_CHECKPOINT, hr_sampler=SAME_SAMPLER,
-                      hr_scheduler=SAME_SCHEDULER, hr_prompt="", hr_negative_prompt="")
+                      hr_scheduler=SAME_SCHEDULER, hr_prompt="", hr_negative_prompt="",
+                      refiner_enable="Refiner" in parsed)
     if "Steps" in parsed:
         values["override_settings"] = [f"{key}: {parsed[key]}" for key in (*OVERRIDE_KEYS, *OPTION_OVERRIDE_KEYS)
                                        if key in parsed]
@@ -324,5 +326,6 @@ def unapplied_keys(text: str) -> list[str]:
     used = set(fields_from_infotext(text)) | set(OVERRIDE_KEYS) | set(OPTION_OVERRIDE_KEYS) | _INFORMATIONAL
     mapped = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Denoising strength", "Mask blur",
               "Variation seed", "Variation seed strength", "Tiling", "Hires upscale", "Hires steps", "Hires upscaler",
-              "Hires checkpoint", "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt"}
+              "Hires checkpoint", "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt",
+              "Refiner", "Refiner switch at"}
     return [k for k in parsed if k not in used and k not in mapped and not k.endswith(("-1", "-2"))]

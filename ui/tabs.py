@@ -112,6 +112,15 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
                 extra["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
                                                          elem_id="txt2img_hr_neg_prompt",
                                                          placeholder="Empty: the first pass's negative prompt")
+    if name in ("txt2img", "img2img"):
+        with gr.Accordion("Refiner", open=False, elem_id=f"{name}_refiner"):
+            with gr.Row():
+                extra["refiner_enable"] = gr.Checkbox(False, label="Enable refiner", elem_id=f"{name}_refiner_enable")
+                extra["refiner_checkpoint"] = gr.Dropdown(ctx.checkpoint_titles(), value=None, label="Checkpoint",
+                                                          allow_custom_value=True,
+                                                          elem_id=f"{name}_refiner_checkpoint")
+                extra["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
+                                                       elem_id=f"{name}_refiner_switch_at")
     if name == "inpaint":
         extra["mask_upload"] = gr.Image(label="Or upload a mask (white = repaint)", type="pil", format="png",
                                         elem_id="inpaint_mask_upload", height=160)
@@ -155,6 +164,11 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
                       hr_scheduler=_unless(values[extra["hr_scheduler"]], SAME_SCHEDULER),
                       hr_prompt=values[extra["hr_prompt"]] or "",
                       hr_negative_prompt=values[extra["hr_negative_prompt"]] or "")
+    if "refiner_enable" in extra and values[extra["refiner_enable"]]:
+        if not values[extra["refiner_checkpoint"]]:
+            raise InvalidRequest("refiner_checkpoint", "choose the refiner's checkpoint (or untick the refiner)")
+        fields.update(refiner_checkpoint=values[extra["refiner_checkpoint"]],
+                      refiner_switch_at=float(values[extra["refiner_switch_at"]]))
     if tab.name == "img2img":
         fields.update(init_image=values[extra["init_image"]])
     if tab.name == "inpaint":
@@ -332,7 +346,7 @@ def _fillable(tab: Tab) -> list[tuple[str, gr.components.Component]]:
     """(name, widget) of every field infotext can fill on `tab`, in a fixed order."""
     extras = ("denoising_strength", "mask_blur", "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale",
               "hr_resize_x", "hr_resize_y", "hr_checkpoint", "hr_sampler", "hr_scheduler", "hr_prompt",
-              "hr_negative_prompt")
+              "hr_negative_prompt", "refiner_enable", "refiner_checkpoint", "refiner_switch_at")
     named = list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in extras]
     return [(name, w) for name, w in named
             if isinstance(w, gr.components.Component) and not isinstance(w, (gr.Button, gr.HTML))]

@@ -21,6 +21,7 @@ COMMON_FIELDS = {
     "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int), "Variation seed": ("subseed", int),
     "Variation seed strength": ("subseed_strength", float), "Seed resize from-1": ("seed_resize_from_w", int),
     "Seed resize from-2": ("seed_resize_from_h", int), "Denoising strength": ("denoising_strength", float),
+    "Refiner": ("refiner_checkpoint", str), "Refiner switch at": ("refiner_switch_at", float),
 }
 TXT2IMG_FIELDS = {
     "Hires upscale": ("hr_scale", float), "Hires steps": ("hr_second_pass_steps", int),
@@ -42,6 +43,7 @@ OPTIONS = {
     "Schedule max sigma": "sigma_max", "Schedule rho": "rho", "Discard penultimate sigma":
     "always_discard_next_to_last_sigma", "SGM noise multiplier": "sgm_noise_multiplier",
     "Extra noise": "img2img_extra_noise", "Pad conds": "pad_cond_uncond", "Pad conds v0": "pad_cond_uncond_v0",
+    "Hires refiner": "hires_fix_refiner_pass",
 }
 # Keys that describe the image rather than set anything (A1111 reads none of them into a request either)
 DESCRIPTIVE = {"Size", "Seed resize from", "Hires resize", "Model hash", "Model", "VAE hash", "VAE", "Version",

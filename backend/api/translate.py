@@ -21,15 +21,15 @@ from backend.settings import Limits
 REFUSED_FIELDS = {
     "restore_faces": (lambda v: not v, "face restoration needs GFPGAN/CodeFormer weights, which cannot be "
                                        "downloaded here (GET /sdapi/v1/face-restorers is empty)"),
-    "refiner_checkpoint": (lambda v: v in (None, "", "None"), "the SDXL refiner is not implemented yet"),
     "latent_mask": (lambda v: not v, "a separate latent mask is not implemented yet"),
     "alwayson_scripts": (lambda v: not v, "there are no always-on scripts here"),
 }
 # A1111 fields read by _own_fields, and those that A1111's own API overrides or that never change an image.
-HARMLESS_FIELDS = ("infotext", "firstpass_image", "s_min_uncond", "initial_noise_multiplier", "disable_extra_networks",
-                   "mask_round", "do_not_save_samples", "do_not_save_grid", "comments", "force_task_id", "firstphase_width",
-                   "firstphase_height", "refiner_switch_at", "image_cfg_scale", "sampler_index", "script_args",
-                   "script_name", "send_images", "save_images", "user")
+HARMLESS_FIELDS = ("infotext", "firstpass_image", "refiner_checkpoint", "refiner_switch_at", "s_min_uncond",
+                   "initial_noise_multiplier", "disable_extra_networks", "mask_round", "do_not_save_samples",
+                   "do_not_save_grid", "comments", "force_task_id", "firstphase_width", "firstphase_height",
+                   "image_cfg_scale", "sampler_index", "script_args", "script_name", "send_images", "save_images",
+                   "user")
 # The sampler's sigma options: the request's value, unless the option differs from the sampler's default (then
 # the option's), as A1111's Sampler.initialize decides. (name, default; s_tmax 0 = infinity)
 SIGMA_FIELDS = (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", 0.0), ("s_noise", 1.0))
@@ -59,7 +59,7 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
         styles=tuple(body.styles or ()),
         seed_resize_from_w=max(0, body.seed_resize_from_w), seed_resize_from_h=max(0, body.seed_resize_from_h),
         checkpoint=overrides.get("sd_model_checkpoint") or None, vae=settings.get("sd_vae") or "Automatic",
-        save_images=bool(body.save_images), script=script,
+        save_images=bool(body.save_images), script=script, **_refiner_fields(given),
         **{**option_fields(settings), **_eta(given), **_sigma_fields(given, settings)},
     )
     if body.tiling is not None:  # else the `tiling` option's
@@ -83,6 +83,18 @@ def _hires_fields(body: Txt2ImgBody) -> dict:
                 hr_negative_prompt=body.hr_negative_prompt or "",
                 hr_checkpoint=None if body.hr_checkpoint_name in (None, "", SAME_CHECKPOINT) else body.hr_checkpoint_name,
                 denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)
+
+
+def _refiner_fields(given: dict) -> dict:
+    """A1111's refiner fields ("None" or empty: no refiner)."""
+    name = given.get("refiner_checkpoint")
+    if name in (None, "", "None"):
+        return {}
+    if not isinstance(name, str):
+        raise InvalidRequest("refiner_checkpoint", f"expected a checkpoint name, got {name!r}")
+    switch_at = given.get("refiner_switch_at")
+    return {"refiner_checkpoint": name,
+            "refiner_switch_at": None if switch_at is None else _number("refiner_switch_at", switch_at)}
 
 
 def _number(name: str, value) -> float:

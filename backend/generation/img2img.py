@@ -50,8 +50,10 @@ def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
         white = Image.new("L", image.size, 255)
         return _inpainting_model_work(model, req, sampler, seeds, image, white, resources=resources)
-    return sampling.BatchWork(lambda hooks: _sample_regular(model, req, sampler, seeds, _init_latents(model, req, resources),
-                                                            None, hooks, resources))
+    work = sampling.BatchWork(None)
+    work.denoise = lambda hooks: _sample_regular(model, req, sampler, seeds, _init_latents(model, req, resources),
+                                                 None, hooks, resources, work)
+    return work
 
 
 def blank_inpaint_channels(context: ExecutionContext, model: LoadedModel, width: int, height: int) -> torch.Tensor:
@@ -74,12 +76,14 @@ def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: R
         batch = _inpainting_model_work(model, req, sampler, seeds, work.image, work.mask, resources=resources,
                                        start_latents=masked_content)
     else:
+        batch = sampling.BatchWork(None)
+
         def denoise(hooks: sampling.Hooks):
             latents = sampling.encode_image(sampling.context_for(resources, model), model, work.image)
             return _sample_regular(model, req, sampler, seeds, masked_content(latents), latent_mask_for(latents),
-                                   hooks, resources)
+                                   hooks, resources, batch)
 
-        batch = sampling.BatchWork(denoise)
+        batch.denoise = denoise
     batch.finish = lambda images: [work.paste_back(image) for image in images]
     return batch
 
@@ -150,7 +154,7 @@ def _steps_to_run(req: GenerationRequest) -> int:
 
 def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
                     latents: torch.Tensor, latent_mask: torch.Tensor | None, hooks: sampling.Hooks,
-                    resources: sampling.Resources | None = None) -> torch.Tensor:
+                    resources: sampling.Resources | None = None, work: sampling.BatchWork | None = None) -> torch.Tensor:
     """img2img on a 4-channel model; with `latent_mask` (1 = repaint), everything else stays the picture."""
     latents = latents.repeat(len(seeds) // latents.shape[0], 1, 1, 1)
     if _steps_to_run(req) < 1:
@@ -159,8 +163,9 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     noise = _starting_noise(req, rng, tuple(latents.shape[1:]))
     denoiser = sampling.make_denoiser(model, req, hooks, resources=resources, sampler=sampler)
     keep = None if latent_mask is None else 1 - latent_mask
+    refiner = sampling.refiner_for(req, hooks, work, resources, sampler) if work is not None else None
     return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks,
-                  Start(latents, req.denoising_strength, keep))
+                  Start(latents, req.denoising_strength, keep), refiner)
 
 
 def _starting_noise(req: GenerationRequest, rng, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -179,6 +184,8 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
     if strength < 1.0 and int(req.steps * strength) < 1:
         return sampling.BatchWork(None, ready_images=[image.copy() for _ in seeds])
 
+    work = sampling.BatchWork(None)
+
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
         noise = _starting_noise(req, rng, sampling.latent_shape(model, req.height, req.width))
@@ -188,9 +195,11 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         if strength < 1.0:
             latents = sampling.encode_image(sampling.context_for(resources, model), model, image).repeat(len(seeds), 1, 1, 1)
             start = Start(start_latents(latents) if start_latents else latents, strength)
-        return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start)
+        refiner = sampling.refiner_for(req, hooks, work, resources, sampler, inpaint_channels=channels)
+        return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start, refiner)
 
-    return sampling.BatchWork(denoise)
+    work.denoise = denoise
+    return work
 
 
 def _inpaint_channels(context: ExecutionContext, model: LoadedModel, image: Image.Image,

@@ -72,6 +72,11 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
         params["NGMS"] = req.s_min_uncond
         params["NGMS all steps"] = "True" if req.s_min_uncond_all else None
     params.update(req.extra_params)
+    if result.refiner is not None:  # A1111 adds these when the refiner takes over, after the other keys
+        if hires_fix and req.hires_refiner_pass != "second pass":
+            params["Hires refiner"] = req.hires_refiner_pass
+        params["Refiner"] = _short_title(result.refiner)
+        params["Refiner switch at"] = req.refiner_switch_at
     if measures is not None and measures.fallbacks:
         params["Memory fallback"] = " + ".join(measures.fallbacks)
     params["Version"] = VERSION
@@ -93,13 +98,16 @@ def _sigma_options(req: GenerationRequest, sampler) -> dict:
             "Sigma noise": req.s_noise if (churns or sampler.noise) and req.s_noise != 1.0 else None}
 
 
+def _short_title(checkpoint: ModelFile) -> str:
+    """A1111's short title: the name and the short hash."""
+    return f"{checkpoint.model_name} [{checkpoint.short_hash}]" if checkpoint.short_hash else checkpoint.model_name
+
+
 def _hires_params(req: GenerationRequest, hr_checkpoint: ModelFile | None) -> dict:
     """A1111's hires fix infotext keys, in its order (StableDiffusionProcessingTxt2Img.init)."""
     params: dict[str, object] = {}
-    if hr_checkpoint is not None:  # A1111's short title: the name and the short hash
-        short_hash = hr_checkpoint.short_hash
-        params["Hires checkpoint"] = f"{hr_checkpoint.model_name} [{short_hash}]" if short_hash \
-            else hr_checkpoint.model_name
+    if hr_checkpoint is not None:
+        params["Hires checkpoint"] = _short_title(hr_checkpoint)
     if req.hr_sampler_name and req.hr_sampler_name != req.sampler_name:
         params["Hires sampler"] = req.hr_sampler_name
     if req.hr_prompt and req.hr_prompt != req.prompt:

@@ -17,6 +17,7 @@ from backend.settings import Limits
 MAX_SEED = 2**32 - 1
 EMPHASIS_MODES = ("Original", "No norm", "None")
 SAME_CHECKPOINT = "Use same checkpoint"  # A1111's hr_checkpoint_name for "no other model"
+REFINER_PASSES = ("first pass", "second pass", "both passes")
 
 
 class ResizeMode(IntEnum):
@@ -86,6 +87,10 @@ class GenerationRequest:
     hr_prompt: str = ""  # "": the first pass's
     hr_negative_prompt: str = ""
     hr_checkpoint: str | None = None  # the second pass's model (title or name); None: the first pass's
+    # SDXL refiner (any checkpoint): it takes over when (999 - t) / 1000 reaches `refiner_switch_at` (None: at once)
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    hires_refiner_pass: str = "second pass"  # A1111's hires_fix_refiner_pass: first pass | second pass | both passes
     batch_size: int = 1
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model
@@ -164,6 +169,11 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
         raise InvalidRequest("pad_cond_uncond", f"must be '', 'pad' or 'v0', got {req.pad_conds!r}")
     _check_unipc(req.unipc)
     check_int(req.clip_skip, "clip_skip", 1, 12)
+    if req.refiner_switch_at is not None:
+        check_number(req.refiner_switch_at, "refiner_switch_at", 0.0, 1.0)
+    if req.hires_refiner_pass not in REFINER_PASSES:
+        raise InvalidRequest("hires_fix_refiner_pass", f"must be one of {', '.join(REFINER_PASSES)}, got "
+                                                       f"{req.hires_refiner_pass!r}")
     if req.emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {req.emphasis!r}")
     if req.firstpass_image is not None and (not req.enable_hr or req.init_image is not None):

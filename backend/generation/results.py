@@ -25,6 +25,7 @@ class GenerationResult:
     checkpoint: ModelFile | None = None
     vae: ModelFile | None = None  # the first pass's VAE file (None: the checkpoint's own), as A1111 records it
     hr_checkpoint: ModelFile | None = None  # hires fix's second-pass model, when another
+    refiner: ModelFile | None = None  # the refiner, once it took over (A1111 names it only then)
     sampler: ResolvedSampler | None = None
     interrupted: bool = False
     job_timestamp: str = ""

@@ -7,6 +7,7 @@ inpainting holds what is outside the mask."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import dataclasses
 from dataclasses import dataclass
 
@@ -47,17 +48,45 @@ class Start:
         return x * (1 - self.keep) + self.init * self.keep
 
 
+@dataclass
+class Refiner:
+    """A1111's refiner switch: before each model call the completed ratio is (999 - t) / 1000, t being the DDPM
+    timestep nearest the sigma (timestep samplers: the timestep itself, truncated); at the first call whose
+    ratio reaches `switch_at` (None: the first call), `take_over()` loads the refiner and returns its guided
+    denoiser and the model. The latent and the sigma schedule go on; nothing is re-noised."""
+
+    switch_at: float | None
+    take_over: Callable[[], tuple[loop.Denoiser, LoadedModel]]
+    switched: bool = False
+
+    def due(self, timestep: int) -> bool:
+        if self.switched:
+            return False
+        return self.switch_at is None or (999 - timestep) / 1000 >= self.switch_at
+
+
 class SigmaDenoiser:
     """(x, sigma) -> denoised x: scales the input, calls the guided UNet at sigma's fractional timestep, and
     turns its epsilon or v prediction into the denoised estimate; inpainting blends the original back in."""
 
     def __init__(self, denoiser: loop.Denoiser, schedule: DiscreteSchedule, prediction_type: str,
-                 dtype: torch.dtype, start: Start):
+                 dtype: torch.dtype, start: Start, refiner: Refiner | None = None):
         self.denoiser, self.schedule, self.v = denoiser, schedule, prediction_type == "v_prediction"
-        self.dtype, self.start, self.calls = dtype, start, 0
+        self.dtype, self.start, self.calls, self.refiner = dtype, start, 0, refiner
         self.last_denoised: torch.Tensor | None = None  # what an interrupted image is made of (A1111's last_latent)
 
+    def _maybe_refine(self, sigma: torch.Tensor) -> None:
+        """Only while a refiner waits is the sigma read on the host (one sync per call)."""
+        if self.refiner is None or self.refiner.switched:
+            return
+        timestep = int(torch.argmin((self.schedule.sigmas.cpu() - float(sigma.max())).abs()))
+        if self.refiner.due(timestep):
+            self.denoiser, model = self.refiner.take_over()
+            self.refiner.switched = True
+            self.v, self.dtype = model.prediction_type == "v_prediction", model.dtype
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self._maybe_refine(sigma)
         c_in = 1 / (sigma**2 + 1) ** 0.5
         t = self.schedule.sigma_to_t(sigma.reshape(1)).expand(x.shape[0]).to(x.device)
         # the sigma stays a tensor: it is only read (a device sync) when NGMS is on
@@ -75,11 +104,12 @@ class SigmaDenoiser:
 
 
 def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-           rng: ImageNoise, noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
+           rng: ImageNoise, noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start,
+           refiner: Refiner | None = None) -> torch.Tensor:
     """The batch's final latents (float32). An interrupt is honoured between the UNet's blocks, so even the
     largest allowed step (a 2048x2048 batch of 8 on a CPU) is not waited for."""
     with interruptible(model, hooks.check_interrupt):
-        return _sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start)
+        return _sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start, refiner)
 
 
 @contextlib.contextmanager
@@ -100,9 +130,10 @@ def interruptible(model: LoadedModel, check_interrupt):
 
 
 def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-            rng: ImageNoise, noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
+            rng: ImageNoise, noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start,
+            refiner: Refiner | None) -> torch.Tensor:
     if sampler.sampler.timestep_function:
-        return _sample_a1111_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start)
+        return _sample_a1111_timesteps(model, req, sampler, rng, noise, denoiser, hooks, start, refiner)
     device = model.execution_device
     schedule = (LcmSchedule if sampler.sampler.k_function == "lcm" else DiscreteSchedule)(model.alphas_cumprod)
     steps, run_steps = (req.steps, req.steps) if start.init is None else start.steps(req.steps)
@@ -114,7 +145,7 @@ def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler
         start = start.on(device)
         run = sigmas[steps - run_steps :]  # A1111: sigmas[steps - t_enc - 1:]
         x = start.init + noise * run[0]
-    model_fn = SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start)
+    model_fn = SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start, refiner)
     extras = kdiffusion.Extras(  # the step's denoised estimate is what a preview shows and an interrupt keeps
         on_step=lambda i, x: hooks.report_step(min(i + 1, len(run) - 1), len(run) - 1, model_fn.last_denoised),
         noise=lambda: rng.next(tuple(x.shape[1:])).to(device),
@@ -139,13 +170,17 @@ class EpsDenoiser:
     mask-before-denoising)."""
 
     def __init__(self, denoiser: loop.Denoiser, alphas_cumprod: torch.Tensor, prediction_type: str,
-                 dtype: torch.dtype, start: Start):
+                 dtype: torch.dtype, start: Start, refiner: Refiner | None = None):
         self.denoiser, self.v = denoiser, prediction_type == "v_prediction"
         self.alphas_cumprod = alphas_cumprod.tolist()  # read once, on the host
-        self.dtype, self.start, self.calls = dtype, start, 0
+        self.dtype, self.start, self.calls, self.refiner = dtype, start, 0, refiner
         self.last_denoised: torch.Tensor | None = None  # the x0 estimate of the last call (A1111's pred_x0)
 
     def __call__(self, x: torch.Tensor, timestep: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.refiner is not None and self.refiner.due(int(timestep)):
+            self.denoiser, model = self.refiner.take_over()
+            self.refiner.switched = True
+            self.v, self.dtype = model.prediction_type == "v_prediction", model.dtype
         if self.start.keep is not None:
             x = self.start.hold(x)
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
@@ -159,8 +194,13 @@ class EpsDenoiser:
         return guided, uncond
 
 
+def _cfgpp(denoiser: loop.Denoiser, model: LoadedModel) -> tuple[loop.Denoiser, LoadedModel]:
+    return dataclasses.replace(denoiser, cfg_scale=denoiser.cfg_scale / 12.5), model
+
+
 def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, rng: ImageNoise,
-                            noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start) -> torch.Tensor:
+                            noise: torch.Tensor, denoiser: loop.Denoiser, hooks, start: Start,
+                            refiner: Refiner | None) -> torch.Tensor:
     """DDIM, DDIM CFG++, PLMS and UniPC as A1111 runs them. img2img noises the picture to timestep t_enc but
     starts the loop one timestep lower, as A1111 does."""
     device = model.execution_device
@@ -179,7 +219,10 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
         timesteps = timesteps[:t_enc]
     if name == "ddim_cfgpp":
         denoiser = dataclasses.replace(denoiser, cfg_scale=denoiser.cfg_scale / 12.5)
-    eps_model = EpsDenoiser(denoiser, alphas_cumprod, model.prediction_type, model.dtype, start)
+        if refiner is not None:  # the refiner's guidance is scaled the same way
+            take_over = refiner.take_over
+            refiner = dataclasses.replace(refiner, take_over=lambda: _cfgpp(*take_over()))
+    eps_model = EpsDenoiser(denoiser, alphas_cumprod, model.prediction_type, model.dtype, start, refiner)
     total = len(timesteps) if name == "unipc" else len(timesteps) - 1  # DDIM and PLMS skip the first timestep
     on_step = lambda i, x: hooks.report_step(min(i + 1, total), total, eps_model.last_denoised)  # noqa: E731
     with torch.no_grad():

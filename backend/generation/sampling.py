@@ -15,6 +15,7 @@ from backend.loading.detect import Family
 from backend.generation import loop
 from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest
+from backend.generation.sample import Refiner
 from backend.loading.loader import LoadedModel
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.encode import encoder_for
@@ -43,6 +44,7 @@ class Resources:
     upscalers: object | None = None  # backend.upscale.models.UpscalerLibrary
     switch_model: Callable[[str], LoadedModel] | None = None
     context: ExecutionContext | None = None  # the worker's; outside it, each model's own device and precisions
+    switch_to_refiner: Callable[[], LoadedModel] | None = None  # the request's refiner, loaded and ready
 
 
 def context_for(resources: Resources | None, model: LoadedModel) -> ExecutionContext:
@@ -124,6 +126,27 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
     return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels,
                          req.s_min_uncond, req.s_min_uncond_all, req.pad_conds, empty, req.batch_cond_uncond,
                          context_for(resources, model).upcast_sampling)
+
+
+def refiner_for(req: GenerationRequest, hooks: Hooks, work: BatchWork, resources: Resources | None,
+                sampler: ResolvedSampler | None, hires: HiresPass | None = None,
+                inpaint_channels: torch.Tensor | None = None) -> Refiner | None:
+    """The request's refiner for one sampling pass (None: none, or this pass does not switch): when it takes
+    over, its encoders condition the rest of the pass, and its VAE decodes."""
+    if not req.refiner_checkpoint or resources is None or resources.switch_to_refiner is None:
+        return None
+    if req.enable_hr and req.kind == "txt2img":
+        wanted = ("second pass", "both passes") if hires is not None else ("first pass", "both passes")
+        if req.hires_refiner_pass not in wanted:
+            return None
+
+    def take_over() -> tuple[loop.Denoiser, LoadedModel]:
+        model = resources.switch_to_refiner()
+        work.decode_model = model
+        channels = inpaint_channels if model.is_inpainting else None
+        return make_denoiser(model, req, hooks, channels, resources, sampler, hires), model
+
+    return Refiner(req.refiner_switch_at, take_over)
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:

@@ -33,7 +33,8 @@ def prepare_txt2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         noise = rng.first(sampling.latent_shape(model, req.height, req.width))
         channels = _blank_channels(model, req.width, req.height, len(seeds), resources)
         denoiser = sampling.make_denoiser(model, req, hooks, channels, resources=resources, sampler=sampler)
-        latents = sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, Start())
+        refiner = sampling.refiner_for(req, hooks, work, resources, sampler, inpaint_channels=channels)
+        latents = sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, Start(), refiner)
         if not req.enable_hr:
             return latents
         return _hires_pass(model, req, seeds, hooks, resources, work, latents=latents)
@@ -66,6 +67,8 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, seeds: list[int], ho
     samples and decodes."""
     to = hires_target(req)
     upscaler = req.hr_upscaler or "Latent"
+    refined = work.decode_model is not None  # the refiner took over in the first pass: it goes on (A1111)
+    model = work.decode_model or model
     context = sampling.context_for(resources, model)
     images = None
     if upscaler in hires.LATENT_MODES:
@@ -99,7 +102,8 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, seeds: list[int], ho
     denoiser = sampling.make_denoiser(model, req, hooks, channels, resources=resources, sampler=hr_sampler,
                                       hires=second)
     start = Start(samples, req.denoising_strength, total_steps=total, run_steps=run)
-    return sample(model, hr_req, hr_sampler, seeds, rng, noise, denoiser, hooks, start)
+    refiner = None if refined else sampling.refiner_for(req, hooks, work, resources, hr_sampler, second, channels)
+    return sample(model, hr_req, hr_sampler, seeds, rng, noise, denoiser, hooks, start, refiner)
 
 
 def _encode_sampled(context: ExecutionContext, model: LoadedModel, images, seeds: list[int],

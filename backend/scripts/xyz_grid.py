@@ -101,6 +101,10 @@ def _vae(req, value: str, values: list) -> object:
     return dataclasses.replace(req, vae=special.get(value.strip().lower(), value))
 
 
+def _refiner(req, value: str, values: list) -> object:
+    return dataclasses.replace(req, refiner_checkpoint=None if value in ("", "None", "none") else value)
+
+
 def _missing(label: str, why: str, tab: str | None = None, kind: str = "float") -> Axis:
     return Axis(label, kind, missing=why, tab=tab)
 
@@ -152,8 +156,9 @@ AXES = (
     _missing("Token merging ratio high-res", f"token merging is {NOT_IMPLEMENTED}"),
     _missing("Always discard next-to-last sigma", f"that option is {NOT_IMPLEMENTED}", kind="str"),
     _missing("SGM noise multiplier", f"that option is {NOT_IMPLEMENTED}", kind="str"),
-    _missing("Refiner checkpoint", f"the SDXL refiner is {NOT_IMPLEMENTED}", kind="str"),
-    _missing("Refiner switch at", f"the SDXL refiner is {NOT_IMPLEMENTED}"),
+    Axis("Refiner checkpoint", "str", _refiner, cost=1.0, label_style="value",
+         choices=lambda c: ("None", *sorted(c.checkpoints, key=str.casefold))),
+    Axis("Refiner switch at", "float", _field("refiner_switch_at")),
     Axis("RNG source", "str", _field("rng_source"), choices=lambda c: ("GPU", "CPU", "NV")),
     _missing("FP8 mode", "fp8 weights are not supported here", kind="str"),
     Axis("Size", "size", _size),

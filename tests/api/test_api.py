@@ -283,6 +283,18 @@ def test_xyz_plot_through_the_api(api):
     assert r.status_code == 422 and "Face restore" in r.json()["detail"], r.text
 
 
+def test_refiner_through_the_api_and_its_infotext(api):
+    body = {**SMALL, "steps": 6, "refiner_checkpoint": "sd2-v", "refiner_switch_at": 0.5}
+    r = requests.post(f"{api}/txt2img", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    text = json.loads(r.json()["info"])["infotexts"][0]
+    assert "Refiner: sd2-v [" in text and "Refiner switch at: 0.5" in text
+    pasted = requests.post(f"{api}/txt2img", json={"infotext": text}, timeout=120)
+    assert np.array_equal(np.asarray(decode(pasted.json()["images"][0])), np.asarray(decode(r.json()["images"][0])))
+    r = requests.post(f"{api}/txt2img", json={**SMALL, "refiner_checkpoint": "nope"}, timeout=60)
+    assert r.status_code == 422 and r.json()["field"] == "refiner_checkpoint"
+
+
 def test_hires_fix_through_the_api(api):
     r = requests.post(f"{api}/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent",
                                               "denoising_strength": 0.5}, timeout=120)

@@ -83,7 +83,7 @@ def test_options_store_only_known_names_with_checked_types(server):
 
 
 REFUSED = [("restore_faces", True), ("alwayson_scripts", {"x": {}}), ("firstpass_image", "iVBORw0KGgo="),  # no hires
-           ("refiner_checkpoint", "sd2-v"), ("latent_mask", "iVBORw0KGgo="), ("s_min_uncond", True),
+           ("refiner_checkpoint", "no-such-model"), ("latent_mask", "iVBORw0KGgo="), ("s_min_uncond", True),
            ("mask_round", "no")]
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 from backend.generation.requests import MaskedContent
 from backend.samplers import UniPCSettings
 from backend.options import request_fields
-from ui.generation_controls import fields_from_infotext
+from ui.generation_controls import fields_from_infotext, unapplied_keys
 from ui.png_info import read_parameters
 from ui.tabs import editor_image_and_mask
 
@@ -37,7 +37,8 @@ def test_infotext_fills_the_fields():
                       "seed_resize_from_h": 0, "tiling": False, "enable_hr": False, "hr_second_pass_steps": 0,
                       "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint": "Use same checkpoint",
                       "hr_sampler": "Use same sampler", "hr_scheduler": "Use same scheduler", "hr_prompt": "",
-                      "hr_negative_prompt": "", "override_settings": [], "network_hashes": []}
+                      "hr_negative_prompt": "", "override_settings": [], "network_hashes": [],
+                      "refiner_enable": False}
 
 
 def test_png_info_reads_parameters():
@@ -145,3 +146,13 @@ def test_ngms_noise_multiplier_and_pad_conds_in_an_infotext_reach_the_request():
     assert (fields["s_min_uncond"], fields["s_min_uncond_all"], fields["initial_noise_multiplier"],
             fields["pad_conds"]) == (2.5, True, 0.7, "pad")
     assert unapplied_keys(text) == []
+
+
+def test_refiner_keys_paste_into_the_refiner_controls():
+    text = "a fox\nSteps: 3, Sampler: Euler, Seed: 2, Size: 64x64, Hires refiner: first pass, " \
+           "Refiner: sd2-v [0123456789], Refiner switch at: 0.6"
+    values = fields_from_infotext(text)
+    assert values["refiner_enable"] is True and values["refiner_checkpoint"] == "sd2-v [0123456789]"
+    assert values["refiner_switch_at"] == 0.6 and "Hires refiner: first pass" in values["override_settings"]
+    assert unapplied_keys(text) == []
+    assert fields_from_infotext("a fox\nSteps: 3, Sampler: Euler, Seed: 2")["refiner_enable"] is False

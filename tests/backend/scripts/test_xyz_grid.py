@@ -166,3 +166,14 @@ def test_interrupt_stops_the_plot_and_keeps_what_was_made(service):
     assert result.interrupted
     assert len(result.images) == 7  # the grid and six cells, the ones never made black
     assert _pixels(result.images[-1]).max() == 0 and _pixels(result.images[1]).max() > 0
+
+
+def test_refiner_axis(service):
+    title = service.registry.find_checkpoint("sd2-v.safetensors").title
+    script = service.script("X/Y/Z plot", _args(37, "", 38, "0.3, 0.6", dropdowns=(["None", title], [], []),
+                                                include_lone_images=True), "txt2img")
+    result = service.generate(_req(steps=4, script=script))
+    plain = service.generate(_req(steps=4)).images[0]
+    refined = service.generate(_req(steps=4, refiner_checkpoint=title, refiner_switch_at=0.6)).images[0]
+    assert np.array_equal(_pixels(result.images[1]), _pixels(plain))  # x = None
+    assert np.array_equal(_pixels(result.images[4]), _pixels(refined))  # x = sd2-v, y = 0.6

@@ -1,0 +1,73 @@
+"""The refiner as A1111 switches to it: at the first model call whose (999 - t) / 1000 reaches the switch value,
+the refiner's encoders, UNet and VAE take over the same latent and sigma schedule (here SD 2-v refining SD 1)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from backend.errors import InvalidRequest
+from backend.generation.requests import GenerationRequest
+from tests.fixtures.a1111_reference import a1111_latents, decode_truncated
+from tests.fixtures.reference import max_pixel_diff, reference_conds
+
+
+def _req(**kw):
+    base = dict(prompt="a castle", negative_prompt="blur", steps=6, width=64, height=64, seed=77, cfg_scale=7.0,
+                sampler_name="Euler", checkpoint="sd1.safetensors", save_images=False)
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+def _a1111(tiny, switch_at):
+    sd1, sd2 = tiny["sd1"], tiny["sd2"]
+    cond, uncond = reference_conds(sd1, "a castle", "blur")
+    refiner_cond, refiner_uncond = reference_conds(sd2, "a castle", "blur")
+    refiner = {"unet": sd2.unet, "cond": refiner_cond, "uncond": refiner_uncond, "v_prediction": True,
+               "switch_at": switch_at}
+    latents = a1111_latents(sd1.unet, cond, uncond, "Euler", None, 6, 7.0, [77], 64, 64, refiner=refiner)
+    return decode_truncated(sd2.vae, latents)[0]
+
+
+def test_refiner_takes_over_where_a1111_switches(service, tiny):
+    ours = service.generate(_req(refiner_checkpoint="sd2-v", refiner_switch_at=0.5))
+    assert max_pixel_diff(ours.images[0], _a1111(tiny, 0.5)) <= 3
+    assert max_pixel_diff(ours.images[0], _a1111(tiny, 0.8)) > 3  # negative control: another switch point
+    title = service.registry.find_checkpoint("sd2-v.safetensors")
+    assert f"Refiner: {title.model_name} [{title.short_hash}], Refiner switch at: 0.5" in ours.infotexts[0]
+    again = service.generate(_req())  # the next request is back on the base model
+    assert "Refiner" not in again.infotexts[0] and max_pixel_diff(again.images[0], ours.images[0]) > 3
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_refiner_at_one_never_switches(service, sampler):
+    plain = service.generate(_req(sampler_name=sampler))
+    at_one = service.generate(_req(sampler_name=sampler, refiner_checkpoint="sd2-v", refiner_switch_at=1.0))
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(at_one.images[0]))
+    assert "Refiner" not in at_one.infotexts[0]
+
+
+def test_refiner_switches_timestep_samplers_too(service):
+    plain = service.generate(_req(sampler_name="DDIM"))
+    refined = service.generate(_req(sampler_name="DDIM", refiner_checkpoint="sd2-v", refiner_switch_at=0.5))
+    assert max_pixel_diff(plain.images[0], refined.images[0]) > 3 and "Refiner: sd2-v" in refined.infotexts[0]
+
+
+def test_with_hires_fix_the_refiner_runs_in_the_second_pass(service):
+    hires = dict(enable_hr=True, hr_scale=2.0, hr_upscaler="Latent", denoising_strength=0.6, steps=4)
+    refined = service.generate(_req(refiner_checkpoint="sd2-v", refiner_switch_at=0.0, **hires))
+    by_hires_checkpoint = service.generate(_req(hr_checkpoint="sd2-v", **hires))
+    assert np.array_equal(np.asarray(refined.images[0]), np.asarray(by_hires_checkpoint.images[0]))
+    assert "Hires refiner" not in refined.infotexts[0]
+    first = service.generate(_req(refiner_checkpoint="sd2-v", refiner_switch_at=0.0, hires_refiner_pass="first pass",
+                                  **hires))
+    on_refiner = service.generate(_req(**{**hires, "checkpoint": "sd2-v.safetensors"}))
+    assert np.array_equal(np.asarray(first.images[0]), np.asarray(on_refiner.images[0]))
+    assert "Hires refiner: first pass, Refiner: sd2-v" in first.infotexts[0]
+
+
+def test_unknown_refiner_is_refused_by_name(service):
+    with pytest.raises(InvalidRequest, match="refiner_checkpoint"):
+        service.submit(_req(refiner_checkpoint="nope"))
+    with pytest.raises(InvalidRequest, match="refiner_switch_at"):
+        service.submit(dataclasses.replace(_req(refiner_checkpoint="sd2-v"), refiner_switch_at=1.5))
