@@ -310,7 +310,11 @@ class JobRunner:
         size = -(-len(seeds) // measures.batch_split)
         parts = []
         for start in range(0, len(seeds), size):
-            work = prepare(model, req, sampler, seeds[start : start + size], resources)
+            part = req
+            if req.more_init_images:  # a picture per image: each part of a split batch takes its own
+                pictures = req.init_images[start : start + size]
+                part = dataclasses.replace(req, init_image=pictures[0], more_init_images=tuple(pictures[1:]))
+            work = prepare(model, part, sampler, seeds[start : start + size], resources)
             if work.ready_images is not None:
                 parts.append(_Denoised(work, None))
                 continue

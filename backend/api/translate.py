@@ -154,12 +154,19 @@ def _img2img_fields(body: Img2ImgBody, limits: Limits) -> dict:
     if not body.init_images:
         raise InvalidRequest("init_images", "at least one image is required")
     init = decode_b64_image(body.init_images[0], "init_images", limits.max_upload_pixels)
+    more = tuple(decode_b64_image(item, f"init_images.{i + 1}", limits.max_upload_pixels)
+                 for i, item in enumerate(body.init_images[1:]))
+    if len(more) >= body.batch_size:  # A1111: the list becomes the batch, up to the batch size
+        raise InvalidRequest("init_images", f"bad number of images passed: {len(more) + 1}; expecting "
+                                            f"{body.batch_size} or less")
     if body.resize_mode not in range(4):
         raise InvalidRequest("resize_mode", f"must be 0..3, got {body.resize_mode}")
     if body.inpainting_fill not in range(4):
         raise InvalidRequest("inpainting_fill", f"must be 0..3, got {body.inpainting_fill}")
     fields = dict(init_image=init, denoising_strength=body.denoising_strength,
                   resize_mode=ResizeMode(body.resize_mode))
+    if more:
+        fields.update(more_init_images=more, batch_size=len(more) + 1)
     if body.mask:
         fields.update(
             mask=decode_b64_image(body.mask, "mask", limits.max_upload_pixels),

@@ -47,6 +47,9 @@ def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     if req.mask is not None:
         return prepare_inpaint_batch(model, req, sampler, seeds, resources)
     if model.is_inpainting:
+        if req.more_init_images:
+            raise InvalidRequest("init_images", "several init images are not supported with an inpainting model "
+                                                "here: send one request per picture")
         image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
         white = Image.new("L", image.size, 255)
         return _inpainting_model_work(model, req, sampler, seeds, image, white, resources=resources)
@@ -115,13 +118,19 @@ def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
 
 
 def _init_latents(model: LoadedModel, req: GenerationRequest, resources: sampling.Resources | None) -> torch.Tensor:
+    """The latents of each init picture (one, or one per image of the batch)."""
+    return torch.cat([_picture_latents(model, req, image, resources) for image in req.init_images])
+
+
+def _picture_latents(model: LoadedModel, req: GenerationRequest, picture: Image.Image,
+                     resources: sampling.Resources | None) -> torch.Tensor:
     context = sampling.context_for(resources, model)
     if req.resize_mode == ResizeMode.LATENT_UPSCALE:
-        image = req.init_image.convert("RGB")
+        image = picture.convert("RGB")
         image = image.resize((max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)), image_ops.LANCZOS)
         latents = sampling.encode_image(context, model, image)
         return F.interpolate(latents, size=(req.height // 8, req.width // 8), mode="bilinear", align_corners=False)
-    image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
+    image = image_ops.resize_image(picture, req.width, req.height, req.resize_mode)
     return sampling.encode_image(context, model, image)
 
 

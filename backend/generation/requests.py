@@ -100,6 +100,7 @@ class GenerationRequest:
     save_images: bool = True
     # img2img / inpainting
     init_image: Image.Image | None = None
+    more_init_images: tuple[Image.Image, ...] = ()  # A1111's init_images after the first: picture i starts image i
     firstpass_image: Image.Image | None = None  # txt2img with hires fix: this picture stands in for the first pass
     denoising_strength: float = 0.75
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
@@ -121,6 +122,10 @@ class GenerationRequest:
         if self.eta is not None:
             return self.eta
         return self.eta_ddim if ddim else self.eta_ancestral
+
+    @property
+    def init_images(self) -> list[Image.Image]:
+        return [] if self.init_image is None else [self.init_image, *self.more_init_images]
 
     @property
     def kind(self) -> str:
@@ -179,7 +184,10 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     if req.firstpass_image is not None and (not req.enable_hr or req.init_image is not None):
         raise InvalidRequest("firstpass_image", "a first-pass picture is used by txt2img's hires fix only: set "
                                                 "enable_hr")
-    for name, image in (("init_image", req.init_image), ("mask", req.mask), ("firstpass_image", req.firstpass_image)):
+    if req.more_init_images:
+        _check_init_images(req)
+    for name, image in (("init_image", req.init_image), *(("init_images", i) for i in req.more_init_images),
+                        ("mask", req.mask), ("firstpass_image", req.firstpass_image)):
         if image is not None and image.width * image.height > limits.max_upload_pixels:
             raise InvalidRequest(name, f"image is {image.width}x{image.height}, larger than the configured maximum "
                                        f"of {limits.max_upload_pixels} pixels")
@@ -197,6 +205,17 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
                 check_int(getattr(req, name), name, 0, 256)
         check_int(req.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
         check_int(int(req.inpainting_fill), "inpainting_fill", 0, 3)
+
+
+def _check_init_images(req: GenerationRequest) -> None:
+    """Several init images make one batch, a picture per image (A1111's img2img); with a mask or a script that
+    is not supported here."""
+    if req.mask is not None or req.script is not None:
+        raise InvalidRequest("init_images", "several init images work for plain img2img only here (not with a "
+                                            "mask or a script): send one request per picture")
+    if len(req.init_images) != req.batch_size:
+        raise InvalidRequest("init_images", f"bad number of images passed: {len(req.init_images)}; the batch size "
+                                            f"is {req.batch_size}")
 
 
 def _check_text(value, name: str, max_chars: int) -> None:

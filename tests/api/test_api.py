@@ -295,6 +295,20 @@ def test_refiner_through_the_api_and_its_infotext(api):
     assert r.status_code == 422 and r.json()["field"] == "refiner_checkpoint"
 
 
+def test_init_images_list_is_the_batch(api):
+    red, blue = Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))
+    body = {**SMALL, "init_images": [b64_png(red), b64_png(blue)], "batch_size": 4, "denoising_strength": 0.3}
+    r = requests.post(f"{api}/img2img", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    batch = [np.asarray(decode(i), dtype=np.int16) for i in r.json()["images"]]
+    for got, picture, seed in zip(batch, (red, blue), (11, 12), strict=True):  # each from its own picture
+        alone = requests.post(f"{api}/img2img", json={**body, "init_images": [b64_png(picture)], "seed": seed,
+                                                      "batch_size": 1}, timeout=120)
+        assert np.abs(np.asarray(decode(alone.json()["images"][0]), dtype=np.int16) - got).max() <= 1
+    r = requests.post(f"{api}/img2img", json={**body, "batch_size": 1}, timeout=60)
+    assert r.status_code == 422 and r.json()["field"] == "init_images"
+
+
 def test_hires_fix_through_the_api(api):
     r = requests.post(f"{api}/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent",
                                               "denoising_strength": 0.5}, timeout=120)

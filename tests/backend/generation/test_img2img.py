@@ -168,3 +168,17 @@ def test_bad_uploads_are_rejected_with_a_specific_message():
 def test_outputs_go_to_img2img_folder(service):
     result = service.generate(_req(save_images=True, mask=_square_mask()))
     assert result.paths[0].parent.parent.name == "img2img-images"
+
+
+def test_several_init_images_make_one_batch_a_picture_per_image(service):
+    """A1111's init_images list: image i of the batch starts from picture i, with seed + i."""
+    second = _picture().transpose(Image.FLIP_LEFT_RIGHT)
+    result = service.generate(_req(more_init_images=(second,), batch_size=2))
+    alone = [service.generate(_req(init_image=p, seed=s)).images[0] for p, s in ((_picture(), 7), (second, 8))]
+    for ours, theirs in zip(result.images, alone, strict=True):
+        assert np.abs(_px(ours) - _px(theirs)).max() <= 1  # batched or alone: float rounding at most
+    assert np.abs(_px(result.images[0]) - _px(result.images[1])).max() > 10
+    with pytest.raises(InvalidRequest, match="init_images"):
+        service.submit(_req(more_init_images=(second,), batch_size=2, mask=_square_mask()))
+    with pytest.raises(InvalidRequest, match="bad number of images"):
+        service.submit(_req(more_init_images=(second,), batch_size=3))
