@@ -52,7 +52,8 @@ UNIMPLEMENTED_GENERATION = frozenset({
     "use_old_scheduling", "upcast_attn", "img2img_fix_steps", "img2img_color_correction",
     "img2img_background_color", "inpainting_mask_weight", "sd_unet", "sd_noise_schedule",
     "comma_padding_backtrack", "enable_quantization", "sd_vae_decode_method", "sd_vae_encode_method",
-    "sd_hypernetwork", "refiner_switch_by_sample_steps",
+    "sd_hypernetwork", "refiner_switch_by_sample_steps", "sdxl_refiner_low_aesthetic_score",
+    "sdxl_refiner_high_aesthetic_score",
 })
 
 # The only values of these options that are implemented; another value is refused rather than pretended.

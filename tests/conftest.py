@@ -26,6 +26,7 @@ CHECKPOINTS = {
     "sdxl.safetensors": "sdxl",
     "sd1-inpainting.safetensors": "sd1_inpaint",
     "sd1-pickle.ckpt": "sd1",
+    "sdxl-refiner.safetensors": "sdxl_refiner",
 }
 
 
@@ -37,6 +38,7 @@ def tiny():
         "sd2": tiny_models.make_sd2(seed=2, v_prediction=True),
         "sdxl": tiny_models.make_sdxl(seed=3),
         "sd1_inpaint": tiny_models.make_sd1(seed=4, in_channels=9),
+        "sdxl_refiner": tiny_models.make_sdxl_refiner(seed=5),
     }
 
 

@@ -82,6 +82,7 @@ class Denoiser:
     empty: Conditioning | None = None  # the empty prompt's conditioning, which "pad" appends
     batch_cond_uncond: bool = True  # A1111's option: off runs the uncond and the conds as separate UNet calls
     upcast: bool = False  # A1111's --upcast-sampling: half-precision weights under autocast (norms, softmax in fp32)
+    aesthetic_scores: tuple[float, float] | None = None  # SDXL refiner: (negative, positive) prompts' scores
 
     def skips_uncond(self, step: int, level: float | torch.Tensor | None) -> bool:
         """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
@@ -108,18 +109,30 @@ class Denoiser:
             length = uncond_embeds.shape[1]
         batch = x.shape[0]
         if self.skips_uncond(step, level):
-            out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
+            out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t, 0).chunk(len(conds))
             out_uncond = out_conds[0]
         elif uncond_embeds.shape[1] == length and self.batch_cond_uncond:
-            outs = self._unet([uncond_embeds, *cond_embeds], [uncond.pooled, *(c.pooled for _, c in conds)], x, t)
+            outs = self._unet([uncond_embeds, *cond_embeds], [uncond.pooled, *(c.pooled for _, c in conds)], x, t,
+                              1)
             out_uncond, out_conds = outs[:batch], outs[batch:].chunk(len(conds))
         else:  # different lengths: separate calls rather than padding (A1111's pad_cond_uncond=False)
-            out_uncond = self._unet([uncond_embeds], [uncond.pooled], x, t)
-            out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t).chunk(len(conds))
+            out_uncond = self._unet([uncond_embeds], [uncond.pooled], x, t, 1)
+            out_conds = self._unet(cond_embeds, [c.pooled for _, c in conds], x, t, 0).chunk(len(conds))
         guided = out_uncond
         for (weight, _), out in zip(conds, out_conds, strict=True):
             guided = guided + self.cfg_scale * (weight * (out - out_uncond))
         return guided, out_uncond
+
+    def _time_ids(self, copies: int, negatives: int, batch: int) -> torch.Tensor:
+        """SDXL's added numbers per image: size, crop (0, 0) and target size; the refiner's: size, crop and the
+        aesthetic score (A1111's low score for the negative prompt, high for the others)."""
+        h, w = self.sdxl_size
+        if self.aesthetic_scores is None:
+            rows = [[h, w, 0, 0, h, w]] * copies
+        else:
+            low, high = self.aesthetic_scores
+            rows = [[h, w, 0, 0, low if i < negatives else high] for i in range(copies)]
+        return torch.tensor(rows, dtype=self.dtype).repeat_interleave(batch, dim=0)
 
     def _padded(self, cond_embeds: list[torch.Tensor], uncond: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Cond and uncond of one length, so they run in one batch, as A1111's CFGDenoiser pads them. v0: the
@@ -134,8 +147,10 @@ class Denoiser:
         extra = [chunk] * ((uncond.shape[1] - length) // chunk.shape[1])
         return [torch.cat([e, *extra], 1) for e in cond_embeds], uncond
 
-    def _unet(self, embeds: list[torch.Tensor], pooled: list, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """One UNet call for several conditionings; each is repeated for the batch's images."""
+    def _unet(self, embeds: list[torch.Tensor], pooled: list, x: torch.Tensor, t: torch.Tensor,
+              negatives: int) -> torch.Tensor:
+        """One UNet call for several conditionings (the first `negatives` of them the negative prompt's); each
+        is repeated for the batch's images."""
         batch, copies = x.shape[0], len(embeds)
         context = torch.cat([e.expand(batch, -1, -1) for e in embeds]).to(x.device, self.dtype)
         sample = torch.cat([x] * copies)
@@ -144,10 +159,8 @@ class Denoiser:
             sample = torch.cat([sample, torch.cat([self.inpaint_channels] * copies).to(sample)], dim=1)
         kwargs = {}
         if self.sdxl_size is not None:
-            h, w = self.sdxl_size
-            time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=x.device)
             kwargs["added_cond_kwargs"] = {
                 "text_embeds": torch.cat([p.expand(batch, -1) for p in pooled]).to(x.device, self.dtype),
-                "time_ids": time_ids.repeat(batch * copies, 1)}
+                "time_ids": self._time_ids(copies, negatives, batch).to(x.device)}
         with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.upcast and self.dtype == torch.float16):
             return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]

@@ -22,6 +22,7 @@ SD1_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+SDXL_REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."  # the refiner has OpenCLIP bigG only
 
 
 class Family(str, Enum):
@@ -76,9 +77,11 @@ def detect(sd: StateDict) -> ModelSpec:
     if "decoder.conv_in.weight" not in vae:
         raise CheckpointError("this file has no VAE ('first_stage_model.' tensors); load a full checkpoint")
     pooled_dim = encoders[-1].config.get("projection_dim", 0) if family is Family.SDXL else 0
+    # SDXL's added numbers: size, crop and target size (6); the refiner's: size, crop and aesthetic score (5)
+    added_numbers = 5 if family is Family.SDXL and len(encoders) == 1 else 6
     return ModelSpec(
         family=family,
-        unet_config=unet_config(unet, family, pooled_dim),
+        unet_config=unet_config(unet, family, pooled_dim, added_numbers),
         vae_config=vae_config(vae, family),
         text_encoders=encoders,
     )
@@ -102,6 +105,9 @@ def _detect_text_encoders(sd: StateDict) -> tuple[Family, list[TextEncoderSpec]]
         clip = _clip_spec(sd, SDXL_CLIP_PREFIX, with_projection=False, pad_token="<|endoftext|>")
         big_g = _openclip_spec(sd, SDXL_OPENCLIP_PREFIX, drop_last_layer=False, with_projection=True)
         return Family.SDXL, [clip, big_g]
+    if any(k.startswith(SDXL_REFINER_OPENCLIP_PREFIX) for k in keys):
+        return Family.SDXL, [_openclip_spec(sd, SDXL_REFINER_OPENCLIP_PREFIX, drop_last_layer=False,
+                                            with_projection=True)]
     if any(k.startswith(SD2_OPENCLIP_PREFIX) for k in keys):
         # SD 2.x conditions on the penultimate layer: the last one is not part of the diffusers encoder.
         return Family.SD2, [_openclip_spec(sd, SD2_OPENCLIP_PREFIX, drop_last_layer=True, with_projection=False)]
@@ -171,7 +177,7 @@ def _unet_levels(unet: StateDict) -> list[_Level]:
     return levels
 
 
-def unet_config(unet: StateDict, family: Family, pooled_dim: int = 0) -> dict:
+def unet_config(unet: StateDict, family: Family, pooled_dim: int = 0, added_numbers: int = 6) -> dict:
     """A diffusers UNet2DConditionModel config that matches the tensors."""
     levels = _unet_levels(unet)
     layers_per_block = len(levels[0].depths)
@@ -206,8 +212,8 @@ def unet_config(unet: StateDict, family: Family, pooled_dim: int = 0) -> dict:
         config.update(
             addition_embed_type="text_time",
             projection_class_embeddings_input_dim=adm_in,
-            # SDXL's added embedding is the pooled text embedding plus six Fourier-embedded size/crop numbers.
-            addition_time_embed_dim=(adm_in - pooled_dim) // 6,
+            # SDXL's added embedding is the pooled text embedding plus Fourier-embedded size/crop/score numbers.
+            addition_time_embed_dim=(adm_in - pooled_dim) // added_numbers,
         )
     return config
 

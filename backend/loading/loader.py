@@ -47,6 +47,11 @@ class LoadedModel:
         return self.unet.config.in_channels == 9
 
     @property
+    def is_sdxl_refiner(self) -> bool:
+        """SDXL's refiner: OpenCLIP bigG alone, conditioned on an aesthetic score instead of a target size."""
+        return self.family is Family.SDXL and len(self.text_encoders) == 1
+
+    @property
     def scheduler_config(self) -> dict:
         return prediction.scheduler_base_config(self.prediction_type)
 

@@ -182,9 +182,11 @@ class PromptEncoder:
                 check_interrupt()
             weights = torch.tensor([1.0, *chunk.weights] + [1.0] * (CHUNK + 1 - len(chunk.weights)))
             per_encoder = []
+            # SDXL's encoders are CLIP-L and bigG; its refiner's is bigG alone
+            keys = ENCODER_KEYS[-len(self.text_encoders):] if self.family is Family.SDXL else ENCODER_KEYS
             for index, (tokenizer, encoder) in enumerate(zip(self.tokenizers, self.text_encoders, strict=True)):
                 ids = _chunk_ids(chunk.tokens, tokenizer).to(self.device)
-                with _embedding_vectors(encoder, chunk.fixes, ENCODER_KEYS[index], len(self.text_encoders) == 1):
+                with _embedding_vectors(encoder, chunk.fixes, keys[index], self.family is not Family.SDXL):
                     hidden, chunk_pooled = self._run_encoder(encoder, ids, self._effective_clip_skip(clip_skip))
                 per_encoder.append(apply_emphasis(hidden, weights, self.emphasis))
                 if i == 0 and chunk_pooled is not None:

@@ -71,3 +71,33 @@ def test_unknown_refiner_is_refused_by_name(service):
         service.submit(_req(refiner_checkpoint="nope"))
     with pytest.raises(InvalidRequest, match="refiner_switch_at"):
         service.submit(dataclasses.replace(_req(refiner_checkpoint="sd2-v"), refiner_switch_at=1.5))
+
+
+def test_sdxl_refiner_layout_with_its_aesthetic_scores(service, tiny):
+    """SDXL's refiner file (bigG alone, size + crop + aesthetic score): A1111 conditions the prompt on 6.0 and
+    the negative prompt on 2.5."""
+    base, refiner_model = tiny["sdxl"], tiny["sdxl_refiner"]
+    ours = service.generate(_req(checkpoint="sdxl.safetensors", refiner_checkpoint="sdxl-refiner",
+                                 refiner_switch_at=0.5))
+    cond, uncond = reference_conds(base, "a castle", "blur")
+    refiner_cond, refiner_uncond = reference_conds(refiner_model, "a castle", "blur")
+
+    def theirs(high, low):
+        refiner = {"unet": refiner_model.unet, "cond": {**refiner_cond, "added": [64, 64, 0, 0, high]},
+                   "uncond": {**refiner_uncond, "added": [64, 64, 0, 0, low]}, "switch_at": 0.5}
+        latents = a1111_latents(base.unet, cond, uncond, "Euler", None, 6, 7.0, [77], 64, 64, sdxl=True,
+                                refiner=refiner)
+        return decode_truncated(refiner_model.vae, latents)[0]
+
+    assert max_pixel_diff(ours.images[0], theirs(6.0, 2.5)) <= 3
+    # the scores' effect on a tiny random UNet is too small to see in pixels: check what the refiner was given
+    seen = []
+    unet = service.models.get(service.registry.find_checkpoint("sdxl-refiner"), None).unet
+    handle = unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].tolist()), with_kwargs=True)
+    try:
+        service.generate(_req(checkpoint="sdxl.safetensors", refiner_checkpoint="sdxl-refiner",
+                              refiner_switch_at=0.5))
+    finally:
+        handle.remove()
+    assert seen and all(rows == [[64, 64, 0, 0, 2.5], [64, 64, 0, 0, 6.0]] for rows in seen)  # uncond, then cond
