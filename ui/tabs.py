@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from backend.errors import BackendError, InvalidRequest
+from backend.generation import image_ops
 from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest, MaskedContent, ResizeMode
 from backend.samplers import SAMPLERS, SCHEDULES
 from backend.options import request_fields as option_fields
@@ -24,6 +25,10 @@ from ui.generation_controls import (SAME_SAMPLER, SAME_SCHEDULER, Controls, Outp
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
+# A1111's img2img modes that paint on the picture: the strokes are the mask (Inpaint), the mask and the colours
+# (Inpaint sketch), or only the colours (Sketch: img2img of the painted picture)
+PAINT_MODES = ["Inpaint", "Inpaint sketch", "Sketch"]
+SKETCH_COLOURS = ["#ffffff", "#000000", "#ff0000", "#00a000", "#0050ff", "#ffd000"]
 
 
 @dataclass
@@ -72,9 +77,9 @@ def _build_images(name: str) -> dict:
         return {"init_image": gr.Image(label="Image for img2img", type="pil", format="png", elem_id="img2img_image",
                                            height=300)}
     if name == "inpaint":
-        return {"editor": gr.ImageEditor(label="Image (paint the area to repaint)", type="pil", format="png",
-                                         elem_id="inpaint_editor", brush=gr.Brush(colors=["#ffffff"],
-                                                                                  color_mode="fixed"),
+        return {"editor": gr.ImageEditor(label="Image (paint the area to repaint; colours count in the sketch modes)",
+                                         type="pil", format="png", elem_id="inpaint_editor",
+                                         brush=gr.Brush(colors=SKETCH_COLOURS, color_mode="defaults"),
                                          height=340, layers=False)}
     return {}
 
@@ -122,6 +127,10 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
                 extra["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
                                                        elem_id=f"{name}_refiner_switch_at")
     if name == "inpaint":
+        with gr.Row():
+            extra["paint_mode"] = gr.Radio(PAINT_MODES, value="Inpaint", label="Mode", elem_id="inpaint_paint_mode")
+            extra["mask_alpha"] = gr.Slider(0, 100, value=0, step=1, label="Mask transparency (Inpaint sketch)",
+                                            elem_id="inpaint_mask_alpha")
         extra["mask_upload"] = gr.Image(label="Or upload a mask (white = repaint)", type="pil", format="png",
                                         elem_id="inpaint_mask_upload", height=160)
         with gr.Row():
@@ -172,7 +181,9 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
     if tab.name == "img2img":
         fields.update(init_image=values[extra["init_image"]])
     if tab.name == "inpaint":
-        image, mask = editor_image_and_mask(values[extra["editor"]], values[extra["mask_upload"]])
+        image, mask = painted_image_and_mask(values[extra["editor"]], values[extra["mask_upload"]],
+                                             values[extra["paint_mode"]], float(values[extra["mask_alpha"]]),
+                                             int(values[extra["mask_blur"]]))
         fields.update(init_image=image, mask=mask, mask_blur=int(values[extra["mask_blur"]]),
                       inpainting_mask_invert=bool(values[extra["invert"]]),
                       inpainting_fill=MaskedContent(MASKED_CONTENT.index(values[extra["masked_content"]])),
@@ -192,6 +203,19 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
 def _unless(value: str | None, same: str) -> str | None:
     """A hires choice, or None for "use the first pass's"."""
     return None if not value or value == same else value
+
+
+def painted_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None, mode: str, mask_alpha: float,
+                           mask_blur: int):
+    """The Inpaint tab's picture and mask for its mode: Inpaint (strokes or the uploaded mask are the mask),
+    Inpaint sketch (A1111's: the coloured strokes too), Sketch (img2img of the painted picture, no mask)."""
+    if mode == "Inpaint" or not editor or editor.get("background") is None:
+        return editor_image_and_mask(editor, uploaded_mask)
+    original = editor["background"].convert("RGB")
+    sketched = (editor.get("composite") or original).convert("RGB")
+    if mode == "Sketch":
+        return sketched, None
+    return image_ops.inpaint_sketch(original, sketched, mask_alpha, mask_blur)
 
 
 def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from scipy.ndimage import correlate1d, gaussian_filter
 
 from backend.errors import InvalidRequest
@@ -136,3 +136,15 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     except Exception as err:  # noqa: BLE001 - PIL raises many kinds for bad data
         raise InvalidRequest(field, f"not a readable image ({type(err).__name__})") from err
     return image
+
+
+def inpaint_sketch(original: Image.Image, sketched: Image.Image, mask_alpha: float,
+                   mask_blur: int) -> tuple[Image.Image, Image.Image]:
+    """A1111's Inpaint sketch: the mask is every pixel the strokes changed, dimmed by the mask transparency
+    (0..100); the picture to inpaint is the sketch, blurred, over the original through the blurred mask."""
+    original, sketched = original.convert("RGB"), sketched.convert("RGB").resize(original.size)
+    changed = np.any(np.asarray(sketched) != np.asarray(original), axis=-1)
+    mask = Image.fromarray(changed.astype(np.uint8) * 255, "L")
+    mask = ImageEnhance.Brightness(mask).enhance(1 - mask_alpha / 100)
+    blur = ImageFilter.GaussianBlur(mask_blur)
+    return Image.composite(sketched.filter(blur), original, mask.filter(blur)), mask

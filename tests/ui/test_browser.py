@@ -576,3 +576,24 @@ def test_xyz_plot_from_the_txt2img_tab(page, app_url):
     page.wait_for_function("document.querySelector('#txt2img_xyz_x_type input').value === 'Sampler'")
     assert page.input_value("#txt2img_xyz_y_type input") == "Steps"
     assert page.input_value("#txt2img_xyz_y_values textarea") == "2,3"
+
+
+def test_inpaint_upload_repaints_only_the_uploaded_mask(page, app_url, tmp_path):
+    """A1111's Inpaint upload: the picture and a mask file; outside the mask the picture comes back unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(tmp_path / "photo.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (24, 24, 40, 40))
+    mask.save(tmp_path / "mask.png")
+    page.click("#tab_inpaint-button")
+    paste_parameters(page, "inpaint", "a moon\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 4, Size: 64x64")
+    page.set_input_files("#inpaint_editor input[type=file]", str(tmp_path / "photo.png"))
+    page.set_input_files("#inpaint_mask_upload input[type=file]", str(tmp_path / "mask.png"))
+    page.wait_for_selector("#inpaint_mask_upload img", timeout=30_000)
+    page.click("#inpaint_generate")
+    page.wait_for_function("document.querySelector('#inpaint_info textarea').value.includes('Seed: 4')",
+                           timeout=90_000)
+    result = np.asarray(_fetch(page, app_url, "#inpaint_gallery img").convert("RGB"), dtype=np.int16)
+    assert (result[:8, :8] == (90, 120, 200)).all() and np.abs(result[30:34, 30:34] - (90, 120, 200)).max() > 3

@@ -156,3 +156,21 @@ def test_refiner_keys_paste_into_the_refiner_controls():
     assert values["refiner_switch_at"] == 0.6 and "Hires refiner: first pass" in values["override_settings"]
     assert unapplied_keys(text) == []
     assert fields_from_infotext("a fox\nSteps: 3, Sampler: Euler, Seed: 2")["refiner_enable"] is False
+
+
+def test_paint_modes_inpaint_sketch_and_sketch():
+    from ui.tabs import painted_image_and_mask
+
+    background = Image.new("RGB", (32, 32), (0, 0, 255))
+    composite = background.copy()
+    composite.paste((255, 0, 0), (8, 8, 16, 16))
+    editor = {"background": background, "layers": [], "composite": composite}
+    image, mask = painted_image_and_mask(editor, None, "Inpaint sketch", 0, 0)
+    assert np.asarray(mask)[10, 10] == 255 and np.asarray(mask)[20, 20] == 0
+    assert image.getpixel((10, 10)) == (255, 0, 0) and image.getpixel((20, 20)) == (0, 0, 255)
+    _, dimmed = painted_image_and_mask(editor, None, "Inpaint sketch", 50, 0)
+    assert np.asarray(dimmed)[10, 10] in (127, 128)  # A1111's mask transparency
+    blurred, _ = painted_image_and_mask(editor, None, "Inpaint sketch", 0, 4)
+    assert blurred.getpixel((7, 12)) not in ((255, 0, 0), (0, 0, 255))  # the sketch blends in at its edge
+    sketch, none = painted_image_and_mask(editor, None, "Sketch", 0, 4)
+    assert none is None and sketch.getpixel((10, 10)) == (255, 0, 0)
