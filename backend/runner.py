@@ -233,10 +233,14 @@ class JobRunner:
             request = dataclasses.replace(result.request, extra_params=result.request.extra_params + extra)
             return image_parameters(request, result, result.seeds[0] if result.seeds else request.seed)
 
+        result = GenerationResult(req, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
+
+        def save_named(image: Image.Image, folder: Path, stem: str, text: str) -> None:
+            self._save(result, lambda: self.outputs.save_named(image, folder, stem, {"parameters": text}))
+
         tools = scripts.ScriptTools(process, lambda image, name, scale: upscale_by(image, name, scale, self.upscalers),
                                     report, count_job, infotext, lambda: job.interrupted,
-                                    return_grid=bool(self.options.get("return_grid")))
-        result = GenerationResult(req, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
+                                    return_grid=bool(self.options.get("return_grid")), save_named=save_named)
         try:
             output = scripts.run(req.script, req, tools)
         except Interrupted:
@@ -247,7 +251,7 @@ class JobRunner:
         template = output.template
         if template is not None:
             result = dataclasses.replace(template, request=req, images=[], infotexts=[], seeds=[], paths=[],
-                                         grid=None, grid_path=None, warnings=list(template.warnings))
+                                         grid=None, grid_path=None, warnings=result.warnings + template.warnings)
         result.warnings += [w for w in output.warnings if w not in result.warnings]
         result.interrupted = output.interrupted
         keep_partial = bool(self.options.get("save_incomplete_images"))

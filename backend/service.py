@@ -27,7 +27,7 @@ from backend.generation.results import GenerationResult
 from backend.networks.apply import NetworkApplier
 from backend.runner import MAX_KEPT_FOLDER_RESULTS, ExtrasJob, ExtrasResult, JobRunner
 from backend.upscale.extras import (ExtrasRequest, check_picture as check_extras_picture, folder_pictures,
-                                    peak_size as upscale_peak_size, upscaler_factor)
+                                    open_picture, peak_size as upscale_peak_size, upscaler_factor)
 from backend.upscale.extras import check as check_extras
 from backend.upscale.models import UpscalerLibrary
 from backend.upscale.resize import image_upscaler_names
@@ -42,7 +42,7 @@ from backend.outputs import ImageFormat, OutputWriter
 from backend.registry import ModelFile
 from backend.samplers import SAMPLERS, SCHEDULES, resolve
 from backend import scripts
-from backend.scripts import xyz_grid
+from backend.scripts import img2img_batch, xyz_grid
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class GenerationService:
             self.registry.find_vae(request.vae)
         request = dataclasses.replace(request, checkpoint=checkpoint.title)
         if request.script is not None:
+            if scripts.is_local_only(request.script):
+                self.require_local(request.script.title)
             scripts.check(request.script, request, self._script_checks())
         return request
 
@@ -334,6 +336,28 @@ class GenerationService:
         result = self.queue.submit("extras", job).wait()
         result.warnings[:0] = warnings
         return result
+
+    def img2img_batch(self, request: GenerationRequest, input_dir: str, output_dir: str = "",
+                      mask_dir: str = "") -> GenerationRequest:
+        """A1111's img2img Batch, only when served to this machine alone (checked here and again when it is
+        submitted): `request` made for every picture of `input_dir`, read one at a time by the worker, with the
+        mask of the same file name from `mask_dir` (else its first); results saved in `output_dir` under the
+        pictures' names (empty: img2img's folder). Returns the request to submit."""
+        self.require_local("img2img Batch")
+        limit = self.settings.limits.max_upload_pixels
+        pictures, _ = folder_pictures(Path(input_dir.strip()).expanduser(), limit)
+        masks: tuple[Path, ...] = ()
+        if mask_dir.strip():
+            try:
+                found, _ = folder_pictures(Path(mask_dir.strip()).expanduser(), limit)
+            except InvalidRequest as err:
+                raise InvalidRequest("mask_dir", err.message) from None
+            masks = tuple(path for path, _ in found)
+        output = Path(output_dir.strip()).expanduser() if output_dir.strip() else None
+        settings = img2img_batch.BatchSettings(tuple(path for path, _ in pictures), masks, output, limit)
+        first = open_picture(pictures[0][0], limit)
+        return dataclasses.replace(request, init_image=first, mask=None,
+                                   script=scripts.ScriptRun(img2img_batch.TITLE, settings, "img2img"))
 
     def _upscale_peak(self, size: tuple[int, int], upscaler: str, scale: float) -> tuple[int, int]:
         return upscale_peak_size(size, scale, upscaler_factor(upscaler, scale, self.upscalers))

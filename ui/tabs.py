@@ -143,6 +143,15 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
                                      elem_id="inpaint_area")
             extra["padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                          elem_id="inpaint_padding")
+    if name == "img2img" and ctx.local_only:  # shown only where the service offers server folders
+        with gr.Accordion("Batch (folders on this machine)", open=False, elem_id="img2img_batch"):
+            with gr.Row():
+                extra["batch_input_dir"] = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                extra["batch_output_dir"] = gr.Textbox(label="Output directory (empty: img2img's outputs)",
+                                                       elem_id="img2img_batch_output_dir")
+                extra["batch_mask_dir"] = gr.Textbox(label="Inpaint batch mask directory (optional)",
+                                                     elem_id="img2img_batch_mask_dir")
+            extra["batch_generate"] = gr.Button("Generate batch", elem_id="img2img_batch_generate")
     if name in ("img2img", "inpaint"):
         extra["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                                 elem_id=f"{name}_denoising_strength")
@@ -152,7 +161,7 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
 
 
 def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
-                 find_script=None) -> GenerationRequest:
+                 find_script=None, for_batch: bool = False) -> GenerationRequest:
     """Widget values of `tab` (and the top bar) -> a backend request. Settings come from `options` (the
     Settings tab), unless a pasted infotext overrides them; `find_script(title, args, tab)` gives the chosen
     script."""
@@ -190,7 +199,7 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
                       inpaint_full_res=values[extra["area"]] == "Only masked",
                       inpaint_full_res_padding=int(values[extra["padding"]]))
     if tab.name in ("img2img", "inpaint"):
-        if fields["init_image"] is None:
+        if fields["init_image"] is None and not for_batch:  # a folder batch brings its own pictures
             raise InvalidRequest("image", "upload an image first")
         fields.update(denoising_strength=float(values[extra["denoising_strength"]]),
                       resize_mode=ResizeMode(RESIZE_MODES.index(values[extra["resize_mode"]])))
@@ -239,7 +248,8 @@ def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None
 
 def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     scripts = script_inputs(tab.scripts) if tab.scripts else set()
-    inputs = tab.controls.all() | set(tab.extra.values()) | scripts | {top["checkpoint"], top["vae"]}
+    widgets = {w for w in tab.extra.values() if not isinstance(w, gr.Button)}
+    inputs = tab.controls.all() | widgets | scripts | {top["checkpoint"], top["vae"]}
 
     def on_generate(values: dict):
         try:
@@ -259,6 +269,23 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     tab.generate.click(show_running, outputs=buttons).then(
         on_generate, inputs=inputs, outputs=tab.outputs.all(), api_name=f"{tab.name}_generate",
         concurrency_limit=None).then(show_idle, outputs=buttons)
+    if "batch_generate" in tab.extra:
+        def on_batch(values: dict):
+            extra = tab.extra
+            try:
+                request = make_request(tab, {**values, extra["init_image"]: None}, top, ctx.service.get_options(),
+                                       ctx.service.script, for_batch=True)
+                request = ctx.service.img2img_batch(request, values[extra["batch_input_dir"]] or "",
+                                                    values[extra["batch_output_dir"]] or "",
+                                                    values[extra["batch_mask_dir"]] or "")
+            except BackendError as err:
+                yield {tab.outputs.error: f"**Error:** {err}"}
+                return
+            yield from run_job(ctx, request, tab.outputs)
+
+        tab.extra["batch_generate"].click(show_running, outputs=buttons).then(
+            on_batch, inputs=inputs, outputs=tab.outputs.all(), api_name="img2img_batch",
+            concurrency_limit=None).then(show_idle, outputs=buttons)
     _wire_styles(ctx, tab)
     _wire_gallery_buttons(ctx, tab)
     tab.controls.prompt.change(lambda text: token_counter_html(ctx.service.prompt_token_count(text or "")),

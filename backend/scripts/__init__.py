@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.errors import InvalidRequest
-from backend.scripts import loopback, outpainting, prompt_matrix, prompts_from_file, sd_upscale, xyz_grid
+from backend.scripts import (img2img_batch, loopback, outpainting, prompt_matrix, prompts_from_file, sd_upscale,
+                             xyz_grid)
 from backend.scripts.base import (Catalog, ScriptArg, ScriptChecks, ScriptOutput, ScriptRun, ScriptTools,
                                   SizeLimit)
 
@@ -30,6 +31,8 @@ class Script:
     check: Callable[[object, object, ScriptChecks], None] = lambda req, settings, checks: None
     picture_only: bool = False
     keeps_random_seeds: Callable[[object], bool] = lambda settings: False
+    listed: bool = True  # chosen by name through the API and the Script dropdown (else built by the facade)
+    local_only: bool = False  # reads or writes server folders: only for a server used on its machine alone
 
 
 SCRIPTS = (
@@ -48,17 +51,20 @@ SCRIPTS = (
     Script(prompts_from_file.TITLE, TABS, prompts_from_file.arguments, prompts_from_file.settings,
            prompts_from_file.run, prompts_from_file.check, keeps_random_seeds=prompts_from_file.keeps_random_seeds),
     Script(loopback.TITLE, ("img2img",), loopback.arguments, loopback.settings, loopback.run, loopback.check),
+    Script(img2img_batch.TITLE, ("img2img",), lambda c: [], lambda args, c: None, img2img_batch.run,
+           img2img_batch.check, keeps_random_seeds=lambda settings: True, listed=False, local_only=True),
 )
 TITLES = tuple(script.title for script in SCRIPTS)
 
 
 def titles(tab: str) -> tuple[str, ...]:
-    return tuple(script.title for script in SCRIPTS if tab in script.tabs)
+    return tuple(script.title for script in SCRIPTS if tab in script.tabs and script.listed)
 
 
-def find(name: str, tab: str = "img2img") -> Script:
+def find(name: str, tab: str = "img2img", listed_only: bool = True) -> Script:
     for script in SCRIPTS:
-        if script.title.lower() == str(name).strip().lower() and tab in script.tabs:
+        if script.title.lower() == str(name).strip().lower() and tab in script.tabs \
+                and (script.listed or not listed_only):
             return script
     raise InvalidRequest("script_name", f"unknown script '{name}'; {tab} has: {', '.join(titles(tab))} "
                                         "(GET /sdapi/v1/scripts)")
@@ -73,7 +79,7 @@ def api_info(catalogs: dict[str, Catalog]) -> list[dict]:
     """GET /sdapi/v1/script-info, in A1111's ScriptInfo shape: each script once per tab."""
     return [{"name": script.title.lower(), "is_alwayson": False, "is_img2img": tab == "img2img",
              "args": [a.api() for a in script.arguments(catalogs[tab])]}
-            for tab in TABS for script in SCRIPTS if tab in script.tabs]
+            for tab in TABS for script in SCRIPTS if tab in script.tabs and script.listed]
 
 
 def api_names() -> dict:
@@ -90,7 +96,7 @@ def parse(name: str, args: list | None, catalog: Catalog) -> ScriptRun:
 def check(run: ScriptRun, req, checks: ScriptChecks) -> None:
     """What can only be checked against the request (its size, its picture, each job it makes), before it is
     queued."""
-    script = find(run.title, run.tab)
+    script = find(run.title, run.tab, listed_only=False)
     if req.kind != run.tab:
         raise InvalidRequest("script_name", f"{run.title} was chosen for {run.tab}, not {req.kind}")
     if script.picture_only and (req.init_image is None or req.mask is not None):
@@ -100,13 +106,17 @@ def check(run: ScriptRun, req, checks: ScriptChecks) -> None:
 
 def keeps_random_seeds(run: ScriptRun) -> bool:
     """Whether the script draws its jobs' random seeds itself (X/Y/Z plot's `Keep -1 for seeds`)."""
-    return find(run.title, run.tab).keeps_random_seeds(run.settings)
+    return find(run.title, run.tab, listed_only=False).keeps_random_seeds(run.settings)
+
+
+def is_local_only(run: ScriptRun) -> bool:
+    return find(run.title, run.tab, listed_only=False).local_only
 
 
 def run(script: ScriptRun, req, tools: ScriptTools) -> ScriptOutput:
-    return find(script.title, script.tab).run(req, script.settings, tools)
+    return find(script.title, script.tab, listed_only=False).run(req, script.settings, tools)
 
 
 __all__ = ["SCRIPTS", "TABS", "TITLES", "Catalog", "Script", "ScriptArg", "ScriptChecks", "ScriptOutput",
            "ScriptRun", "ScriptTools", "SizeLimit", "api_info", "api_names", "arguments", "check", "find",
-           "keeps_random_seeds", "parse", "run", "titles"]
+           "is_local_only", "keeps_random_seeds", "parse", "run", "titles"]

@@ -39,6 +39,7 @@ class ScriptTools:
     infotext: Callable[[object, tuple], str] = lambda result, extra: ""
     interrupted: Callable[[], bool] = lambda: False
     return_grid: bool = True  # A1111's option: a batch's first picture is its grid
+    save_named: Callable = lambda image, folder, stem, infotext: None  # into a folder, under a name
 
 
 @dataclass

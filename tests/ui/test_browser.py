@@ -597,3 +597,23 @@ def test_inpaint_upload_repaints_only_the_uploaded_mask(page, app_url, tmp_path)
                            timeout=90_000)
     result = np.asarray(_fetch(page, app_url, "#inpaint_gallery img").convert("RGB"), dtype=np.int16)
     assert (result[:8, :8] == (90, 120, 200)).all() and np.abs(result[30:34, 30:34] - (90, 120, 200)).max() > 3
+
+
+def test_img2img_batch_from_folders(page, tmp_path):
+    """A1111's img2img Batch tab, on a server used on its machine alone: results keep the pictures' names."""
+    from PIL import Image
+
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for name, colour in (("first", (200, 40, 40)), ("second", (40, 40, 200))):
+        Image.new("RGB", (64, 64), colour).save(source / f"{name}.png")
+    page.click("#tab_img2img-button")
+    paste_parameters(page, "img2img", "a field\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 12, Size: 64x64")
+    page.click("#img2img_batch")
+    page.fill("#img2img_batch_input_dir textarea", str(source))
+    page.fill("#img2img_batch_output_dir textarea", str(target))
+    page.click("#img2img_batch_generate")
+    page.wait_for_function("document.querySelector('#img2img_info textarea').value.includes('Seed: 12')",
+                           timeout=120_000)
+    assert sorted(p.name for p in target.iterdir()) == ["first.png", "second.png"]
+    assert "Seed: 12" in Image.open(target / "second.png").info["parameters"]
