@@ -26,6 +26,8 @@ def build_scripts(ctx: UiContext, tab: str) -> dict:
                             for a in ctx.service.script_arguments(title, tab)]
             if title == "X/Y/Z plot":
                 wire_xyz_plot(ctx, tab, dict((a.key, w) for a, w in built[title]))
+            if title == "Prompts from file or textbox":
+                _prompt_file_upload(tab, dict((a.key, w) for a, w in built[title])["prompt_txt"])
         groups.append(group)
 
     def show_chosen(name: str):
@@ -34,6 +36,19 @@ def build_scripts(ctx: UiContext, tab: str) -> dict:
 
     built["script"].change(show_chosen, inputs=built["script"], outputs=groups)
     return built
+
+
+def _prompt_file_upload(tab: str, text: gr.Textbox) -> None:
+    """A1111's "Upload prompt inputs": a text file's lines go into the list of prompt inputs."""
+    upload = gr.File(label="Upload prompt inputs", type="binary", elem_id=f"{tab}_pff_file")
+
+    def read(data: bytes | None):
+        if data is None:
+            return gr.update(), gr.update()
+        lines = [line.strip() for line in data.decode("utf8", errors="ignore").split("\n")]
+        return None, "\n".join(lines)
+
+    upload.upload(read, inputs=upload, outputs=[upload, text], show_progress="hidden")
 
 
 def _widget(a, elem_id: str):

@@ -617,3 +617,17 @@ def test_img2img_batch_from_folders(page, tmp_path):
                            timeout=120_000)
     assert sorted(p.name for p in target.iterdir()) == ["first.png", "second.png"]
     assert "Seed: 12" in Image.open(target / "second.png").info["parameters"]
+
+
+def test_prompts_from_a_file_in_txt2img(page, tmp_path):
+    (tmp_path / "prompts.txt").write_text("a red boat\n--prompt \"a blue car\" --seed 31\n")
+    paste_parameters(page, "txt2img", "\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 30, Size: 64x64")
+    _choose(page, "txt2img_script", "Prompts from file or textbox")
+    page.wait_for_selector("#txt2img_pff_file", state="visible", timeout=30_000)
+    page.set_input_files("#txt2img_pff_file input[type=file]", str(tmp_path / "prompts.txt"))
+    page.wait_for_function("document.querySelector('#txt2img_pff_prompt_txt textarea').value.includes('blue car')",
+                           timeout=30_000)
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
+    page.wait_for_function("document.querySelectorAll('#txt2img_gallery img').length >= 2", timeout=60_000)
+    assert page.input_value("#txt2img_info textarea").startswith("a red boat")
