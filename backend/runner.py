@@ -23,6 +23,7 @@ from backend.generation.preview import PreviewMaker
 from backend.generation.parameters import image_parameters
 from backend.generation.requests import GenerationRequest, check_prompt_chunks, hires_target, resolve_seed
 from backend.generation.results import GenerationResult
+from backend.generation.sample import decoder_blocks, interruptible_blocks
 from backend.generation.tiling import seamless
 from backend.generation.txt2img import prepare_txt2img
 from backend.grid import make_grid
@@ -204,7 +205,11 @@ class JobRunner:
             except SkipBatch:
                 continue
             measures = self.context.measures  # the attempt that worked, with any decode measure it needed
-            images, measures = self._decode(model, parts, measures)
+            try:
+                images, measures = self._decode(model, parts, measures, job)
+            except Interrupted:  # during a long decode: the batches before this one are kept
+                result.interrupted = True
+                break
             interrupted = any(part.interrupted for part in parts)
             keep_partial = bool(self.options.get("save_incomplete_images"))  # A1111's option, off by default
             self._collect(result, req, images, seeds[: len(images)], measures, save=not interrupted or keep_partial)
@@ -352,8 +357,10 @@ class JobRunner:
         result.refiner = refiner
         return model
 
-    def _decode(self, model: LoadedModel, parts: list[_Denoised],
-                measures: Measures) -> tuple[list[Image.Image], Measures]:
+    def _decode(self, model: LoadedModel, parts: list[_Denoised], measures: Measures,
+                job: Job) -> tuple[list[Image.Image], Measures]:
+        """Each part's latents through its VAE; an interrupt is honoured between the decoder's blocks (unless
+        the part was itself interrupted)."""
         images = []
         for part in parts:
             if part.latents is None:
@@ -362,7 +369,10 @@ class JobRunner:
             decoder = part.work.decode_model or model
             self.context.check_unet_output(part.latents, decoder.dtype)
             self.context.measures = measures
-            pixels = self.context.decode(decoder, part.latents)
+            # an interrupted part is decoded to the end: its picture is what the interrupt keeps
+            blocks = [] if part.interrupted else decoder_blocks(decoder)
+            with interruptible_blocks(blocks, job.check_interrupt):
+                pixels = self.context.decode(decoder, part.latents)
             measures = self.context.measures
             images += part.work.finish(sampling.to_pil(pixels))
         return images, measures

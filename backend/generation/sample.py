@@ -120,6 +120,13 @@ def interruptible(model: LoadedModel, check_interrupt):
     blocks = [] if measures is not None and measures.compile else \
         [*getattr(model.unet, "down_blocks", []), getattr(model.unet, "mid_block", None),
          *getattr(model.unet, "up_blocks", [])]
+    with interruptible_blocks(blocks, check_interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def interruptible_blocks(blocks: list, check_interrupt):
+    """Call `check_interrupt` before each of `blocks` runs (None entries are skipped)."""
     handles = [block.register_forward_pre_hook(lambda module, args: check_interrupt())
                for block in blocks if block is not None]
     try:
@@ -127,6 +134,12 @@ def interruptible(model: LoadedModel, check_interrupt):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def decoder_blocks(model: LoadedModel) -> list:
+    """The VAE decoder's mid and up blocks: where a long decode (a large batch on a CPU) can stop."""
+    decoder = getattr(model.vae, "decoder", None)
+    return [getattr(decoder, "mid_block", None), *getattr(decoder, "up_blocks", [])] if decoder is not None else []
 
 
 def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],

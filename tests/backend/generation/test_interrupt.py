@@ -106,3 +106,28 @@ def test_an_interrupt_does_not_wait_for_the_step_to_end(service, sampler):
     assert hooks.steps == 0 and hooks.checks == 3
     blocks = [*model.unet.down_blocks, model.unet.mid_block, *model.unet.up_blocks]
     assert all(not block._forward_pre_hooks for block in blocks)
+
+
+def test_an_interrupt_during_a_long_decode_keeps_the_batches_before(service):
+    """The decode of a large batch on a CPU takes minutes: the decoder checks between its blocks, and the
+    batches decoded before stay in the result."""
+    model = service.models.get(service.registry.find_checkpoint("sd1.safetensors"))
+    req = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, seed=21, sampler_name="Euler",
+                            checkpoint="sd1.safetensors", save_images=False, n_iter=3)
+    decodes = []
+    job = None
+
+    def cancel_in_second_decode(module, args):
+        decodes.append(1)
+        if len(decodes) == 2:
+            job.cancel()  # the user interrupts while batch 2 is being decoded
+
+    handle = model.vae.decoder.mid_block.register_forward_pre_hook(cancel_in_second_decode)
+    try:
+        job = service.submit(req)
+        result = job.wait(120)
+    finally:
+        handle.remove()
+    assert result.interrupted and len(result.images) == 1 and result.seeds == [21]
+    blocks = [model.vae.decoder.mid_block, *model.vae.decoder.up_blocks]
+    assert all(len(block._forward_pre_hooks) == 0 for block in blocks)
