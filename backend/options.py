@@ -38,14 +38,14 @@ IMPLEMENTED = frozenset({
     "pad_cond_uncond", "pad_cond_uncond_v0", "batch_cond_uncond", "auto_vae_precision",
     "live_previews_enable", "show_progress_every_n_steps", "show_progress_type",
     "grid_format", "jpeg_quality", "webp_lossless", "hires_fix_refiner_pass", "img_max_size_mp", "grid_save",
+    "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 })
 
 # A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's
 # default is refused (POST /options, override_settings, config.json), never stored and pretended.
 UNIMPLEMENTED_GENERATION = frozenset({
-    "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img", "skip_early_cond",
-    "img2img_extra_noise", "always_discard_next_to_last_sigma",
+    "skip_early_cond", "img2img_extra_noise", "always_discard_next_to_last_sigma",
     "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho",
     "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
     "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
@@ -221,6 +221,9 @@ def request_fields(values: dict) -> dict:
         s_min_uncond=float(number("s_min_uncond", 0.0)), s_min_uncond_all=bool(values.get("s_min_uncond_all")),
         initial_noise_multiplier=float(number("initial_noise_multiplier", 1.0)),
         hires_refiner_pass=values.get("hires_fix_refiner_pass") or "second pass",
+        token_merging_ratio=float(number("token_merging_ratio", 0.0)),
+        token_merging_ratio_hr=float(number("token_merging_ratio_hr", 0.0)),
+        token_merging_ratio_img2img=float(number("token_merging_ratio_img2img", 0.0)),
         # A1111's CFGDenoiser checks v0 first
         pad_conds="v0" if values.get("pad_cond_uncond_v0") else "pad" if values.get("pad_cond_uncond") else "",
         batch_cond_uncond=values.get("batch_cond_uncond") is not False,

@@ -40,6 +40,8 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
         **_sigma_options(req, result.sampler.sampler),
         "ENSD": req.eta_noise_seed_delta if req.eta_noise_seed_delta and result.sampler.sampler.ancestral
         else None,
+        "Token merging ratio": req.tome_ratio() or None,
+        "Token merging ratio hr": req.tome_ratio(hires=True) or None if hires_fix else None,
         "RNG": req.rng_source if req.rng_source != "GPU" else None,
         "Tiling": "True" if req.tiling else None,
     }

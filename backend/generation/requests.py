@@ -70,6 +70,9 @@ class GenerationRequest:
     initial_noise_multiplier: float = 1.0  # img2img: the starting noise is scaled by this (A1111's option)
     disable_extra_networks: bool = False  # <lora:...> tags are removed from the prompt but not applied
     mask_round: bool = True  # inpainting: the latent mask is rounded to 0/1 (False: a soft, blurred mask)
+    token_merging_ratio: float = 0.0  # A1111's token merging options (ToMe): the base ratio, ...
+    token_merging_ratio_hr: float = 0.0  # ... hires fix's second pass (0: the base one), ...
+    token_merging_ratio_img2img: float = 0.0  # ... img2img's (0: the base one)
     pad_conds: str = ""  # prompt and negative of different lengths: "v0" / "pad" make them one length (options)
     batch_cond_uncond: bool = True  # the uncond and the conds in one UNet batch (A1111's option)
     unipc: UniPCSettings = UniPCSettings()  # A1111's uni_pc_* options
@@ -116,6 +119,14 @@ class GenerationRequest:
     inpainting_mask_invert: bool = False
     script: object | None = None  # an img2img script (backend/scripts.ScriptRun): Poor man's outpainting, ...
     extra_params: tuple[tuple[str, object], ...] = ()  # infotext keys a script adds (A1111's extra_generation_params)
+
+    def tome_ratio(self, hires: bool = False) -> float:
+        """The token merging ratio of a sampling pass, as A1111's get_token_merging_ratio."""
+        if hires:
+            return self.token_merging_ratio_hr or self.token_merging_ratio
+        if self.kind == "img2img":
+            return self.token_merging_ratio_img2img or self.token_merging_ratio
+        return self.token_merging_ratio
 
     def eta_for(self, ddim: bool) -> float:
         """The eta a sampler runs with: the request's own, else the option of the sampler's kind (A1111)."""
@@ -170,6 +181,8 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     for name in ("s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond"):
         check_number(getattr(req, name), name, 0.0, 1000.0)
     check_number(req.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 10.0)
+    for name in ("token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img"):
+        check_number(getattr(req, name), name, 0.0, 0.9)
     if req.pad_conds not in ("", "pad", "v0"):
         raise InvalidRequest("pad_cond_uncond", f"must be '', 'pad' or 'v0', got {req.pad_conds!r}")
     _check_unipc(req.unipc)

@@ -16,6 +16,7 @@ import torch
 from backend.generation import kdiffusion, loop, timestep_samplers
 from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest
+from backend.generation.token_merging import token_merging
 from backend.generation.sigmas import DiscreteSchedule, LcmSchedule, default_alphas_cumprod, sigmas_for
 from backend.loading.loader import LoadedModel
 from backend.samplers import ResolvedSampler
@@ -108,7 +109,7 @@ def sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
            refiner: Refiner | None = None) -> torch.Tensor:
     """The batch's final latents (float32). An interrupt is honoured between the UNet's blocks, so even the
     largest allowed step (a 2048x2048 batch of 8 on a CPU) is not waited for."""
-    with interruptible(model, hooks.check_interrupt):
+    with interruptible(model, hooks.check_interrupt), token_merging(model.unet, req.tome_ratio()):
         return _sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start, refiner)
 
 

@@ -89,7 +89,7 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, seeds: list[int], ho
         samples = _encode_sampled(context, model, images, seeds, req.rng_source)
     samples = hires.crop_latents(samples, to)
     width, height = to.final_size
-    hr_req = dataclasses.replace(req, width=width, height=height)
+    hr_req = dataclasses.replace(req, width=width, height=height, token_merging_ratio=req.tome_ratio(hires=True))
     hr_sampler = resolve(req.hr_sampler_name or req.sampler_name, req.hr_scheduler or req.scheduler)
     total, run = hires_schedule(req)
     second = sampling.HiresPass(req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt, run,
