@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from backend.errors import PrecisionError
 from backend.generation.requests import GenerationRequest
 from tests.conftest import build_backend
-from tests.fixtures import tiny_models, tiny_upscalers
+from tests.fixtures import tiny_models
 
 # Large enough that the first convolution's output passes fp16's 65504; in fp32 the GroupNorms that follow
 # bring it back to an ordinary picture.
@@ -40,7 +40,6 @@ def overflow_models(tiny, tmp_path_factory) -> Path:
     _write_overflowing(tiny, root, "vae-overflow.safetensors",
                        ("first_stage_model.decoder.conv_in", "first_stage_model.encoder.conv_in"))
     _write_overflowing(tiny, root, "unet-overflow.safetensors", ("model.diffusion_model.input_blocks.0.0",))
-    tiny_upscalers.write_esrgan(root / "ESRGAN" / "4x_tiny.pth")
     return root
 
 
@@ -69,14 +68,13 @@ def _mask() -> Image.Image:
     return mask
 
 
-BASE = dict(prompt="a lighthouse", negative_prompt="fog", steps=3, width=64, height=64, seed=8, sampler_name="Euler",
+BASE = dict(prompt="a lighthouse", negative_prompt="fog", steps=2, width=64, height=64, seed=8, sampler_name="Euler",
             checkpoint="vae-overflow.safetensors", save_images=False)
 CASES = {
     "txt2img": {},
-    "batch": dict(batch_size=2, n_iter=2),
+    "batch": dict(batch_size=2),
     "hires Latent": dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.6),
     "hires Lanczos": dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Lanczos", denoising_strength=0.6),
-    "hires ESRGAN": dict(enable_hr=True, hr_scale=1.5, hr_upscaler="4x_tiny", denoising_strength=0.6),
     "img2img": dict(init_image=_picture(), denoising_strength=0.6),
     "inpaint": dict(init_image=_picture(), mask=_mask(), denoising_strength=0.6),
 }
