@@ -74,6 +74,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         limits=Limits(max_width=args.max_size, max_height=args.max_size, max_upload_pixels=args.max_upload_pixels,
                       max_prompt_chunks=args.max_prompt_chunks),
         local_only=not (flags.is_exposed(args) or args.hide_ui_dir_config),
+        max_queued_per_user=max(1, args.max_queued_per_user),
         data_dir=args.data_dir,
         freeze_all_settings=args.freeze_settings,
         frozen_settings=frozenset(n.strip() for n in (args.freeze_specific_settings or "").split(",") if n.strip()),

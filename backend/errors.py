@@ -45,3 +45,7 @@ class Interrupted(BackendError):
 
 class ServiceStopping(BackendError):
     """The server is shutting down: the job was not run (or is refused)."""
+
+
+class TooManyJobs(BackendError):
+    """An owner has as many jobs waiting as one may (--max-queued-per-user)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from backend.errors import BackendError, Interrupted, ServiceStopping
+from backend.errors import BackendError, Interrupted, ServiceStopping, TooManyJobs
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +60,11 @@ class Progress:
 
 
 class Job:
-    def __init__(self, job_id: str, kind: str, payload: Any):
+    def __init__(self, job_id: str, kind: str, payload: Any, owner: str = ""):
         self.id = job_id
         self.kind = kind
         self.payload = payload
+        self.owner = owner  # the account (or browser session, or API client) that submitted it
         self.state = JobState.QUEUED
         self.progress = Progress()
         self.result: Any = None
@@ -152,24 +152,34 @@ class Job:
 
 
 class JobQueue:
+    """One worker, and a queue that is fair between owners: the next job is the oldest of the owner served
+    longest ago (round-robin across owners, in order within one), so one owner's many jobs never hold back
+    another's single job."""
+
     def __init__(self, run: Callable[[Job], Any]):
         self._run = run
         self._ids = itertools.count(1)
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._ticks = itertools.count(1)
         self._lock = threading.Lock()
-        self._pending: list[Job] = []
+        self._wake = threading.Condition(self._lock)
+        self._pending: list[Job] = []  # in submission order
+        self._last_served: dict[str, int] = {}  # owner -> tick of their last job start
         self._current: Job | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="generation-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, kind: str, payload: Any) -> Job:
-        job = Job(f"job-{next(self._ids)}", kind, payload)
+    def submit(self, kind: str, payload: Any, owner: str = "", limit: int | None = None) -> Job:
+        """Queue a job for `owner`; with `limit`, an owner with that many jobs waiting is refused."""
         with self._lock:
             if self._stopping:
                 raise ServiceStopping("the server is shutting down")
+            if limit is not None and sum(job.owner == owner for job in self._pending) >= limit:
+                raise TooManyJobs(f"you have {limit} jobs waiting already (the limit per user); wait for one to "
+                                  "finish or cancel one")
+            job = Job(f"job-{next(self._ids)}", kind, payload, owner)
             self._pending.append(job)
-        self._queue.put(job)
+            self._wake.notify()
         return job
 
     @property
@@ -178,15 +188,17 @@ class JobQueue:
             return self._current
 
     def pending(self) -> list[Job]:
+        """The waiting jobs, in the order they will run."""
         with self._lock:
-            return list(self._pending)
+            return self._serving_order()
 
     def position(self, job: Job) -> int:
         """0 while running, 1 if it is next, ...; -1 once finished."""
         with self._lock:
             if job is self._current:
                 return 0
-            return self._pending.index(job) + 1 if job in self._pending else -1
+            order = self._serving_order()
+            return order.index(job) + 1 if job in order else -1
 
     def find(self, job_id: str) -> Job | None:
         with self._lock:
@@ -221,21 +233,43 @@ class JobQueue:
             self._stopping = True
             waiting, self._pending = self._pending, []
             running = self._current
+            self._wake.notify()
         for job in waiting:
             job.cancel()
             job.error = ServiceStopping("the server is shutting down; this job did not run")
             job._finish(JobState.FAILED)
         if running is not None:
             running.cancel()
-        self._queue.put(None)
         self._thread.join(timeout=timeout)
 
+    def _serving_order(self) -> list[Job]:
+        """The pending jobs as the worker will take them (called under the lock)."""
+        served = dict(self._last_served)
+        waiting, order = list(self._pending), []
+        tick = max(served.values(), default=0)
+        while waiting:
+            job = self._next_of(waiting, served)
+            waiting.remove(job)
+            order.append(job)
+            tick += 1
+            served[job.owner] = tick
+        return order
+
+    @staticmethod
+    def _next_of(waiting: list[Job], served: dict[str, int]) -> Job:
+        """The oldest job of the owner served longest ago (never served: first)."""
+        return min(waiting, key=lambda job: (served.get(job.owner, 0), waiting.index(job)))
+
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while True:
             with self._lock:
-                if job not in self._pending:  # failed by stop() before it ran
-                    continue
+                while not self._pending and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                job = self._next_of(self._pending, self._last_served)
                 self._pending.remove(job)
+                self._last_served[job.owner] = next(self._ticks)
                 self._current = job
             try:
                 self._execute(job)

@@ -51,10 +51,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QueueStatus:
-    """What /progress and the UI show: the running job (if any) and how many wait."""
+    """What /progress and the UI show: the running job (or the caller's own job), how many wait, and how many
+    jobs are ahead of the caller's (0: it runs)."""
 
     current: Job | None
     waiting: int
+    ahead: int = 0
 
 
 class GenerationService:
@@ -88,9 +90,10 @@ class GenerationService:
 
     # ---------------------------------------------------------------- generation (any thread)
 
-    def submit(self, request: GenerationRequest) -> Job:
-        """Check the request now (bad input fails fast, before queueing), then queue it."""
-        return self.queue.submit("generate", self.prepare(request))
+    def submit(self, request: GenerationRequest, owner: str = "") -> Job:
+        """Check the request now (bad input fails fast, before queueing), then queue it for `owner` (an account,
+        browser session or API client: the queue is fair between owners, each may have a limited number waiting)."""
+        return self.queue.submit("generate", self.prepare(request), owner, self.settings.max_queued_per_user)
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """Every check of a request, and the request ready to run: its styles merged into the prompts, its
@@ -422,19 +425,28 @@ class GenerationService:
 
     # ---------------------------------------------------------------- queue control
 
-    def status(self) -> QueueStatus:
-        current = self.queue.current
-        return QueueStatus(current, len(self.queue.pending()))
+    def status(self, owner: str | None = None) -> QueueStatus:
+        """The running job and how many wait; for an `owner`, their own job (running, else their next one) and
+        how many jobs are ahead of it."""
+        current, pending = self.queue.current, self.queue.pending()
+        if owner is None:
+            return QueueStatus(current, len(pending))
+        if current is not None and current.owner == owner:
+            return QueueStatus(current, len(pending))
+        own = next((job for job in pending if job.owner == owner), None)
+        ahead = (pending.index(own) + (current is not None)) if own is not None else 0
+        return QueueStatus(own, len(pending), ahead)
 
     def queue_position(self, job: Job) -> int:
         return self.queue.position(job)
 
-    def interrupt(self, job_id: str | None = None) -> bool:
-        """Interrupt the running job, or with `job_id` only that job (queued or running). As A1111 with its
-        interrupt_after_current option (on by default), a job of several batches finishes the batch being made
-        first; a single batch stops at the current step, keeping what it has reached."""
+    def interrupt(self, job_id: str | None = None, owner: str | None = None) -> bool:
+        """Interrupt the running job, or with `job_id` only that job (queued or running); with `owner`, only a
+        job of theirs. As A1111 with its interrupt_after_current option (on by default), a job of several
+        batches finishes the batch being made first; a single batch stops at the current step, keeping what it
+        has reached."""
         job = self.queue.find(job_id) if job_id is not None else self.queue.current
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             return False
         several = job.kind == "generate" and job.payload.n_iter > 1
         if several and self.options.get("interrupt_after_current") and job.state.value == "running":
@@ -443,10 +455,12 @@ class GenerationService:
             job.cancel()
         return True
 
-    def skip(self, job_id: str | None = None) -> bool:
-        """Skip the running job's current batch; with `job_id`, only if that job is the one running."""
+    def skip(self, job_id: str | None = None, owner: str | None = None) -> bool:
+        """Skip the running job's current batch; with `job_id`, only if that job is the one running; with
+        `owner`, only if it is theirs."""
         current = self.queue.current
-        if current is None or (job_id is not None and current.id != job_id):
+        if current is None or (job_id is not None and current.id != job_id) or \
+                (owner is not None and current.owner != owner):
             return False
         current.skip()
         return True

@@ -73,6 +73,7 @@ class Settings:
     # Served to this machine only (no --listen/--share, no --hide-ui-dir-config). Only then may a caller name
     # server folders (Extras' folder batch, Open folder); the service checks it on every call.
     local_only: bool = False
+    max_queued_per_user: int = 50  # --max-queued-per-user: jobs one account may have waiting (beyond: 429)
     data_dir: Path = PROJECT_ROOT  # paths in answers are shown relative to it
     freeze_all_settings: bool = False  # --freeze-settings: options cannot be changed
     frozen_settings: frozenset[str] = frozenset()  # --freeze-specific-settings

@@ -25,6 +25,14 @@ class UiContext:
         """Server-folder features are shown only where the service allows them (it checks every call itself)."""
         return self.service.settings.local_only
 
+    @staticmethod
+    def owner(request) -> str:
+        """Who a UI event comes from: the logged-in account, else the browser session (gr.Request)."""
+        if request is None:
+            return ""
+        user = getattr(request, "username", None)
+        return user if user else f"session {getattr(request, 'session_hash', '') or ''}"
+
     def new_scratch_file(self, name: str) -> Path:
         """A fresh path for a download; files older than SCRATCH_MAX_AGE_S are removed first, so clicks do
         not pile files up in the temp folder."""

@@ -216,10 +216,10 @@ def network_hashes(text: str) -> list[list[str]]:
     return pairs
 
 
-def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs):
-    """Submit, then stream progress (queue position, step, ETA, live preview) until the job ends."""
+def run_job(ctx: UiContext, request: GenerationRequest, outputs: Outputs, owner: str = ""):
+    """Submit for `owner`, then stream progress (queue position, step, ETA, live preview) until the job ends."""
     try:
-        job = ctx.service.submit(request)
+        job = ctx.service.submit(request, owner)
     except BackendError as err:
         yield {outputs.error: f"**Error:** {err}", outputs.progress: ""}
         return

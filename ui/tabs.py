@@ -251,13 +251,13 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     widgets = {w for w in tab.extra.values() if not isinstance(w, gr.Button)}
     inputs = tab.controls.all() | widgets | scripts | {top["checkpoint"], top["vae"]}
 
-    def on_generate(values: dict):
+    def on_generate(values: dict, request: gr.Request):
         try:
-            request = make_request(tab, values, top, ctx.service.get_options(), ctx.service.script)
+            job_request = make_request(tab, values, top, ctx.service.get_options(), ctx.service.script)
         except BackendError as err:
             yield {tab.outputs.error: f"**Error:** {err}"}
             return
-        yield from run_job(ctx, request, tab.outputs)
+        yield from run_job(ctx, job_request, tab.outputs, ctx.owner(request))
 
     def show_running():
         return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
@@ -270,18 +270,18 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
         on_generate, inputs=inputs, outputs=tab.outputs.all(), api_name=f"{tab.name}_generate",
         concurrency_limit=None).then(show_idle, outputs=buttons)
     if "batch_generate" in tab.extra:
-        def on_batch(values: dict):
+        def on_batch(values: dict, request: gr.Request):
             extra = tab.extra
             try:
-                request = make_request(tab, {**values, extra["init_image"]: None}, top, ctx.service.get_options(),
-                                       ctx.service.script, for_batch=True)
-                request = ctx.service.img2img_batch(request, values[extra["batch_input_dir"]] or "",
-                                                    values[extra["batch_output_dir"]] or "",
-                                                    values[extra["batch_mask_dir"]] or "")
+                job_request = make_request(tab, {**values, extra["init_image"]: None}, top,
+                                           ctx.service.get_options(), ctx.service.script, for_batch=True)
+                job_request = ctx.service.img2img_batch(job_request, values[extra["batch_input_dir"]] or "",
+                                                        values[extra["batch_output_dir"]] or "",
+                                                        values[extra["batch_mask_dir"]] or "")
             except BackendError as err:
                 yield {tab.outputs.error: f"**Error:** {err}"}
                 return
-            yield from run_job(ctx, request, tab.outputs)
+            yield from run_job(ctx, job_request, tab.outputs, ctx.owner(request))
 
         tab.extra["batch_generate"].click(show_running, outputs=buttons).then(
             on_batch, inputs=inputs, outputs=tab.outputs.all(), api_name="img2img_batch",
@@ -290,13 +290,13 @@ def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
     _wire_gallery_buttons(ctx, tab)
     tab.controls.prompt.change(lambda text: token_counter_html(ctx.service.prompt_token_count(text or "")),
                                inputs=tab.controls.prompt, outputs=tab.controls.token_counter, show_progress="hidden")
-    def on_interrupt(job_id):
-        if job_id:
-            ctx.service.interrupt(job_id)
+    def on_interrupt(job_id, request: gr.Request):
+        if job_id:  # only this browser's (or account's) own job, whatever id a crafted call names
+            ctx.service.interrupt(job_id, owner=ctx.owner(request))
 
-    def on_skip(job_id):
+    def on_skip(job_id, request: gr.Request):
         if job_id:
-            ctx.service.skip(job_id)
+            ctx.service.skip(job_id, owner=ctx.owner(request))
 
     tab.interrupt.click(on_interrupt, inputs=tab.outputs.job_id, outputs=None)
     tab.skip.click(on_skip, inputs=tab.outputs.job_id, outputs=None)

@@ -32,6 +32,7 @@ from backend.api.models import (ExtrasBatchBody, ExtrasBody, ExtrasSingleBody, I
                                 Txt2ImgBody)
 from backend.api.translate import to_request, to_response
 from backend.errors import (BackendError, CheckpointError, Forbidden, Interrupted, InvalidRequest, ModelNotFound,
+                            TooManyJobs,
                             OutOfMemory, ServiceStopping)
 from backend.generation import hires
 from backend.jobs import Job
@@ -92,6 +93,8 @@ def _status_of(err: BackendError) -> int:
         return 403
     if isinstance(err, Interrupted):
         return 409  # interrupted before it made anything
+    if isinstance(err, TooManyJobs):
+        return 429
     return 500
 
 
@@ -124,18 +127,23 @@ class SdApi:
     # ---------------------------------------------------------------- plumbing
 
     def authorized(self, request: Request) -> bool:
-        """HTTP Basic against the configured users. Bytes are compared, so any header (non-ASCII included)
-        gets a plain yes or no."""
+        return self.caller(request) is not None
+
+    def caller(self, request: Request) -> str | None:
+        """Who asks: the account (HTTP Basic against the configured users; bytes are compared, so any header,
+        non-ASCII included, gets a plain answer, in constant time), or without accounts the client's address.
+        None: not allowed."""
         if not self.credentials:
-            return True
+            return f"client {request.client.host if request.client else 'unknown'}"
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
             user, _, password = base64.b64decode(encoded, validate=True).partition(b":")
         except (ValueError, binascii.Error):
-            return False
-        return any(secrets.compare_digest(user, u) & secrets.compare_digest(password, p) for u, p in self.credentials)
+            return None
+        matches = [secrets.compare_digest(user, u) & secrets.compare_digest(password, p) for u, p in self.credentials]
+        return user.decode("utf-8", "replace") if any(matches) else None
 
     def _route(self, path: str, handler, methods: list[str], body_model: type[BaseModel] | None = None,
                inline: bool = False, description: str | None = None):
@@ -150,13 +158,17 @@ class SdApi:
             return response
 
         async def answer(request: Request):
-            if not self.authorized(request):
+            caller = self.caller(request)
+            if caller is None:
                 return unauthorized()
             try:
                 body = await self._parse(request, body_model) if body_model else None
                 args = (body,) if body_model else ()
-                if "query" in handler.__code__.co_varnames[: handler.__code__.co_argcount]:
+                names = handler.__code__.co_varnames[: handler.__code__.co_argcount]
+                if "query" in names:
                     args += (dict(request.query_params),)
+                if "caller" in names:  # jobs belong to who submitted them
+                    args += (caller,)
                 answer = handler(*args) if inline else await run_in_threadpool(handler, *args)
                 if isinstance(answer, Deferred):
                     await wait_for_job(answer.job)
@@ -217,13 +229,13 @@ class SdApi:
         r("/prompt-styles", self.prompt_styles, ["GET"])
         r("/extensions", self.extensions, ["GET"])
 
-    def txt2img(self, body: Txt2ImgBody) -> dict:
-        return self._generate(body)
+    def txt2img(self, body: Txt2ImgBody, caller: str) -> dict:
+        return self._generate(body, caller)
 
-    def img2img(self, body: Img2ImgBody) -> dict:
-        return self._generate(body)
+    def img2img(self, body: Img2ImgBody, caller: str) -> dict:
+        return self._generate(body, caller)
 
-    def _generate(self, body: Txt2ImgBody) -> Deferred:
+    def _generate(self, body: Txt2ImgBody, caller: str) -> Deferred:
         """A1111's override_settings apply to this request only, unless override_settings_restore_afterwards
         is false: then they stay, as if POSTed to /options (the model switch included)."""
         body, infotext_overrides, unused = self._with_infotext(body)
@@ -237,7 +249,7 @@ class SdApi:
         inactive = sorted(k for k in overrides if k not in IMPLEMENTED)
         if inactive:  # options that do not change images (saving, UI); those that would are refused by check()
             warnings.append(f"override_settings with no effect on this request: {', '.join(inactive)}")
-        job = self.service.submit(req)
+        job = self.service.submit(req, caller)
 
         def finish(job: Job) -> dict:
             result = job.wait(0)
@@ -282,29 +294,33 @@ class SdApi:
                  "need_inner_model": internal in ("uniform", "sgm_uniform")}
                 for label, internal in SCHEDULES.items()]
 
-    def progress(self, query: dict) -> dict:
-        status = self.service.status()
+    def progress(self, query: dict, caller: str) -> dict:
+        """The caller's own job (running or waiting), with how many jobs are ahead of it (`queue_position`, a
+        field A1111 clients ignore); another caller's job is never shown."""
+        status = self.service.status(caller)
         job = status.current
         skip_image = query.get("skip_current_image", "false").lower() == "true"
         state = {"skipped": False, "interrupted": False, "job": "",
                  "job_count": status.waiting + (1 if job else 0), "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
                  "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
         if job is None:
-            return {"progress": 0, "eta_relative": 0, "state": state, "current_image": None, "textinfo": None}
+            return {"progress": 0, "eta_relative": 0, "state": state, "current_image": None, "textinfo": None,
+                    "queue_position": 0}
         p = job.progress
         state.update(job=job.id, interrupted=job.interrupted, job_no=p.batch_no, sampling_step=p.step,
                      sampling_steps=p.steps)
         preview = None if skip_image else self.service.preview(job)
         return {"progress": p.fraction, "eta_relative": p.eta_seconds() or 0, "state": state,
                 "current_image": encode_png(preview, None, self.service.image_format()) if preview else None,
-                "textinfo": p.textinfo}
+                "textinfo": p.textinfo, "queue_position": status.ahead}
 
-    def interrupt(self) -> dict:
-        self.service.interrupt()
+    def interrupt(self, caller: str) -> dict:
+        """The caller's running job only."""
+        self.service.interrupt(owner=caller)
         return {}
 
-    def skip(self) -> dict:
-        self.service.skip()
+    def skip(self, caller: str) -> dict:
+        self.service.skip(owner=caller)
         return {}
 
     def refresh_checkpoints(self) -> dict:

@@ -1,8 +1,10 @@
 """Auth on the API and exposure rules of the launch flags."""
 
 import base64
+import json
 import subprocess
 import sys
+import threading
 
 import pytest
 import requests
@@ -12,8 +14,8 @@ from tests.server import ROOT, running_app
 
 @pytest.fixture(scope="module")
 def secured(models_dir, tmp_path_factory):
-    with running_app(models_dir, tmp_path_factory.mktemp("auth") / "outputs", "--api", "--api-auth", "alice:s3cret",
-                     "--ckpt", "sd1", ready_path="/sdapi/v1/progress") as base:
+    with running_app(models_dir, tmp_path_factory.mktemp("auth") / "outputs", "--api", "--api-auth",
+                     "alice:s3cret,bob:b-pass", "--ckpt", "sd1", ready_path="/sdapi/v1/progress") as base:
         yield base + "/sdapi/v1"
 
 
@@ -120,3 +122,28 @@ def test_cmd_flags_never_show_credentials_or_absolute_paths(secured):
     assert "s3cret" not in r.text and "alice" not in r.text
     assert "api_auth" not in flags and "gradio_auth" not in flags and flags["api"] is True
     assert str(ROOT) not in r.text and not any(str(v).startswith("/") for v in flags.values())
+
+
+def test_two_accounts_each_see_and_stop_only_their_own_job(secured):
+    """bob's long job: alice's /progress does not show it and her /interrupt does not stop it; bob's does."""
+    bob, alice = ("bob", "b-pass"), ("alice", "s3cret")
+    answer = {}
+    body = {"prompt": "a long one", "steps": 60, "width": 256, "height": 256, "seed": 1, "sampler_name": "Euler"}
+    worker = threading.Thread(target=lambda: answer.update(
+        r=requests.post(secured + "/txt2img", json=body, auth=bob, timeout=300)))
+    worker.start()
+    for _ in range(600):
+        progress = requests.get(secured + "/progress", auth=bob, timeout=30).json()
+        if progress["state"]["sampling_step"] >= 1:
+            break
+        threading.Event().wait(0.05)
+    assert progress["state"]["job"] and progress["queue_position"] == 0
+    theirs = requests.get(secured + "/progress", auth=alice, timeout=30).json()
+    assert theirs["state"]["job"] == "" and theirs["progress"] == 0 and theirs["current_image"] is None
+    assert requests.post(secured + "/interrupt", auth=alice, timeout=30).status_code == 200
+    threading.Event().wait(0.5)
+    assert requests.get(secured + "/progress", auth=bob, timeout=30).json()["state"]["interrupted"] is False
+    requests.post(secured + "/interrupt", auth=bob, timeout=30)
+    worker.join(300)
+    assert answer["r"].status_code == 200
+    assert json.loads(answer["r"].json()["info"])["interrupted"] is True

@@ -127,3 +127,55 @@ def test_interrupted_images_are_saved_only_with_save_incomplete_images(service):
         assert result.interrupted and len(result.paths) == 1 and result.paths[0].is_file()
     finally:
         service.set_options({"save_incomplete_images": False})
+
+
+def test_the_queue_is_fair_between_owners():
+    """Round-robin across owners, in order within one: alice's many jobs do not hold back bob's or carol's."""
+    gate, order = threading.Event(), []
+
+    def run(job):
+        gate.wait(10)
+        order.append(job.payload)
+
+    q = JobQueue(run)
+    first = q.submit("t", "a0", "alice")
+    while q.current is None:
+        time.sleep(0.01)
+    jobs = [q.submit("t", name, owner) for name, owner in
+            (("a1", "alice"), ("a2", "alice"), ("a3", "alice"), ("b1", "bob"), ("c1", "carol"), ("b2", "bob"))]
+    assert [j.payload for j in q.pending()] == ["b1", "c1", "a1", "b2", "a2", "a3"]
+    assert q.position(jobs[3]) == 1 and q.position(jobs[0]) == 3 and q.position(first) == 0
+    gate.set()
+    jobs[2].wait(10)
+    assert order == ["a0", "b1", "c1", "a1", "b2", "a2", "a3"]
+    q.stop()
+
+
+def test_an_owner_may_have_only_so_many_jobs_waiting():
+    from backend.errors import TooManyJobs
+
+    gate = threading.Event()
+    q = JobQueue(lambda job: gate.wait(10))
+    q.submit("t", 0, "alice", limit=2)
+    while q.current is None:
+        time.sleep(0.01)
+    q.submit("t", 1, "alice", limit=2)
+    q.submit("t", 2, "alice", limit=2)
+    with pytest.raises(TooManyJobs, match="2 jobs waiting"):
+        q.submit("t", 3, "alice", limit=2)
+    q.submit("t", 4, "bob", limit=2)  # another owner is not held to alice's count
+    gate.set()
+    q.stop()
+
+
+def test_interrupt_skip_and_progress_are_the_callers_own(service):
+    job = service.submit(_request(steps=40, width=256, height=256), "bob")
+    while job.progress.step < 1 and not job.finished:
+        time.sleep(0.01)
+    assert not service.interrupt(owner="alice") and not service.skip(owner="alice")
+    assert not service.interrupt(job.id, owner="alice")  # nor by naming bob's job
+    assert service.status("alice").current is None and service.status("bob").current is job
+    queued = service.submit(_request(), "alice")
+    assert service.status("alice").current is queued and service.status("alice").ahead == 1
+    assert service.interrupt(owner="bob")
+    assert job.wait(60).interrupted and not queued.wait(60).interrupted
