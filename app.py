@@ -75,10 +75,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                       max_prompt_chunks=args.max_prompt_chunks),
         local_only=not (flags.is_exposed(args) or args.hide_ui_dir_config),
         max_queued_per_user=max(1, args.max_queued_per_user),
+        private_outputs=len(account_names(args)) > 1 and not args.shared_outputs,
         data_dir=args.data_dir,
         freeze_all_settings=args.freeze_settings,
         frozen_settings=frozenset(n.strip() for n in (args.freeze_specific_settings or "").split(",") if n.strip()),
     )
+
+
+def account_names(args: argparse.Namespace) -> set[str]:
+    """Every account of the UI and the API."""
+    return {user for user, _ in ui_credentials(args)} | {user for user, _ in parse_credentials(args.api_auth)}
 
 
 def parse_credentials(text: str | None) -> list[tuple[str, str]]:

@@ -206,6 +206,9 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-pixels", type=int, default=4096 * 4096, help="largest uploaded image, in pixels")
     p.add_argument("--max-prompt-chunks", type=int, default=75,
                    help="longest prompt, in 75-token chunks (default 75: far above any real prompt)")
+    p.add_argument("--shared-outputs", action="store_true",
+                   help="with several accounts, save everyone's images in one outputs folder (default: each "
+                        "account's own outputs/<account>/)")
     p.add_argument("--max-queued-per-user", type=int, default=50,
                    help="jobs one account (or browser session, or API client) may have waiting; more get a 429")
 

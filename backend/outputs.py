@@ -5,6 +5,7 @@ chunks, or for the others the EXIF UserComment A1111 writes (UNICODE, UTF-16 big
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import os
 import re
@@ -59,6 +60,10 @@ class OutputWriter:
         self.root = root
         self.options = options  # backend.options.Options: the formats are read at every save
 
+    def for_owner(self, owner: str) -> OutputWriter:
+        """An account's own outputs: `<root>/<account>/` with A1111's layout inside (private outputs)."""
+        return OutputWriter(self.root / owner_folder(owner), self.options)
+
     def format(self, grid: bool = False) -> ImageFormat:
         return ImageFormat.from_options(self.options.get, grid) if self.options is not None else ImageFormat()
 
@@ -88,6 +93,13 @@ class OutputWriter:
     def save_grid(self, image: Image.Image, kind: str, infotext: str) -> Path:
         folder, fmt = self.folder(kind, grid=True), self.format(grid=True)
         return _save_numbered(image, folder, lambda n: f"grid-{n:04d}.{fmt.extension}", {"parameters": infotext}, fmt)
+
+
+def owner_folder(owner: str) -> str:
+    """A folder name for an account: its name where that is a safe file name, else a stable hash of it."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", owner) and owner not in (".", ".."):
+        return owner
+    return "user-" + hashlib.sha256(owner.encode("utf-8")).hexdigest()[:16]
 
 
 def next_number(folder: Path) -> int:

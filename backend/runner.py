@@ -105,7 +105,8 @@ class JobRunner:
                  resources: sampling.Resources, on_unloadable: Callable[[ModelFile], None] = lambda c: None,
                  prepare: Callable[[GenerationRequest], GenerationRequest] = lambda req: req):
         self.settings, self.models, self.registry = settings, models, models.registry
-        self.outputs, self.options, self.embeddings = outputs, options, embeddings
+        self.all_outputs, self.options, self.embeddings = outputs, options, embeddings
+        self.outputs = outputs  # where the running job saves: its account's own folder with private outputs
         self.networks, self.upscalers = networks, upscalers
         placement = models.placement
         # what jobs run with; only this (the worker's) thread uses it
@@ -120,10 +121,16 @@ class JobRunner:
         self.prepare = prepare  # the facade's checks of a script's job, which it returns ready to run
 
     def generate(self, job: Job) -> GenerationResult:
+        self.outputs = self.outputs_for(job.owner)
         return self._generate(job, job.payload)
 
     def extras(self, job: Job) -> ExtrasResult:
+        self.outputs = self.outputs_for(job.owner)
         return self._run_extras(job, job.payload)
+
+    def outputs_for(self, owner: str) -> OutputWriter:
+        """With private outputs, an account's images go to its own folder (A1111's layout inside)."""
+        return self.all_outputs.for_owner(owner) if self.settings.private_outputs and owner else self.all_outputs
 
     def _run_extras(self, job: Job, work: ExtrasJob) -> ExtrasResult:
         """One picture at a time: folder pictures are opened here, and results beyond `work.keep` are saved and

@@ -151,10 +151,11 @@ class GenerationService:
     def refresh_models(self) -> None:
         self.registry.refresh()
 
-    def outputs_folder(self, tab: str) -> Path:
-        """Where a tab's images go (for the UI's "open folder" on this machine)."""
+    def outputs_folder(self, tab: str, owner: str = "") -> Path:
+        """Where a tab's images go (for the UI's "open folder" on this machine): the owner's own folder with
+        private outputs."""
         kind = {"txt2img": "txt2img", "extras": "extras"}.get(tab, "img2img")
-        return self.outputs.root / f"{kind}-images"
+        return self.runner.outputs_for(owner).root / f"{kind}-images"
 
     def no_checkpoint_message(self) -> str:
         """What to tell a user whose checkpoint folder is empty (the folder's name, never its path)."""
@@ -372,11 +373,11 @@ class GenerationService:
                             "server is used on that machine alone (not with --listen, --share, --server-name or "
                             "--hide-ui-dir-config)")
 
-    def open_outputs_folder(self, tab: str) -> Path | None:
-        """Open a tab's outputs folder in this machine's file manager (A1111's "Open folder"); None when there
-        is no file manager (the caller says where the images are)."""
+    def open_outputs_folder(self, tab: str, owner: str = "") -> Path | None:
+        """Open a tab's outputs folder (the owner's, with private outputs) in this machine's file manager
+        (A1111's "Open folder"); None when there is no file manager (the caller says where the images are)."""
         self.require_local("Open folder")
-        folder = self.outputs_folder(tab)
+        folder = self.outputs_folder(tab, owner)
         folder.mkdir(parents=True, exist_ok=True)
         opener = shutil.which("xdg-open") or shutil.which("open")
         if opener is None:

@@ -74,6 +74,7 @@ class Settings:
     # server folders (Extras' folder batch, Open folder); the service checks it on every call.
     local_only: bool = False
     max_queued_per_user: int = 50  # --max-queued-per-user: jobs one account may have waiting (beyond: 429)
+    private_outputs: bool = False  # several accounts and no --shared-outputs: each saves under outputs/<account>/
     data_dir: Path = PROJECT_ROOT  # paths in answers are shown relative to it
     freeze_all_settings: bool = False  # --freeze-settings: options cannot be changed
     frozen_settings: frozenset[str] = frozenset()  # --freeze-specific-settings

@@ -182,3 +182,13 @@ def test_the_log_is_clean_at_start(models_dir, tmp_path):
     log = next(tmp_path.glob("app-*.log")).read_text()
     for noise in ("xFormers can't load", "[transformers]", "torchvision", "too many output values", "Traceback"):
         assert noise not in log, noise
+
+
+def test_several_accounts_get_private_outputs_unless_shared(tmp_path):
+    base = ["--data-dir", str(tmp_path)]
+    assert not app.settings_from_args(app.parse_args([*base, "--gradio-auth", "alice:1"])).private_outputs
+    assert app.settings_from_args(app.parse_args([*base, "--gradio-auth", "alice:1", "--api-auth", "bob:2"])
+                                  ).private_outputs
+    shared = app.parse_args([*base, "--gradio-auth", "alice:1,bob:2", "--shared-outputs", "--max-queued-per-user", "3"])
+    assert not app.settings_from_args(shared).private_outputs
+    assert app.settings_from_args(shared).max_queued_per_user == 3

@@ -329,13 +329,14 @@ def _wire_gallery_buttons(ctx: UiContext, tab: Tab) -> None:
     alone), save the selected image, or all of them as a zip, as downloads."""
     open_folder, save, zip_all, download = tab.outputs.gallery_buttons
 
-    def on_open():
+    def on_open(request: gr.Request):
+        owner = ctx.owner(request)
         try:
-            opened = ctx.service.open_outputs_folder(tab.name)
+            opened = ctx.service.open_outputs_folder(tab.name, owner)
         except BackendError as err:
             raise gr.Error(str(err)) from None
         if opened is None:
-            gr.Info(f"The images are in {ctx.service.outputs_folder(tab.name)}")
+            gr.Info(f"The images are in {ctx.service.outputs_folder(tab.name, owner)}")
 
     def on_save(gallery, index):
         files = _gallery_files(gallery)

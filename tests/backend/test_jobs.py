@@ -179,3 +179,15 @@ def test_interrupt_skip_and_progress_are_the_callers_own(service):
     assert service.status("alice").current is queued and service.status("alice").ahead == 1
     assert service.interrupt(owner="bob")
     assert job.wait(60).interrupted and not queued.wait(60).interrupted
+
+
+def test_private_outputs_go_to_each_accounts_folder(models_dir, tmp_path):
+    svc = build_backend(models_dir, tmp_path / "outputs", private_outputs=True)
+    try:
+        alice = svc.submit(_request(save_images=True), "alice").wait(60).paths[0]
+        odd = svc.submit(_request(save_images=True), "../bob").wait(60).paths[0]
+        assert alice.relative_to(tmp_path / "outputs").parts[:2] == ("alice", "txt2img-images")
+        assert odd.relative_to(tmp_path / "outputs").parts[0].startswith("user-")  # never a path out of outputs
+        assert svc.outputs_folder("txt2img", "alice") == tmp_path / "outputs" / "alice" / "txt2img-images"
+    finally:
+        svc.shutdown()
