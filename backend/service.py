@@ -438,6 +438,20 @@ class GenerationService:
         ahead = (pending.index(own) + (current is not None)) if own is not None else 0
         return QueueStatus(own, len(pending), ahead)
 
+    def own_jobs(self, owner: str) -> tuple[Job | None, list[tuple[Job, int]]]:
+        """The owner's running job (or None) and their waiting jobs, each with how many jobs are ahead of it."""
+        current, pending = self.queue.current, self.queue.pending()
+        running = current if current is not None and current.owner == owner else None
+        offset = 1 if current is not None else 0
+        return running, [(job, index + offset) for index, job in enumerate(pending) if job.owner == owner]
+
+    def cancel_waiting(self, owner: str) -> int:
+        """Cancel the owner's waiting jobs (never anyone else's); how many."""
+        _, waiting = self.own_jobs(owner)
+        for job, _ in waiting:
+            self.queue.cancel(job.id)
+        return len(waiting)
+
     def queue_position(self, job: Job) -> int:
         return self.queue.position(job)
 

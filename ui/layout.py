@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 
 import gradio as gr
@@ -134,10 +135,15 @@ def build_ui(ctx: UiContext) -> gr.Blocks:
         # when that is done (one after another, so the marker comes last).
         ready = gr.HTML("", elem_id="page_ready")
         dropdowns = [w for tab in tabs.values() for w in (tab.controls.sampler, tab.controls.schedule)]
+
+        def own_queue(request: gr.Request) -> str:
+            return queue_text(ctx, request)
+
         demo.load(lambda: _server_state(ctx), outputs=[top["checkpoint"], top["vae"], top["status"]]).then(
             settings_values, outputs=list(settings_widgets.values())).then(
             lambda: _default_sampling(ctx, len(tabs)), outputs=dropdowns).then(
             lambda: ctx.service.get_options()["CLIP_stop_at_last_layers"], outputs=top["clip_skip"]).then(
+            own_queue, outputs=top["queue"]).then(
             lambda: "<span data-ready='1'></span>", outputs=ready)
     return demo
 
@@ -161,6 +167,20 @@ def _build_top_bar(ctx: UiContext) -> dict:
         vae = gr.Dropdown(ctx.vae_choices(), value="Automatic", label="SD VAE", elem_id="setting_sd_vae", scale=2)
         clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="quick_clip_skip", scale=1)
     status = gr.Markdown(_models_message(ctx), elem_id="models_status")
+    with gr.Row():
+        queue_info = gr.Markdown("", elem_id="queue_info")
+        queue_refresh = gr.Button("↻ Queue", size="sm", elem_id="queue_refresh", scale=0, min_width=90)
+        queue_cancel = gr.Button("Cancel my waiting jobs", size="sm", elem_id="queue_cancel", scale=0, min_width=180)
+
+    def on_queue(request: gr.Request):
+        return queue_text(ctx, request)
+
+    def on_cancel(request: gr.Request):
+        cancelled = ctx.service.cancel_waiting(ctx.owner(request))
+        return f"Cancelled {cancelled} waiting job{'s' * (cancelled != 1)}. " + queue_text(ctx, request)
+
+    queue_refresh.click(on_queue, outputs=queue_info)
+    queue_cancel.click(on_cancel, outputs=queue_info)
 
     def on_refresh(current):
         ctx.service.refresh_models()
@@ -186,7 +206,21 @@ def _build_top_bar(ctx: UiContext) -> dict:
     checkpoint.input(on_change_checkpoint, inputs=checkpoint, outputs=status)
     clip_skip.release(lambda value: ctx.service.set_options({"CLIP_stop_at_last_layers": int(value)}) and None,
                       inputs=clip_skip, outputs=None)
-    return {"checkpoint": checkpoint, "vae": vae, "status": status, "clip_skip": clip_skip}
+    return {"checkpoint": checkpoint, "vae": vae, "status": status, "clip_skip": clip_skip, "queue": queue_info}
+
+
+def queue_text(ctx: UiContext, request) -> str:
+    """Who is logged in, and their jobs: running, waiting, and how many jobs are ahead of the next one."""
+    owner = ctx.owner(request)
+    user = getattr(request, "username", None)
+    running, waiting = ctx.service.own_jobs(owner)
+    parts = [f"Logged in as **{html.escape(user)}**." if user else ""]
+    if running is None and not waiting:
+        parts.append("You have no jobs in the queue.")
+    else:
+        parts.append(f"Your jobs: {1 if running else 0} running, {len(waiting)} waiting"
+                     + (f" (the next has {waiting[0][1]} job(s) ahead of it)." if waiting else "."))
+    return " ".join(p for p in parts if p)
 
 
 def _models_message(ctx: UiContext) -> str:

@@ -63,6 +63,7 @@ def generate_and_wait(page, tab: str, parameters: str, seed: int, **numbers) -> 
 
 
 def test_txt2img_generates_into_the_gallery(page):
+    assert "You have no jobs in the queue" in page.inner_text("#queue_info")
     paste_parameters(page, "txt2img", "a lighthouse\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64")
     assert page.input_value("#txt2img_prompt textarea") == "a lighthouse"
     page.click("#txt2img_generate")

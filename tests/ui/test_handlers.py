@@ -174,3 +174,32 @@ def test_paint_modes_inpaint_sketch_and_sketch():
     assert blurred.getpixel((7, 12)) not in ((255, 0, 0), (0, 0, 255))  # the sketch blends in at its edge
     sketch, none = painted_image_and_mask(editor, None, "Sketch", 0, 4)
     assert none is None and sketch.getpixel((10, 10)) == (255, 0, 0)
+
+
+def test_queue_text_names_the_account_and_its_jobs(service):
+    import time
+    from types import SimpleNamespace
+
+    from backend.generation.requests import GenerationRequest
+    from ui.context import UiContext
+    from ui.layout import queue_text
+
+    ctx = UiContext(service)
+    alice = SimpleNamespace(username="alice", session_hash="s1")
+    assert queue_text(ctx, alice) == "Logged in as **alice**. You have no jobs in the queue."
+    long = GenerationRequest(prompt="p", steps=40, width=256, height=256, seed=1, checkpoint="sd1.safetensors",
+                             save_images=False)
+    running = service.submit(long, "bob")
+    while running.progress.step < 1:
+        time.sleep(0.01)
+    waiting = [service.submit(long, "alice") for _ in range(2)]
+    assert queue_text(ctx, alice) == ("Logged in as **alice**. Your jobs: 0 running, 2 waiting (the next has 1 "
+                                      "job(s) ahead of it).")
+    assert service.cancel_waiting("alice") == 2 and service.cancel_waiting("bob") == 0
+    service.interrupt(owner="bob")
+    for job in (running, *waiting):
+        try:
+            job.wait(60)
+        except Exception:  # noqa: BLE001 - the cancelled ones end as interrupted
+            pass
+    assert all(job.interrupted for job in waiting)
