@@ -177,3 +177,32 @@ def test_refiner_axis(service):
     refined = service.generate(_req(steps=4, refiner_checkpoint=title, refiner_switch_at=0.6)).images[0]
     assert np.array_equal(_pixels(result.images[1]), _pixels(plain))  # x = None
     assert np.array_equal(_pixels(result.images[4]), _pixels(refined))  # x = sd2-v, y = 0.6
+
+
+@pytest.mark.parametrize("axis, text, dropdown, fields", [
+    (9, "", ["DDIM"], dict(sampler_name="DDIM")),  # Sampler (txt2img's list)
+    (11, "", ["sd2-v.safetensors"], dict(checkpoint="sd2-v.safetensors")),  # Checkpoint name
+    (17, "", ["Karras"], dict(scheduler="Karras")),  # Schedule type
+    (24, "2", [], dict(clip_skip=2)),  # Clip skip
+    (41, "64x96", [], dict(width=64, height=96)),  # Size
+    (29, "", ["None"], dict(vae="None")),  # VAE
+    (39, "", ["NV"], dict(rng_source="NV")),  # RNG source
+    (3, "0.5", [], dict(subseed=4, subseed_strength=0.5)),  # Var. strength (with the request's variation seed)
+])
+def test_an_axis_cell_equals_its_request(service, axis, text, dropdown, fields):
+    script = service.script("X/Y/Z plot", _args(axis, text, dropdowns=(dropdown, [], []), include_lone_images=True),
+                            "txt2img")
+    base = dict(subseed=4) if "subseed" in fields else {}
+    cell = service.generate(_req(script=script, **base)).images[1]
+    alone = service.generate(_req(**fields)).images[0]
+    assert np.array_equal(_pixels(cell), _pixels(alone))
+
+
+def test_styles_axis_adds_the_style_as_a1111(service):
+    service.save_style("xyz-test-style", "in the rain, {prompt}", "sunny")
+    script = service.script("X/Y/Z plot", _args(30, "", dropdowns=(["xyz-test-style"], [], []),
+                                                include_lone_images=True), "txt2img")
+    result = service.generate(_req(script=script))
+    alone = service.generate(_req(styles=("xyz-test-style",)))
+    assert np.array_equal(_pixels(result.images[1]), _pixels(alone.images[0]))
+    assert result.infotexts[1].startswith("in the rain, a red fox\nNegative prompt: blurry, sunny")
