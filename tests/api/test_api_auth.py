@@ -41,10 +41,15 @@ def test_non_ascii_credentials_get_401_not_500(secured):
 
 
 @pytest.fixture(scope="module")
-def listening(models_dir, tmp_path_factory):
-    """Exposed with UI credentials only: the API and its docs take the same ones."""
-    with running_app(models_dir, tmp_path_factory.mktemp("listen") / "outputs", "--listen", "--api",
-                     "--gradio-auth", "bob:pw1", "--ckpt", "sd1", ready_path="/sdapi/v1/progress") as base:
+def listening_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("listen")
+
+
+@pytest.fixture(scope="module")
+def listening(models_dir, listening_root):
+    """Exposed with UI credentials only (two accounts): the API and its docs take the same ones."""
+    with running_app(models_dir, listening_root / "outputs", "--listen", "--api", "--gradio-auth",
+                     "bob:pw1,carol:pw2", "--ckpt", "sd1", ready_path="/sdapi/v1/progress") as base:
         yield base
 
 
@@ -147,3 +152,15 @@ def test_two_accounts_each_see_and_stop_only_their_own_job(secured):
     worker.join(300)
     assert answer["r"].status_code == 200
     assert json.loads(answer["r"].json()["info"])["interrupted"] is True
+
+
+def test_each_account_saves_in_its_own_folder_and_no_file_route_serves_them(listening, listening_root):
+    body = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 3, "save_images": True}
+    assert requests.post(listening + "/sdapi/v1/txt2img", json=body, auth=("bob", "pw1"), timeout=120).ok
+    saved = sorted((listening_root / "outputs").rglob("*.png"))
+    assert saved and all(p.relative_to(listening_root / "outputs").parts[0] == "bob" for p in saved)
+    carol = requests.Session()
+    assert carol.post(listening + "/login", data={"username": "carol", "password": "pw2"}, timeout=30).ok
+    for route in ("/gradio_api/file=", "/file="):
+        r = carol.get(listening + route + str(saved[0]), timeout=30)
+        assert r.status_code in (403, 404), (route, r.status_code)
