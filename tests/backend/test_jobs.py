@@ -191,3 +191,10 @@ def test_private_outputs_go_to_each_accounts_folder(models_dir, tmp_path):
         assert svc.outputs_folder("txt2img", "alice") == tmp_path / "outputs" / "alice" / "txt2img-images"
     finally:
         svc.shutdown()
+
+
+def test_the_api_answers_too_many_waiting_jobs_with_429():
+    from backend.api.routes import _status_of
+    from backend.errors import TooManyJobs
+
+    assert _status_of(TooManyJobs("you have 50 jobs waiting")) == 429
