@@ -206,3 +206,12 @@ def test_styles_axis_adds_the_style_as_a1111(service):
     alone = service.generate(_req(styles=("xyz-test-style",)))
     assert np.array_equal(_pixels(result.images[1]), _pixels(alone.images[0]))
     assert result.infotexts[1].startswith("in the rain, a red fox\nNegative prompt: blurry, sunny")
+
+
+def test_keep_minus_one_draws_each_cells_own_seed(service):
+    script = service.script("X/Y/Z plot", _args(4, "2,2", no_fixed_seeds=True, include_lone_images=True), "txt2img")
+    result = service.generate(_req(seed=-1, script=script))
+    assert result.seeds[1] != result.seeds[2] and -1 not in result.seeds
+    fixed = service.script("X/Y/Z plot", _args(4, "2,2", include_lone_images=True), "txt2img")
+    again = service.generate(_req(seed=-1, script=fixed))
+    assert again.seeds[1] == again.seeds[2] != -1  # drawn once for the whole plot
