@@ -37,6 +37,8 @@ def test_latent_hires_equals_a1111(service, tiny, sampler):
     expected = _a1111_hires(tiny["sd1"], lambda x: F.interpolate(x, size=(16, 16), mode="bilinear", antialias=False),
                             sampler=sampler)
     assert ours.images[0].size == (128, 128) and max_pixel_diff(ours.images[0], expected) <= 3
+    nearest = _a1111_hires(tiny["sd1"], lambda x: F.interpolate(x, size=(16, 16), mode="nearest"), sampler=sampler)
+    assert max_pixel_diff(ours.images[0], nearest) > 3  # negative control: another latent upscale
     text = ours.infotexts[0]
     assert "Size: 64x64," in text
     assert "Denoising strength: 0.6, " in text and text.index("Hires upscale: 2.0") < text.index("Hires upscaler: Latent")
@@ -55,6 +57,7 @@ def test_lanczos_hires_equals_a1111(service, tiny):
 
     ours = service.generate(_req(hr_upscaler="Lanczos", hr_second_pass_steps=3))
     assert max_pixel_diff(ours.images[0], _a1111_hires(model, through_pixels, hr_steps=3)) <= 3
+    assert max_pixel_diff(ours.images[0], _a1111_hires(model, through_pixels, hr_steps=4)) > 3  # negative control
     assert "Hires steps: 3, Hires upscaler: Lanczos" in ours.infotexts[0]
 
 
@@ -85,6 +88,9 @@ def test_timestep_sampler_hires_equals_a1111(service, tiny, sampler):
                                     denoising_strength=0.6)
     ours = service.generate(_req(hr_upscaler="Latent", sampler_name=sampler, cfg_scale=12.0))
     assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, second)[0]) <= 1
+    one_off = a1111_timestep_latents(model.unet, cond, uncond, sampler, 5, 12.0, [77], 128, 128, init=init,
+                                     denoising_strength=0.6)
+    assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, one_off)[0]) > 1  # control: K = 5, not 4
 
 
 def test_hires_checkpoint_runs_the_second_pass_on_another_model_as_a1111(service, tiny):
@@ -99,6 +105,7 @@ def test_hires_checkpoint_runs_the_second_pass_on_another_model_as_a1111(service
     second = a1111_latents(sd2.unet, cond, uncond, "Euler", None, 4, 7.0, [77], 128, 128, v_prediction=True,
                            init=init, denoising_strength=0.6)
     assert max_pixel_diff(ours.images[0], decode_truncated(sd2.vae, second)[0]) <= 3
+    assert max_pixel_diff(ours.images[0], decode_truncated(sd1.vae, second)[0]) > 3  # control: the first's VAE
     title = service.registry.find_checkpoint("sd2-v.safetensors")
     assert f"Hires checkpoint: {title.model_name} [{title.short_hash}]" in ours.infotexts[0]
     again = service.generate(_req(hr_upscaler="Latent"))  # the next request is back on its own model
@@ -171,6 +178,7 @@ def test_firstpass_image_with_an_image_upscaler_equals_a1111(service, tiny):
     expected = _a1111_hires(model, lambda _: _encoded_like_a1111(
         model, _a1111_firstpass_roundtrip(picture).resize((128, 128), Image.LANCZOS)))
     assert ours.images[0].size == (128, 128) and max_pixel_diff(ours.images[0], expected) <= 3
+    assert max_pixel_diff(ours.images[0], service.generate(_req(hr_upscaler="Lanczos")).images[0]) > 3  # control
 
 
 def test_firstpass_image_with_a_latent_upscaler_equals_a1111(service, tiny):
@@ -179,6 +187,9 @@ def test_firstpass_image_with_a_latent_upscaler_equals_a1111(service, tiny):
     expected = _a1111_hires(model, lambda _: F.interpolate(_encoded_like_a1111(model, picture), size=(16, 16),
                                                            mode="bilinear", antialias=False))
     assert max_pixel_diff(ours.images[0], expected) <= 3
+    unsampled = _a1111_hires(model, lambda _: F.interpolate(_encoded_like_a1111(model, picture, seed=78),
+                                                            size=(16, 16), mode="bilinear", antialias=False))
+    assert max_pixel_diff(ours.images[0], unsampled) > 3  # negative control: another seed's encoding noise
 
 
 def test_firstpass_roundtrip_truncates_as_a1111():

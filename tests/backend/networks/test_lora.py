@@ -51,16 +51,18 @@ def _lora_file():
 
 def _loha_file():
     key = _kohya("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v")
-    return {key + ".hada_w1_a": _r(32, 4), key + ".hada_w1_b": _r(4, 32), key + ".hada_w2_a": _r(32, 4),
-            key + ".hada_w2_b": _r(4, 32), key + ".alpha": torch.tensor(2.0)}
+    # large enough that applying it moves pixels well past the parity tolerance (a test that can fail)
+    return {key + ".hada_w1_a": _r(32, 4, scale=0.6), key + ".hada_w1_b": _r(4, 32, scale=0.6),
+            key + ".hada_w2_a": _r(32, 4, scale=0.6), key + ".hada_w2_b": _r(4, 32, scale=0.6),
+            key + ".alpha": torch.tensor(4.0)}
 
 
 def _lokr_file():
     whole = _kohya("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k")
     factored = _kohya("up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2")
-    return {whole + ".lokr_w1": _r(4, 4), whole + ".lokr_w2": _r(8, 8),
-            factored + ".lokr_w1": _r(4, 8), factored + ".lokr_w2_a": _r(8, 2), factored + ".lokr_w2_b": _r(2, 16),
-            factored + ".alpha": torch.tensor(1.0)}
+    return {whole + ".lokr_w1": _r(4, 4, scale=0.7), whole + ".lokr_w2": _r(8, 8, scale=0.7),
+            factored + ".lokr_w1": _r(4, 8, scale=0.7), factored + ".lokr_w2_a": _r(8, 2, scale=0.7),
+            factored + ".lokr_w2_b": _r(2, 16, scale=0.7), factored + ".alpha": torch.tensor(2.0)}
 
 
 def _full_norm_dora_file():
@@ -197,6 +199,8 @@ def test_each_format_equals_a1111s_merge(svc, tiny, name, builder, lora_dir):
     ours = _ours(svc, f"a cat <lora:{name}:0.7>")
     assert max_pixel_diff(ours.images[0], expected) <= 3
     assert ours.warnings == []
+    plain = _ours(svc, "a cat")
+    assert max_pixel_diff(ours.images[0], plain.images[0]) > 3  # negative control: the network really acts
 
 
 def test_separate_te_and_unet_weights_and_two_networks_at_once(svc, tiny, lora_dir):
@@ -206,6 +210,8 @@ def test_separate_te_and_unet_weights_and_two_networks_at_once(svc, tiny, lora_d
     expected = _image(_merge(_merge(tiny["sd1"], style, te=0.4, unet=1.3), loha, te=0.5, unet=0.5))
     ours = _ours(svc, "a cat <lora:style:0.4:1.3> <lyco:loha:0.5>")
     assert max_pixel_diff(ours.images[0], expected) <= 3
+    swapped = _image(_merge(_merge(tiny["sd1"], style, te=1.3, unet=0.4), loha, te=0.5, unet=0.5))
+    assert max_pixel_diff(ours.images[0], swapped) > 3  # negative control: te and unet weights swapped
     named = _ours(svc, "a cat <lora:style:te=0.4:unet=1.3> <lyco:loha:0.5>")
     assert max_pixel_diff(named.images[0], ours.images[0]) == 0
 
@@ -218,6 +224,7 @@ def test_sdxl_original_layout_names_and_both_text_encoders(svc, tiny, lora_dir):
     expected = _image(_merge(tiny["sdxl"], tensors, names=names))
     ours = _ours(svc, "a cat <lora:xl:1>", checkpoint="sdxl.safetensors")
     assert max_pixel_diff(ours.images[0], expected) <= 3 and ours.warnings == []
+    assert max_pixel_diff(ours.images[0], _ours(svc, "a cat", checkpoint="sdxl.safetensors").images[0]) > 3
 
 
 def test_plain_request_after_a_lora_is_exactly_the_plain_image(svc):
