@@ -29,6 +29,8 @@ def _theirs(model, sampler, schedule, seeds, steps=8, **kwargs):
 def test_sd1_sampler_and_schedule_equal_a1111(service, tiny, sampler, schedule):
     ours = _ours(service, "sd1.safetensors", sampler, schedule)
     assert max_pixel_diff(ours.images[0], _theirs(tiny["sd1"], sampler, schedule, [21])[0]) <= 3
+    if schedule is None:  # negative control: another seed is another picture
+        assert max_pixel_diff(ours.images[0], _theirs(tiny["sd1"], sampler, schedule, [22])[0]) > 3
     default = OPTIONS[sampler][1]  # A1111 writes "Automatic" for a sampler without a schedule of its own
     expected_label = schedule or (default if default != "Uniform" else "Automatic")
     assert f"Sampler: {sampler}, Schedule type: {expected_label}," in ours.infotexts[0]
@@ -38,6 +40,7 @@ def test_sd1_sampler_and_schedule_equal_a1111(service, tiny, sampler, schedule):
 def test_sdxl_sampler_equals_a1111(service, tiny, sampler):
     ours = _ours(service, "sdxl.safetensors", sampler, None)
     assert max_pixel_diff(ours.images[0], _theirs(tiny["sdxl"], sampler, None, [21])[0]) <= 3
+    assert max_pixel_diff(ours.images[0], _theirs(tiny["sdxl"], sampler, None, [22])[0]) > 3  # control: seed
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES[1:])
@@ -51,6 +54,7 @@ def test_sdxl_schedule_types_equal_a1111(service, tiny, schedule):
 def test_sd2_v_equals_a1111(service, tiny, sampler):
     ours = _ours(service, "sd2-v.safetensors", sampler, None)
     assert max_pixel_diff(ours.images[0], _theirs(tiny["sd2"], sampler, None, [21])[0]) <= 3
+    assert max_pixel_diff(ours.images[0], _theirs(tiny["sd2"], sampler, None, [21], steps=7)[0]) > 3  # control
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE"])
