@@ -144,11 +144,15 @@ class DiffusersFolderModel:
         self.path = path
         try:
             index = json.loads((path / "model_index.json").read_text())
-            encoder_config = json.loads((path / "text_encoder" / "config.json").read_text())
+            xl = "XL" in str(index.get("_class_name", ""))
+            # SDXL's refiner has no first text encoder: OpenCLIP bigG (text_encoder_2) alone
+            self.refiner = xl and not (path / "text_encoder" / "config.json").is_file()
+            encoder_dir = "text_encoder_2" if self.refiner else "text_encoder"
+            encoder_config = json.loads((path / encoder_dir / "config.json").read_text())
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{path.name}: not a loadable diffusers folder "
                                   f"({type(err).__name__}: model_index.json or text_encoder/config.json)") from err
-        family = Family.SDXL if "XL" in str(index.get("_class_name", "")) else Family.SD1
+        family = Family.SDXL if xl else Family.SD1
         if family is Family.SD1 and encoder_config.get("hidden_act") == "gelu":
             family = Family.SD2
         self.family = family
@@ -167,7 +171,8 @@ class DiffusersFolderModel:
         for module in (pipe.unet, *encoders):
             module.to(device, dtype)
         pipe.vae.to(device, vae_dtype)
-        tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if self.family is Family.SDXL else [])
+        tokenizers = [pipe.tokenizer_2] if self.refiner else \
+            [pipe.tokenizer] + ([pipe.tokenizer_2] if self.family is Family.SDXL else [])
         kind = prediction_override or pipe.scheduler.config.get("prediction_type", prediction.EPSILON)
         return LoadedModel(self.family, pipe.unet, pipe.vae, encoders, tokenizers, kind, dtype,
                            execution_device=device)
@@ -183,6 +188,8 @@ class DiffusersFolderModel:
         return self._pipe
 
     def _encoders(self, pipe) -> list:
+        if self.refiner:
+            return [pipe.text_encoder_2]
         return [pipe.text_encoder] + ([pipe.text_encoder_2] if self.family is Family.SDXL else [])
 
 

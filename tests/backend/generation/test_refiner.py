@@ -101,3 +101,23 @@ def test_sdxl_refiner_layout_with_its_aesthetic_scores(service, tiny):
     finally:
         handle.remove()
     assert seen and all(rows == [[64, 64, 0, 0, 2.5], [64, 64, 0, 0, 6.0]] for rows in seen)  # uncond, then cond
+
+
+def test_a_diffusers_folder_refiner_equals_its_single_file(tiny, tmp_path):
+    """stabilityai's refiner as a diffusers folder (no first text encoder) loads and refines as the file does."""
+    from tests.conftest import build_backend
+    from tests.fixtures import tiny_models
+    from tests.fixtures.reference import reference_pipeline
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    tiny_models.write_checkpoint(tiny["sdxl"], folder / "sdxl.safetensors")
+    tiny_models.write_checkpoint(tiny["sdxl_refiner"], folder / "refiner-file.safetensors")
+    reference_pipeline(tiny["sdxl_refiner"]).save_pretrained(str(folder / "refiner-folder"), safe_serialization=True)
+    svc = build_backend(tmp_path / "models", tmp_path / "outputs")
+    try:
+        by_file, by_folder = (svc.generate(_req(checkpoint="sdxl.safetensors", refiner_checkpoint=name,
+                                                refiner_switch_at=0.5)).images[0]
+                              for name in ("refiner-file", "refiner-folder"))
+    finally:
+        svc.shutdown()
+    assert max_pixel_diff(by_file, by_folder) <= 1
