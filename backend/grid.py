@@ -1,6 +1,6 @@
 """Image grids as A1111 draws them (`modules/images.py`): batches laid out in about as many rows as columns, and
 the annotated grids of the X/Y/Z plot and the prompt matrix (column texts above, row texts on the left, inactive
-texts grey and struck through, optional margins between cells)."""
+texts grey and struck through, optional margins between cells), in A1111's font (Roboto)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,13 @@ class _Line:
 
 
 def font(size: int) -> ImageFont.FreeTypeFont:
-    """Pillow's built-in scalable font: nothing to download or ship (A1111 uses Roboto)."""
-    return ImageFont.load_default(max(1, size))
+    """A1111's legend font: Roboto Regular from the font-roboto package (as A1111's `fonts.ttf.Roboto`); Pillow's
+    built-in scalable font where that package is missing."""
+    try:
+        from font_roboto import Roboto
+    except ImportError:
+        return ImageFont.load_default(max(1, size))
+    return ImageFont.truetype(Roboto, max(1, size))
 
 
 def annotate(grid: Image.Image, width: int, height: int, column_texts: list[list[GridText]],

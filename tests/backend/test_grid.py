@@ -49,3 +49,7 @@ def test_inactive_text_is_grey_and_struck_through():
     assert (band[:, :256] < 40).all(axis=-1).any()  # black text over the first column
     grey = (band[:, 256:] == INACTIVE).all(axis=-1)
     assert grey.sum() > 40 and not (band[:, 256:] < 40).all(axis=-1).any()
+
+
+def test_legends_use_a1111s_font():
+    assert font(20).getname() == ("Roboto", "Regular")
