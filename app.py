@@ -83,8 +83,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def account_names(args: argparse.Namespace) -> set[str]:
-    """Every account of the UI and the API."""
-    return {user for user, _ in ui_credentials(args)} | {user for user, _ in parse_credentials(args.api_auth)}
+    """Every account of the UI and the API (an unreadable --gradio-auth-path is reported when serving starts)."""
+    try:
+        ui = ui_credentials(args)
+    except SystemExit:
+        ui = parse_credentials(args.gradio_auth)
+    return {user for user, _ in ui} | {user for user, _ in parse_credentials(args.api_auth)}
 
 
 def parse_credentials(text: str | None) -> list[tuple[str, str]]:

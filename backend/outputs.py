@@ -90,9 +90,12 @@ class OutputWriter:
         return _save_numbered(image, folder, lambda n: f"{stem}-{n}.{fmt.extension}" if n else f"{stem}.{fmt.extension}",
                               texts, fmt, first=0)
 
-    def save_grid(self, image: Image.Image, kind: str, infotext: str) -> Path:
+    def save_grid(self, image: Image.Image, kind: str, infotext: str, basename: str = "grid") -> Path:
+        """A1111's grid names: `grid-0000`, or the script's (`xyz_grid-0000`, `prompt_matrix-0000`), each
+        basename counting on its own."""
         folder, fmt = self.folder(kind, grid=True), self.format(grid=True)
-        return _save_numbered(image, folder, lambda n: f"grid-{n:04d}.{fmt.extension}", {"parameters": infotext}, fmt)
+        return _save_numbered(image, folder, lambda n: f"{basename}-{n:04d}.{fmt.extension}",
+                              {"parameters": infotext}, fmt, first=next_number(folder, basename))
 
 
 def owner_folder(owner: str) -> str:
@@ -102,11 +105,14 @@ def owner_folder(owner: str) -> str:
     return "user-" + hashlib.sha256(owner.encode("utf-8")).hexdigest()[:16]
 
 
-def next_number(folder: Path) -> int:
-    """One past the highest number any file in `folder` starts with (A1111 keeps counting, never reuses)."""
+def next_number(folder: Path, basename: str = "") -> int:
+    """One past the highest number any file in `folder` starts with, after `basename-` when given (A1111 keeps
+    counting, never reuses)."""
     if not folder.is_dir():
         return 0
-    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name.removeprefix("grid-")))]
+    prefix = f"{basename}-" if basename else ""
+    numbers = [int(m.group(1)) for p in folder.iterdir()
+               if p.name.startswith(prefix) and (m := _NUMBERED.match(p.name[len(prefix):]))]
     return max(numbers, default=-1) + 1
 
 

@@ -276,7 +276,8 @@ class JobRunner:
             if not req.save_images or not wanted or (output.interrupted and not keep_partial):
                 continue
             if grid:
-                self._save(result, lambda image=image, text=text: self.outputs.save_grid(image, req.kind, text))
+                self._save(result, lambda image=image, text=text: self.outputs.save_grid(image, req.kind, text,
+                                                                                         output.grid_name))
                 continue
             path = self._save(result, lambda image=image, seed=seed, text=text: self.outputs.save_image(
                 image, req.kind, seed, text))

@@ -49,7 +49,8 @@ class ScriptOutput:
     infotext: str = ""  # A1111 reports the first job's parameters for the whole result
     interrupted: bool = False
     infotexts: list[str] | None = None  # one per image (X/Y/Z plot); None: `infotext` for every image
-    grids: int = 0  # the first `grids` images are grids: saved to the grids folder
+    grids: int = 0  # the first `grids` images are grids: saved to the grids folder ...
+    grid_name: str = "grid"  # ... under A1111's name for them
     saved: bool = False  # the jobs saved their own pictures: only the grids are left to save
     template: object | None = None  # one job's result: the model and sampler the answer's info names
     warnings: list[str] = field(default_factory=list)

@@ -88,7 +88,7 @@ def run(req, settings: MatrixSettings, tools: ScriptTools) -> ScriptOutput:
     """As A1111's batches over the prompt list; each picture equals its prompt made alone with its seed."""
     parts = _parts(req, settings)
     jobs = job_requests(req, settings)
-    out = ScriptOutput(saved=True, infotexts=[])
+    out = ScriptOutput(saved=True, infotexts=[], grid_name="prompt_matrix")
     for n, job in enumerate(jobs):
         if tools.interrupted():
             out.interrupted = True

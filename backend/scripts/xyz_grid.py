@@ -465,7 +465,7 @@ def run(req, settings: XyzSettings, tools: ScriptTools) -> ScriptOutput:
     total = counts[0] * counts[1] * counts[2]
     cells: dict[int, tuple[Image.Image, str, int]] = {}
     firsts: dict[int, object] = {}  # z -> the result of its first cell (ix = iy = 0): the grids' infotexts
-    out = ScriptOutput(saved=True)
+    out = ScriptOutput(saved=True, grid_name="xyz_grid")
     for done, (ix, iy, iz) in enumerate(cell_order(settings)):
         index = ix + iy * counts[0] + iz * counts[0] * counts[1]
         if out.interrupted or tools.interrupted():

@@ -4,6 +4,7 @@ request, the grid as A1111 draws it, the grid infotext, seeds, and refusals befo
 import time
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from backend.errors import InvalidRequest
@@ -215,3 +216,13 @@ def test_keep_minus_one_draws_each_cells_own_seed(service):
     fixed = service.script("X/Y/Z plot", _args(4, "2,2", include_lone_images=True), "txt2img")
     again = service.generate(_req(seed=-1, script=fixed))
     assert again.seeds[1] == again.seeds[2] != -1  # drawn once for the whole plot
+
+
+def test_saved_as_a1111_names_them(service):
+    script = service.script("X/Y/Z plot", _args(4, "2,3"), "txt2img")
+    service.generate(_req(script=script, save_images=True, seed=91))
+    grids = sorted(p.name for p in service.outputs.root.glob("txt2img-grids/*/xyz_grid-*.png"))
+    cells = [p for p in service.outputs.root.glob("txt2img-images/*/*.png") if "-91" in p.name]
+    assert grids and grids[-1].startswith("xyz_grid-") and len(cells) == 2  # each cell saved by its own job
+    assert "Script: X/Y/Z plot" in Image.open(sorted(service.outputs.root.glob("txt2img-grids/*/xyz_grid-*.png"))[-1]
+                                              ).info["parameters"]
