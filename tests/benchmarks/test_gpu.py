@@ -14,5 +14,5 @@ def test_smoke_run_writes_the_report(tmp_path):
     sections = report["sections"]
     assert sections["churn"]["ok"] and sections["churn"]["activations"] == ["sd1.safetensors"]
     assert sections["sdxl_hires"]["not_black"] and sections["sdxl_hires"]["size"] == [96, 96]
-    assert sections["esrgan"]["result"] == [256, 256] and sections["esrgan"]["dtype"] == "torch.float16"
+    assert sections["esrgan"]["result"] == [128, 128] and sections["esrgan"]["dtype"] == "torch.float16"
     assert "### churn" in (tmp_path / "report" / "gpu-report.md").read_text()
