@@ -307,17 +307,19 @@ class GenerationService:
         """A script of a tab by A1111's title (any case), with A1111's positional script_args."""
         return scripts.parse(name, args, self.script_catalog(tab))
 
-    def extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool = False) -> ExtrasResult:
+    def extras(self, images: list[Image.Image], req: ExtrasRequest, save: bool = False,
+               owner: str = "") -> ExtrasResult:
         """Upscale pictures (the Extras tab and API) on the worker that owns the device. Every size the work
         implies is checked first."""
         limits = self.settings.limits
         check_extras(req, self.upscalers, limits.max_extras_pixels)
         for image in images:
             check_extras_picture(image.size, req, self.upscalers, limits.max_extras_pixels)
-        return self.queue.submit("extras", ExtrasJob(list(images), req, save)).wait()
+        return self.queue.submit("extras", ExtrasJob(list(images), req, save), owner,
+                                 self.settings.max_queued_per_user).wait()
 
     def extras_from_folder(self, input_dir: str, output_dir: str, req: ExtrasRequest,
-                           keep_images: bool = True) -> ExtrasResult:
+                           keep_images: bool = True, owner: str = "") -> ExtrasResult:
         """Extras' batch from a folder on this machine, only when served to this machine alone (checked here, on
         every call): every picture in `input_dir`, read one at a time by the worker, saved under its own name in
         `output_dir` (empty: outputs/extras-images, numbered), never over an existing file. Results are kept for
@@ -337,7 +339,7 @@ class GenerationService:
             raise InvalidRequest("input_dir", "has no picture that can be upscaled this way")
         target = Path(output_dir.strip()).expanduser() if output_dir.strip() else None
         job = ExtrasJob(usable, req, True, target, keep=MAX_KEPT_FOLDER_RESULTS if keep_images else 0)
-        result = self.queue.submit("extras", job).wait()
+        result = self.queue.submit("extras", job, owner, self.settings.max_queued_per_user).wait()
         result.warnings[:0] = warnings
         return result
 

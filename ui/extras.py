@@ -57,22 +57,25 @@ def build_extras_tab(ctx: UiContext) -> gr.Image:
         tab.select(lambda name=name: name, outputs=mode_state)
 
     def on_run(which, picture, uploads, in_dir, out_dir, show_results, mode, scale, width, height, crop,
-               upscaler_1, upscaler_2, visibility):
+               upscaler_1, upscaler_2, visibility, request: gr.Request):
         req = ExtrasRequest(resize_mode=RESIZE_MODES.index(mode), upscaling_resize=float(scale),
                             upscaling_resize_w=int(width), upscaling_resize_h=int(height), upscaling_crop=bool(crop),
                             upscaler_1=upscaler_1, upscaler_2=upscaler_2, upscaler_2_visibility=float(visibility))
+        owner = ctx.owner(request)
         try:
             if which == SINGLE:
                 if picture is None:
                     return "**Error:** upload an image first", None, [], ""
-                done = ctx.service.extras([picture], req, save=True)
+                done = ctx.service.extras([picture], req, save=True, owner=owner)
             elif which == BATCH:
                 if not uploads:
                     return "**Error:** add the pictures to process first", None, [], ""
                 limit = ctx.service.settings.limits.max_upload_pixels
-                done = ctx.service.extras([open_picture(Path(_upload_path(f)), limit) for f in uploads], req, save=True)
+                pictures = [open_picture(Path(_upload_path(f)), limit) for f in uploads]
+                done = ctx.service.extras(pictures, req, save=True, owner=owner)
             else:
-                done = ctx.service.extras_from_folder(in_dir or "", out_dir or "", req, keep_images=bool(show_results))
+                done = ctx.service.extras_from_folder(in_dir or "", out_dir or "", req, keep_images=bool(show_results),
+                                                      owner=owner)
         except BackendError as err:
             return f"**Error:** {err}", None, [], ""
         except (OSError, Image.DecompressionBombError) as err:

@@ -352,19 +352,19 @@ class SdApi:
     def face_restorers(self) -> list[dict]:
         return []  # GFPGAN and CodeFormer need weights that cannot be downloaded here
 
-    def extra_single_image(self, body: ExtrasSingleBody) -> dict:
+    def extra_single_image(self, body: ExtrasSingleBody, caller: str) -> dict:
         image = decode_b64_image(body.image, "image", self.service.settings.limits.max_upload_pixels)
-        result = self.service.extras([image], _extras_request(body))
+        result = self.service.extras([image], _extras_request(body), owner=caller)
         return {"html_info": _html_info(result.infotexts[0]),
                 "image": encode_png(result.images[0], None, self.service.image_format())
                 if body.show_extras_results else None}
 
-    def extra_batch_images(self, body: ExtrasBatchBody) -> dict:
+    def extra_batch_images(self, body: ExtrasBatchBody, caller: str) -> dict:
         limit = self.service.settings.limits.max_upload_pixels
         images = [decode_b64_image(item.data, f"imageList.{i}.data", limit) for i, item in enumerate(body.imageList)]
         if not images:
             raise InvalidRequest("imageList", "at least one image is required")
-        result = self.service.extras(images, _extras_request(body))
+        result = self.service.extras(images, _extras_request(body), owner=caller)
         return {"html_info": _html_info(result.infotexts[0]),
                 "images": [encode_png(i, None, self.service.image_format()) for i in result.images]
                 if body.show_extras_results else []}

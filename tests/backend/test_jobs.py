@@ -189,6 +189,11 @@ def test_private_outputs_go_to_each_accounts_folder(models_dir, tmp_path):
         assert alice.relative_to(tmp_path / "outputs").parts[:2] == ("alice", "txt2img-images")
         assert odd.relative_to(tmp_path / "outputs").parts[0].startswith("user-")  # never a path out of outputs
         assert svc.outputs_folder("txt2img", "alice") == tmp_path / "outputs" / "alice" / "txt2img-images"
+        from PIL import Image
+
+        from backend.upscale.extras import ExtrasRequest
+        svc.extras([Image.new("RGB", (8, 8))], ExtrasRequest(upscaler_1="Nearest"), save=True, owner="alice")
+        assert list((tmp_path / "outputs" / "alice" / "extras-images").glob("*.png"))  # Extras too
     finally:
         svc.shutdown()
 
