@@ -50,6 +50,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         embeddings_dirs=embeddings_dirs(args, models_dir),
         lora_dir=args.lora_dir,
+        controlnet_dir=args.controlnet_dir,
         styles_file=args.styles_file or args.data_dir / "styles.csv",
         config_file=args.ui_settings_file or args.data_dir / "config.json",
         hypernetwork_dir=args.hypernetwork_dir,
@@ -139,6 +140,7 @@ def api_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def build_service(settings: Settings):
+    from backend.control.models import ControlNetLibrary
     from backend.memory import policy
     from backend.memory.apply import configure_math
     from backend.memory.facts import probe_device_facts
@@ -172,9 +174,10 @@ def build_service(settings: Settings):
     hypernetworks = HypernetLibrary([settings.hypernetwork_dir or settings.models_dir / "hypernetworks"])
     styles = StyleLibrary(settings.styles_file or settings.models_dir.parent / "styles.csv")
     options = Options(path=settings.config_file)
+    controlnets = ControlNetLibrary(settings.controlnet_folder)
     return GenerationService(settings, models, OutputWriter(settings.outputs_dir, options), options=options,
                              embeddings=embeddings, networks=networks, upscalers=upscalers,
-                             hypernetworks=hypernetworks, styles=styles)
+                             hypernetworks=hypernetworks, styles=styles, controlnets=controlnets)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,6 +160,8 @@ def _add_folders(p: argparse.ArgumentParser) -> None:
                    help="textual-inversion embeddings (default: MODELS_DIR/embeddings, and DATA_DIR/embeddings "
                         "where it exists, as A1111 keeps them)")
     p.add_argument("--lora-dir", type=Path, default=None, help="LoRA networks (default MODELS_DIR/Lora)")
+    p.add_argument("--controlnet-dir", type=Path, default=None,
+                   help="ControlNet models (default MODELS_DIR/ControlNet), as the sd-webui-controlnet extension")
     p.add_argument("--hypernetwork-dir", type=Path, default=None, help="hypernetworks (default MODELS_DIR/hypernetworks)")
     p.add_argument("--esrgan-models-path", type=Path, default=None, help="ESRGAN models (default MODELS_DIR/ESRGAN)")
     p.add_argument("--realesrgan-models-path", type=Path, default=None,

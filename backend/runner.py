@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 
 from backend import scripts
-from backend.errors import CheckpointError, Interrupted
+from backend.control.models import ControlNetLibrary
+from backend.control.prepare import PreparedControl, numpy_seed, prepare as prepare_control
+from backend.errors import CheckpointError, InvalidRequest, Interrupted
 from backend.execution import ExecutionContext
 from backend.generation import sampling
 from backend.generation.img2img import prepare_img2img
@@ -28,6 +30,7 @@ from backend.generation.tiling import seamless
 from backend.generation.txt2img import prepare_txt2img
 from backend.grid import make_grid
 from backend.jobs import Job, SkipBatch
+from backend.loading.detect import Family
 from backend.loading.loader import LoadedModel
 from backend.memory.fallback import run_with_fallbacks
 from backend.memory.policy import Measures
@@ -102,12 +105,13 @@ class JobRunner:
 
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter, options: Options,
                  embeddings: EmbeddingLibrary, networks: NetworkApplier, upscalers: UpscalerLibrary,
-                 resources: sampling.Resources, on_unloadable: Callable[[ModelFile], None] = lambda c: None,
+                 resources: sampling.Resources, controlnets: ControlNetLibrary | None = None, on_unloadable: Callable[[ModelFile], None] = lambda c: None,
                  prepare: Callable[[GenerationRequest], GenerationRequest] = lambda req: req):
         self.settings, self.models, self.registry = settings, models, models.registry
         self.all_outputs, self.options, self.embeddings = outputs, options, embeddings
         self.outputs = outputs  # where the running job saves: its account's own folder with private outputs
         self.networks, self.upscalers = networks, upscalers
+        self.controlnets = controlnets
         placement = models.placement
         # what jobs run with; only this (the worker's) thread uses it
         self.context = ExecutionContext(
@@ -180,11 +184,12 @@ class JobRunner:
                                   hr_checkpoint=hr_checkpoint, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
         req = self._apply_networks(model, req, result)  # the prompt loses its <lora:...> tags for encoding
         self._check_prompts(model, req, result)
+        control = self._prepare_control(model, req, result) if req.control_units else None
         width, height = hires_target(req).final_size if req.enable_hr and req.kind == "txt2img" else (req.width,
                                                                                                      req.height)
         measures = self.models.plan.for_request(width, height, req.batch_size)
         with seamless([model.unet, model.vae], req.tiling):
-            self._run_batches(job, model, req, sampler, result, measures)
+            self._run_batches(job, model, req, sampler, result, measures, control)
         if len(result.images) > 1:
             result.grid = make_grid(result.images)
             if req.save_images and not result.interrupted and self.options.get("grid_save"):
@@ -193,7 +198,7 @@ class JobRunner:
         return result
 
     def _run_batches(self, job: Job, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
-                     result: GenerationResult, measures: Measures) -> None:
+                     result: GenerationResult, measures: Measures, control: PreparedControl | None) -> None:
         first_seed = req.seed
         for batch_no in range(req.n_iter):
             try:
@@ -205,7 +210,7 @@ class JobRunner:
             seeds = [first_seed + batch_no * req.batch_size + i for i in range(req.batch_size)]
 
             def attempt(m: Measures, seeds=seeds) -> list[_Denoised]:
-                return self._denoise(model, req, sampler, seeds, job, m, result)
+                return self._denoise(model, req, sampler, seeds, job, m, result, control)
 
             try:
                 parts, _ = run_with_fallbacks(attempt, measures, len(seeds), self.models.device)
@@ -311,10 +316,11 @@ class JobRunner:
         result.prompt_chunks = (chunks[0], chunks[1])
 
     def _denoise(self, model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
-                 job: Job, measures: Measures, result: GenerationResult) -> list[_Denoised]:
+                 job: Job, measures: Measures, result: GenerationResult,
+                 control: PreparedControl | None = None) -> list[_Denoised]:
         """Sample one batch under `measures`; with a batch split, its parts run one after another (same seeds).
         An interrupt keeps what the current part has reached, as A1111 does."""
-        resources = self.resources
+        resources = dataclasses.replace(self.resources, control=control)
         if req.enable_hr and req.hr_checkpoint or req.refiner_checkpoint:  # each batch starts on the request's model
             model = self.models.get(self.registry.find_checkpoint(req.checkpoint), req.vae)
             self._patch_networks(model, result)
@@ -345,6 +351,24 @@ class JobRunner:
                 parts.append(_Denoised(work, job.progress.latents.float(), interrupted=True))
                 break
         return parts
+
+    def _prepare_control(self, model: LoadedModel, req: GenerationRequest,
+                         result: GenerationResult) -> PreparedControl:
+        """The job's ControlNet units, once for all its batches: maps detected, models loaded for this
+        checkpoint; the infotext entries and the detected maps go into the job's record."""
+        if self.controlnets is None:
+            raise InvalidRequest("alwayson_scripts", "ControlNet is not available in this server")
+        hires_size = hires_target(req).final_size if req.enable_hr and req.kind == "txt2img" else None
+        memory = self.settings.memory
+        control = prepare_control(
+            req.control_units, self.controlnets, model.unet, model.execution_device, model.dtype,
+            size=(req.width, req.height), hires_size=hires_size, init_image=req.init_image,
+            img2img_resize=int(req.resize_mode), seed=numpy_seed(req.seed, req.control_subseed),
+            sdxl=model.family is Family.SDXL, offload=memory.lowvram or memory.medvram,
+            keep_maps=not self.options.get("control_net_no_detectmap"))
+        result.control_maps = control.maps
+        result.control_params = control.infotext
+        return control
 
     def _switch_for_hires(self, title: str, req: GenerationRequest, result: GenerationResult,
                           batch: int) -> LoadedModel:

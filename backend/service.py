@@ -44,6 +44,7 @@ from backend.samplers import SAMPLERS, SCHEDULES, resolve
 from backend import scripts
 from backend.scripts import img2img_batch, xyz_grid
 from backend.settings import Settings
+from backend.control.models import ControlNetLibrary
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,15 @@ class GenerationService:
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter,
                  options: Options | None = None, embeddings: EmbeddingLibrary | None = None,
                  networks: NetworkLibrary | None = None, upscalers: UpscalerLibrary | None = None,
-                 hypernetworks: HypernetLibrary | None = None, styles: StyleLibrary | None = None):
+                 hypernetworks: HypernetLibrary | None = None, styles: StyleLibrary | None = None,
+                 controlnets: ControlNetLibrary | None = None):
         self.settings = settings
         self.embeddings = embeddings or EmbeddingLibrary([])
         self.networks = networks or NetworkLibrary([])
         self.upscalers = upscalers or UpscalerLibrary([])
         self.hypernetworks = hypernetworks or HypernetLibrary([])
         self.styles = styles or StyleLibrary(settings.outputs_dir.parent / "styles.csv")
+        self.controlnets = controlnets or ControlNetLibrary(settings.controlnet_folder)
         self.resources = sampling.Resources(self.embeddings, self.upscalers)
         self.models = models
         self.registry = models.registry
@@ -85,7 +88,7 @@ class GenerationService:
         self._counting_tokenizer = None
         self.runner = JobRunner(settings, models, outputs, self.options, self.embeddings,
                                 NetworkApplier(self.networks, self.hypernetworks), self.upscalers, self.resources,
-                                on_unloadable=self._forget_unloadable_default, prepare=self.prepare)
+                                self.controlnets, on_unloadable=self._forget_unloadable_default, prepare=self.prepare)
         self.queue = JobQueue(self._run_job)
 
     # ---------------------------------------------------------------- generation (any thread)

@@ -65,6 +65,7 @@ class Settings:
     prediction_overrides: dict[str, str] = field(default_factory=dict)  # checkpoint name -> epsilon | v_prediction
     embeddings_dirs: tuple[Path, ...] = ()  # default: models_dir/embeddings
     lora_dir: Path | None = None  # default: models_dir/Lora
+    controlnet_dir: Path | None = None  # default: models_dir/ControlNet
     styles_file: Path | None = None  # A1111's styles.csv; default: beside models_dir
     config_file: Path | None = None  # A1111's config.json (settings); None: settings are not kept
     hypernetwork_dir: Path | None = None  # default: models_dir/hypernetworks
@@ -104,6 +105,10 @@ class Settings:
     @property
     def lora_folder(self) -> Path:
         return self.lora_dir or self.models_dir / "Lora"
+
+    @property
+    def controlnet_folder(self) -> Path:
+        return self.controlnet_dir or self.models_dir / "ControlNet"
 
     @property
     def embedding_folders(self) -> list[Path]:

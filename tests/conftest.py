@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from app import build_service  # noqa: E402
 from backend.service import GenerationService  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from tests.fixtures import tiny_models, tiny_upscalers  # noqa: E402
+from tests.fixtures import tiny_controlnets, tiny_models, tiny_upscalers  # noqa: E402
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -50,7 +50,30 @@ def models_dir(tmp_path_factory, tiny) -> Path:
     tiny_models.write_diffusers_folder(tiny["sd1"], root / "Stable-diffusion" / "diffusers-sd1")
     (root / "VAE").mkdir()
     tiny_upscalers.write_esrgan(root / "ESRGAN" / "4x_tiny.pth")
+    write_controlnets(tiny, root / "ControlNet")
     return root
+
+
+# ControlNets for the tiny checkpoints, in each layout real files have (name -> (family, layout))
+CONTROLNETS = {"control_sd15_tiny.pth": ("sd1", "ldm-pth"), "control_v11p_sd15_tiny.safetensors": ("sd1", "ldm"),
+               "diffusers_sd15_tiny.safetensors": ("sd1", "diffusers"), "sub/control_sd21_tiny.pth": ("sd2", "ldm-pth"),
+               "diffusers_xl_tiny.safetensors": ("sdxl", "diffusers"), "control_xl_tiny.pth": ("sdxl", "ldm-pth")}
+
+
+def controlnet_for(tiny, family: str, seed: int = 11):
+    """The tiny ControlNet every file of `family` holds (same weights in each layout)."""
+    return tiny_controlnets.make_controlnet(tiny[family], seed)
+
+
+def write_controlnets(tiny, folder: Path) -> None:
+    for name, (family, layout) in CONTROLNETS.items():
+        net, path = controlnet_for(tiny, family), folder / name
+        if layout == "ldm-pth":
+            tiny_controlnets.write_ldm_pth(net, tiny[family].unet.config, path)
+        elif layout == "ldm":
+            tiny_controlnets.write_ldm_safetensors(net, tiny[family].unet.config, path)
+        else:
+            tiny_controlnets.write_diffusers(net, path)
 
 
 def build_backend(models_dir: Path, outputs_dir: Path, **settings) -> GenerationService:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from backend.control.inject import ControlPass
 from backend.loading.detect import Family
 from backend.prompts.encode import Conditioning, PromptEncoder
 from backend.prompts.parse import split_and
@@ -83,6 +84,7 @@ class Denoiser:
     batch_cond_uncond: bool = True  # A1111's option: off runs the uncond and the conds as separate UNet calls
     upcast: bool = False  # A1111's --upcast-sampling: half-precision weights under autocast (norms, softmax in fp32)
     aesthetic_scores: tuple[float, float] | None = None  # SDXL refiner: (negative, positive) prompts' scores
+    control: ControlPass | None = None  # ControlNet units of this sampling pass (backend/control)
 
     def skips_uncond(self, step: int, level: float | torch.Tensor | None) -> bool:
         """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
@@ -163,4 +165,19 @@ class Denoiser:
                 "text_embeds": torch.cat([p.expand(batch, -1) for p in pooled]).to(x.device, self.dtype),
                 "time_ids": self._time_ids(copies, negatives, batch).to(x.device)}
         with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.upcast and self.dtype == torch.float16):
+            if self.control is not None:
+                kwargs.update(self._control_kwargs(sample, t, context, kwargs.get("added_cond_kwargs"), copies,
+                                                   negatives, batch))
             return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+
+    def _control_kwargs(self, sample: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added: dict | None,
+                        copies: int, negatives: int, batch: int) -> dict:
+        """The ControlNet units' residuals for this call, as the UNet's extra skip-connection inputs."""
+        mark = torch.tensor([0.0 if i < negatives else 1.0 for i in range(copies)], device=sample.device)
+        mark = mark.repeat_interleave(batch).reshape(-1, 1, 1, 1)
+        residuals = self.control.residuals(sample, t, context, added, mark)
+        if residuals is None:
+            return {}
+        down, mid = residuals
+        return {"down_block_additional_residuals": tuple(r.to(sample.dtype) for r in down),
+                "mid_block_additional_residual": mid.to(sample.dtype)}

@@ -73,6 +73,7 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
     if req.s_min_uncond > 0:
         params["NGMS"] = req.s_min_uncond
         params["NGMS all steps"] = "True" if req.s_min_uncond_all else None
+    params.update(result.control_params)
     params.update(req.extra_params)
     if result.refiner is not None:  # A1111 adds these when the refiner takes over, after the other keys
         if hires_fix and req.hires_refiner_pass != "second pass":

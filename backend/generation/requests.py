@@ -118,6 +118,8 @@ class GenerationRequest:
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
     script: object | None = None  # an img2img script (backend/scripts.ScriptRun): Poor man's outpainting, ...
+    control_units: tuple = ()  # ControlNet units (backend/control/units.ControlUnit), enabled ones only
+    control_subseed: int = -1  # the variation seed as asked (before -1 was resolved): ControlNet's numpy seed
     extra_params: tuple[tuple[str, object], ...] = ()  # infotext keys a script adds (A1111's extra_generation_params)
 
     def tome_ratio(self, hires: bool = False) -> float:

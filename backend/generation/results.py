@@ -34,6 +34,8 @@ class GenerationResult:
     networks: list = field(default_factory=list)  # LoRAs merged for this job (WantedNetwork)
     hypernetworks: list = field(default_factory=list)  # (Hypernetwork, multiplier) used for this job
     prompt_chunks: tuple[int, int] = (1, 1)  # 75-token chunks of the prompt and the negative prompt
+    control_maps: list[Image.Image] = field(default_factory=list)  # ControlNet units' detected maps
+    control_params: tuple[tuple[str, str], ...] = ()  # infotext: ("ControlNet 0", "Module: canny, ...")
 
     @property
     def gallery(self) -> list[Image.Image]:

@@ -160,8 +160,14 @@ def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler
         run = sigmas[steps - run_steps :]  # A1111: sigmas[steps - t_enc - 1:]
         x = start.init + noise * run[0]
     model_fn = SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start, refiner)
-    extras = kdiffusion.Extras(  # the step's denoised estimate is what a preview shows and an interrupt keeps
-        on_step=lambda i, x: hooks.report_step(min(i + 1, len(run) - 1), len(run) - 1, model_fn.last_denoised),
+    control_steps = _begin_control(denoiser, steps if start.init is None else run_steps)
+
+    def on_step(i: int, x: torch.Tensor) -> None:  # the step's denoised estimate: a preview, or what an interrupt keeps
+        control_steps(i)
+        hooks.report_step(min(i + 1, len(run) - 1), len(run) - 1, model_fn.last_denoised)
+
+    extras = kdiffusion.Extras(
+        on_step=on_step,
         noise=lambda: rng.next(tuple(x.shape[1:])).to(device),
         brownian=kdiffusion.BrownianNoise(x, sigmas.cpu(), seeds) if sampler.sampler.noise == "brownian" else None,
         eta=req.eta_for(ddim=False), s_noise=req.s_noise, s_churn=req.s_churn, s_tmin=req.s_tmin,
@@ -208,6 +214,15 @@ class EpsDenoiser:
         return guided, uncond
 
 
+def _begin_control(denoiser: loop.Denoiser, total_steps: int) -> Callable[[int], None]:
+    """ControlNet's guidance window counts the pass's steps as A1111 launches them (img2img and hires: t_enc
+    + 1) and the step the sampler last reported done; returns what each step reports to."""
+    if denoiser.control is None:
+        return lambda step: None
+    denoiser.control.begin(total_steps)
+    return denoiser.control.step_done
+
+
 def _cfgpp(denoiser: loop.Denoiser, model: LoadedModel) -> tuple[loop.Denoiser, LoadedModel]:
     return dataclasses.replace(denoiser, cfg_scale=denoiser.cfg_scale / 12.5), model
 
@@ -238,7 +253,11 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
             refiner = dataclasses.replace(refiner, take_over=lambda: _cfgpp(*take_over()))
     eps_model = EpsDenoiser(denoiser, alphas_cumprod, model.prediction_type, model.dtype, start, refiner)
     total = len(timesteps) if name == "unipc" else len(timesteps) - 1  # DDIM and PLMS skip the first timestep
-    on_step = lambda i, x: hooks.report_step(min(i + 1, total), total, eps_model.last_denoised)  # noqa: E731
+    control_steps = _begin_control(denoiser, steps if start.init is None else run_steps)
+
+    def on_step(i: int, x: torch.Tensor) -> None:
+        control_steps(i)
+        hooks.report_step(min(i + 1, total), total, eps_model.last_denoised)
     with torch.no_grad():
         if name == "plms":
             x = timestep_samplers.plms(eps_model, x, timesteps, alphas_cumprod, on_step)

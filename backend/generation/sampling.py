@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.control.prepare import PreparedControl
 from backend.execution import ExecutionContext
 from backend.loading.detect import Family
 from backend.generation import loop
@@ -48,6 +50,7 @@ class Resources:
     switch_model: Callable[[str], LoadedModel] | None = None
     context: ExecutionContext | None = None  # the worker's; outside it, each model's own device and precisions
     switch_to_refiner: Callable[[], LoadedModel] | None = None  # the request's refiner, loaded and ready
+    control: PreparedControl | None = None  # the job's ControlNet units, ready
 
 
 def context_for(resources: Resources | None, model: LoadedModel) -> ExecutionContext:
@@ -126,10 +129,11 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
         size = (hires.height, hires.width)
     sdxl_size = size if model.family is Family.SDXL else None
     empty = encoder.encode([""], req.clip_skip, 1, hooks.check_interrupt) if req.pad_conds == "pad" else None
+    control = resources.control.pass_for(hires is not None) if resources and resources.control else None
     return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels,
                          req.s_min_uncond, req.s_min_uncond_all, req.pad_conds, empty, req.batch_cond_uncond,
                          context_for(resources, model).upcast_sampling,
-                         REFINER_AESTHETIC_SCORES if model.is_sdxl_refiner else None)
+                         REFINER_AESTHETIC_SCORES if model.is_sdxl_refiner else None, control)
 
 
 def refiner_for(req: GenerationRequest, hooks: Hooks, work: BatchWork, resources: Resources | None,
@@ -148,7 +152,9 @@ def refiner_for(req: GenerationRequest, hooks: Hooks, work: BatchWork, resources
         model = resources.switch_to_refiner()
         work.decode_model = model
         channels = inpaint_channels if model.is_inpainting else None
-        return make_denoiser(model, req, hooks, channels, resources, sampler, hires), model
+        # ControlNet steers the base model only: the extension's hook stays on it when the refiner takes over
+        without_control = dataclasses.replace(resources, control=None)
+        return make_denoiser(model, req, hooks, channels, without_control, sampler, hires), model
 
     return Refiner(req.refiner_switch_at, take_over)
 
