@@ -26,6 +26,9 @@ OUR_DEFAULTS = {
     # not in A1111's options (it keeps them in ui-config.json): what the generation tabs start with
     "default_sampler": "DPM++ 2M",
     "default_scheduler": "Automatic",
+    # the sd-webui-controlnet extension's settings (built in here)
+    "control_net_unit_count": 3,
+    "control_net_no_detectmap": False,
 }
 
 # Options that change what this project does. Every other A1111 option is accepted and stored (clients set
@@ -40,6 +43,7 @@ IMPLEMENTED = frozenset({
     "grid_format", "jpeg_quality", "webp_lossless", "hires_fix_refiner_pass", "img_max_size_mp", "grid_save",
     "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+    "control_net_unit_count", "control_net_no_detectmap",
 })
 
 # A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's

@@ -128,11 +128,27 @@ class GenerationService:
         if request.vae not in (None, AUTOMATIC_VAE, NO_VAE):
             self.registry.find_vae(request.vae)
         request = dataclasses.replace(request, checkpoint=checkpoint.title)
+        if request.control_units:
+            self._check_control_units(request)
         if request.script is not None:
             if scripts.is_local_only(request.script):
                 self.require_local(request.script.title)
             scripts.check(request.script, request, self._script_checks())
         return request
+
+    def _check_control_units(self, request: GenerationRequest) -> None:
+        """Each unit's model is known and it has a picture to work on (its own, or img2img's)."""
+        for index, unit in enumerate(request.control_units):
+            field = f"controlnet.args[{index}]"
+            try:
+                self.controlnets.find(unit.model, f"{field}.model")
+            except ModelNotFound as err:
+                raise InvalidRequest(f"{field}.model", str(err).split(": ", 1)[-1]) from None
+            if unit.image is None and request.init_image is None:
+                raise InvalidRequest(f"{field}.image", "ControlNet is enabled but no input image is given")
+        if request.inpaint_full_res and request.mask is not None:
+            raise InvalidRequest("inpaint_full_res", "ControlNet with 'Only masked' inpainting is not supported "
+                                                     "yet: use the whole picture")
 
     def _script_checks(self) -> scripts.ScriptChecks:
         limits = self.settings.limits

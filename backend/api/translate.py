@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from backend.api.images import decode_b64_image, encode_png
 from backend.api.models import Img2ImgBody, Txt2ImgBody
+from backend.control import units as control_units
 from backend.errors import InvalidRequest
 from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest, MaskedContent, ResizeMode
 from backend.options import request_fields as option_fields
@@ -22,7 +23,8 @@ REFUSED_FIELDS = {
     "restore_faces": (lambda v: not v, "face restoration needs GFPGAN/CodeFormer weights, which cannot be "
                                        "downloaded here (GET /sdapi/v1/face-restorers is empty)"),
     "latent_mask": (lambda v: not v, "a separate latent mask is not implemented yet"),
-    "alwayson_scripts": (lambda v: not v, "there are no always-on scripts here"),
+    "alwayson_scripts": (lambda v: not v or (isinstance(v, dict) and set(map(str.lower, map(str, v))) <= {
+        "controlnet"}), "the only always-on script here is ControlNet"),
 }
 # A1111 fields read by _own_fields, and those that A1111's own API overrides or that never change an image.
 HARMLESS_FIELDS = ("infotext", "firstpass_image", "refiner_checkpoint", "refiner_switch_at", "s_min_uncond",
@@ -65,6 +67,7 @@ def to_request(body: Txt2ImgBody, options: dict, overrides: dict, limits: Limits
     if body.tiling is not None:  # else the `tiling` option's
         fields["tiling"] = bool(body.tiling)
     fields.update(_own_fields(given, isinstance(body, Img2ImgBody)))
+    fields.update(_control_fields(given, settings, limits))
     if isinstance(body, Img2ImgBody):
         fields.update(_img2img_fields(body, limits))
     elif body.enable_hr:
@@ -114,7 +117,8 @@ def refuse_unimplemented(given: dict) -> None:
     for name, (is_off, why) in REFUSED_FIELDS.items():
         if name in given and not is_off(given[name]):
             if name == "alwayson_scripts" and isinstance(given[name], dict):
-                why = f"{why} (asked for: {', '.join(str(k)[:60] for k in given[name])})"
+                others = [str(k)[:60] for k in given[name] if str(k).lower() != "controlnet"]
+                why = f"{why} (asked for: {', '.join(others)})"
             raise InvalidRequest(name, why)
 
 
@@ -132,6 +136,35 @@ def _own_fields(given: dict, img2img: bool) -> dict:
     if not img2img:
         fields.pop("initial_noise_multiplier", None)  # A1111 applies it to img2img only
     return fields
+
+
+def _control_fields(given: dict, settings: dict, limits: Limits) -> dict:
+    """`alwayson_scripts.controlnet.args`: the extension's units (enabled ones run)."""
+    scripts = given.get("alwayson_scripts") or {}
+    entry = next((v for k, v in scripts.items() if str(k).lower() == "controlnet"), None) \
+        if isinstance(scripts, dict) else None
+    if entry is None:
+        return {}
+    args = entry.get("args") if isinstance(entry, dict) else None
+    if not isinstance(args, list):
+        raise InvalidRequest("alwayson_scripts.controlnet.args", "expected a list of ControlNet units")
+    most = max(1, int(settings.get("control_net_unit_count", 3)))
+    if len(args) > most:
+        raise InvalidRequest("alwayson_scripts.controlnet.args", f"{len(args)} units given, at most {most} "
+                                                                 "(the control_net_unit_count option)")
+
+    def decode(value, field: str):
+        return decode_b64_image(value, field, limits.max_upload_pixels)
+
+    units = []
+    for index, unit in enumerate(args):
+        field = f"controlnet.args[{index}]"
+        if not isinstance(unit, dict):
+            raise InvalidRequest(field, "expected a unit object with the extension's fields")
+        parsed = control_units.from_fields(unit, field, decode)
+        if parsed is not None:
+            units.append(parsed)
+    return {"control_units": tuple(units), "control_subseed": given.get("subseed", -1)} if units else {}
 
 
 def _sigma_fields(given: dict, settings: dict) -> dict:
@@ -192,6 +225,8 @@ def to_response(body: Txt2ImgBody, req: GenerationRequest, result: GenerationRes
         first = 1
     encoded = [encode_png(img, text, fmt) for img, text in zip(images, infotexts, strict=True)] if body.send_images \
         else []
+    if body.send_images:  # the ControlNet units' detected maps follow the images, as the extension sends them
+        encoded += [encode_png(image, None, fmt) for image in result.control_maps]
     parameters = body.model_dump()
     if isinstance(body, Img2ImgBody) and not body.include_init_images:
         parameters.update(init_images=None, mask=None)
