@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -44,6 +45,7 @@ from backend.samplers import SAMPLERS, SCHEDULES, resolve
 from backend import scripts
 from backend.scripts import img2img_batch, xyz_grid
 from backend.settings import Settings
+from backend.control import preprocess as control_preprocess
 from backend.control.models import ControlNetLibrary
 
 log = logging.getLogger(__name__)
@@ -293,6 +295,26 @@ class GenerationService:
     def image_upscaler_names(self) -> list[str]:
         """A1111's upscaler list (None, Lanczos, Nearest, then the models): what SD upscale and Extras use."""
         return image_upscaler_names(self.upscalers)
+
+    # ---------------------------------------------------------------- ControlNet
+
+    def controlnet_models(self, refresh: bool = False) -> list[str]:
+        """"None", then the ControlNet files' titles (the extension's model list)."""
+        if refresh:
+            self.controlnets.refresh()
+        return ["None", *self.controlnets.titles()]
+
+    def controlnet_unit_count(self) -> int:
+        return max(1, min(10, int(self.options.get("control_net_unit_count") or 3)))
+
+    def controlnet_detect(self, module: str, image: Image.Image, processor_res: float = -1,
+                          threshold_a: float = -1, threshold_b: float = -1) -> Image.Image:
+        """A preprocessor's map of a picture (the extension's /controlnet/detect and the UI's preview); numpy
+        and OpenCV only, so it runs on the caller's thread."""
+        pre = control_preprocess.find(module)
+        res, a, b = pre.settle(processor_res, threshold_a, threshold_b)
+        picture = np.asarray(image.convert("RGB"))
+        return Image.fromarray(control_preprocess.run(pre, picture, res, a, b, seed=0))
 
     # ---------------------------------------------------------------- scripts
 

@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 
 from backend import infotext
 from backend.api import docs_page
+from backend.api.controlnet import ControlNetApi
 from backend.json_depth import MAX_DEPTH, nesting_depth
 from backend.api.infotext_request import apply_infotext
 from backend.api.images import decode_b64_image, encode_png
@@ -118,11 +119,15 @@ class SdApi:
         # no schema or docs of its own: /openapi.json and /docs (mount_api) serve them behind the same auth
         self.app = FastAPI(title="Stable Diffusion web UI API", version="1", docs_url=None, redoc_url=None,
                            openapi_url=None)
+        # the sd-webui-controlnet extension's routes (/controlnet/...), under the same auth
+        self.controlnet_app = FastAPI(title="ControlNet", docs_url=None, redoc_url=None, openapi_url=None)
         if self.options.cors_origins or self.options.cors_origin_regex:
-            self.app.add_middleware(CORSMiddleware, allow_origins=self.options.cors_origins,
-                                    allow_origin_regex=self.options.cors_origin_regex, allow_methods=["*"],
-                                    allow_headers=["*"], allow_credentials=True)
+            for app in (self.app, self.controlnet_app):
+                app.add_middleware(CORSMiddleware, allow_origins=self.options.cors_origins,
+                                   allow_origin_regex=self.options.cors_origin_regex, allow_methods=["*"],
+                                   allow_headers=["*"], allow_credentials=True)
         self._add_routes()
+        ControlNetApi(service).add_routes(lambda *a, **kw: self._route(*a, **kw, app=self.controlnet_app))
 
     # ---------------------------------------------------------------- plumbing
 
@@ -146,7 +151,7 @@ class SdApi:
         return user.decode("utf-8", "replace") if any(matches) else None
 
     def _route(self, path: str, handler, methods: list[str], body_model: type[BaseModel] | None = None,
-               inline: bool = False, description: str | None = None):
+               inline: bool = False, description: str | None = None, app: FastAPI | None = None):
         """`inline` handlers are quick and never block (progress, interrupt, skip): they run on the event loop
         itself, so no number of waiting requests can starve them of a thread."""
         async def endpoint(request: Request):
@@ -180,8 +185,8 @@ class SdApi:
                 log.exception("API %s failed", path)
                 return error_response(500, type(err).__name__, "internal error; the server log has the details")
 
-        self.app.add_api_route(path, endpoint, methods=methods, name=handler.__name__, description=description,
-                               openapi_extra=_openapi_body(body_model))
+        (app or self.app).add_api_route(path, endpoint, methods=methods, name=handler.__name__,
+                                        description=description, openapi_extra=_openapi_body(body_model))
 
     async def _parse(self, request: Request, model: type[BaseModel]):
         raw = await read_body(request)
@@ -534,7 +539,8 @@ def mount_api(app, service: GenerationService, credentials: list[tuple[str, str]
             return error_response(404, "NotFound", "no such file")
         return FileResponse(found)
 
-    routes = [Mount(PREFIX, app=api.app), Route("/openapi.json", guarded(openapi)),
+    routes = [Mount(PREFIX, app=api.app), Mount("/controlnet", app=api.controlnet_app),
+              Route("/openapi.json", guarded(openapi)),
               Route("/docs", guarded(swagger)), Route("/redoc", guarded(redoc)),
               Route(docs_page.ASSETS + "/{name}", guarded(asset))]
     app.router.routes[0:0] = routes
