@@ -13,6 +13,7 @@ from backend.errors import BackendError
 from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest
 from backend.jobs import Job
 from backend.samplers import SAMPLERS, SCHEDULES
+from ui import controlnet
 from ui.context import UiContext
 
 log = logging.getLogger(__name__)
@@ -263,8 +264,9 @@ def gallery_items(result) -> tuple[list, list[str]]:
     user opens, downloads or sends on is the PNG with its parameters; unsaved ones as pictures."""
     grid = result.grid_path or result.grid
     images = result.paths if len(result.paths) == len(result.images) else result.images
-    items = ([grid] if result.grid is not None else []) + list(images)
-    texts = ([result.infotexts[0]] if result.grid is not None else []) + list(result.infotexts)
+    items = ([grid] if result.grid is not None else []) + list(images) + list(result.control_maps)
+    texts = ([result.infotexts[0]] if result.grid is not None else []) + list(result.infotexts) + [
+        ""] * len(result.control_maps)  # ControlNet's detected maps follow the images, as the extension shows them
     return [str(i) if not hasattr(i, "size") else i for i in items], texts
 
 
@@ -313,6 +315,7 @@ def fields_from_infotext(text: str) -> dict[str, object]:
                 values[name] = cast(parsed[key])
             except ValueError:
                 pass
+    values.update(controlnet.infotext_values(parsed, "Steps" in parsed, controlnet.MAX_UNITS))
     return values
 
 
@@ -330,4 +333,5 @@ def unapplied_keys(text: str) -> list[str]:
               "Variation seed", "Variation seed strength", "Tiling", "Hires upscale", "Hires steps", "Hires upscaler",
               "Hires checkpoint", "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt",
               "Refiner", "Refiner switch at"}
-    return [k for k in parsed if k not in used and k not in mapped and not k.endswith(("-1", "-2"))]
+    return [k for k in parsed if k not in used and k not in mapped and not k.endswith(("-1", "-2"))
+            and not k.startswith("ControlNet ")]

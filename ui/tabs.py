@@ -16,6 +16,7 @@ from backend.generation.requests import SAME_CHECKPOINT, GenerationRequest, Mask
 from backend.samplers import SAMPLERS, SCHEDULES
 from backend.options import request_fields as option_fields
 from ui.context import UiContext
+from ui.controlnet import PASTED, build_controlnet, control_units, widget_name
 from ui.extra_networks import build_extra_networks
 from ui.scripts import build_scripts, script_choice, script_inputs
 from ui.generation_controls import (SAME_SAMPLER, SAME_SCHEDULER, Controls, Outputs, build_controls, build_outputs,
@@ -126,6 +127,7 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
                                                           elem_id=f"{name}_refiner_checkpoint")
                 extra["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
                                                        elem_id=f"{name}_refiner_switch_at")
+        extra.update(build_controlnet(ctx, name))
     if name == "inpaint":
         with gr.Row():
             extra["paint_mode"] = gr.Radio(PAINT_MODES, value="Inpaint", label="Mode", elem_id="inpaint_paint_mode")
@@ -203,6 +205,8 @@ def make_request(tab: Tab, values: dict, top: dict, options: dict | None = None,
             raise InvalidRequest("image", "upload an image first")
         fields.update(denoising_strength=float(values[extra["denoising_strength"]]),
                       resize_mode=ResizeMode(RESIZE_MODES.index(values[extra["resize_mode"]])))
+    if widget_name(0, "enabled") in extra:
+        fields["control_units"] = control_units(values, extra)
     chosen = script_choice(values, tab.scripts) if tab.scripts else None
     if chosen is not None:
         fields["script"] = find_script(*chosen, tab.name)
@@ -400,6 +404,8 @@ def _fillable(tab: Tab) -> list[tuple[str, gr.components.Component]]:
               "hr_resize_x", "hr_resize_y", "hr_checkpoint", "hr_sampler", "hr_scheduler", "hr_prompt",
               "hr_negative_prompt", "refiner_enable", "refiner_checkpoint", "refiner_switch_at")
     named = list(vars(tab.controls).items()) + [(n, tab.extra.get(n)) for n in extras]
+    named += [(n, w) for n, w in tab.extra.items() if n.startswith("cn") and n.split("_", 1)[1] in (
+        "enabled", *PASTED)]
     return [(name, w) for name, w in named
             if isinstance(w, gr.components.Component) and not isinstance(w, (gr.Button, gr.HTML))]
 

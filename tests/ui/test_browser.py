@@ -632,3 +632,45 @@ def test_prompts_from_a_file_in_txt2img(page, tmp_path):
     page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
     page.wait_for_function("document.querySelectorAll('#txt2img_gallery img').length >= 2", timeout=60_000)
     assert page.input_value("#txt2img_info textarea").startswith("a red boat")
+
+
+def test_controlnet_canny_unit_from_the_ui_gives_the_backends_pixels(page, app_url, service, tmp_path):
+    """A canny unit set up in the accordion: the picture equals the same request made to the backend
+    directly (what the API runs), the detected map follows it in the gallery, and a pasted infotext brings
+    the unit back."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from backend.control.units import ControlUnit
+    from backend.generation.requests import GenerationRequest
+
+    picture = np.full((64, 64, 3), 60, np.uint8)
+    cv2.circle(picture, (30, 28), 14, (250, 40, 40), -1)
+    Image.fromarray(picture).save(tmp_path / "pose.png")
+    paste_parameters(page, "txt2img", "a castle\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 31, Size: 64x64")
+    page.click("#txt2img_controlnet")
+    page.set_input_files("#txt2img_cn0_image input[type=file]", str(tmp_path / "pose.png"))
+    page.click("#txt2img_cn0_enable input")
+    _choose_exact(page, "txt2img_cn0_module", "canny")
+    page.wait_for_selector("#txt2img_cn0_threshold_a", state="visible", timeout=30_000)
+    _choose(page, "txt2img_cn0_model", "control_sd15_tiny")
+    set_number(page, "txt2img_cn0_processor_res", 64)
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 31')",
+                           timeout=120_000)
+    info = page.input_value("#txt2img_info textarea")
+    assert 'ControlNet 0: "Module: canny, Model: control_sd15_tiny [' in info and "Processor Res: 64" in info
+    ours = _fetch(page, app_url, "#txt2img_gallery img").convert("RGB")
+    unit = ControlUnit(model="control_sd15_tiny", module="canny", image=Image.open(tmp_path / "pose.png"),
+                       processor_res=64, threshold_a=100.0, threshold_b=200.0)
+    expected = service.generate(GenerationRequest(prompt="a castle", steps=3, sampler_name="Euler", cfg_scale=7,
+                                                  seed=31, width=64, height=64, checkpoint="sd1.safetensors",
+                                                  save_images=False, control_units=(unit,)))
+    assert np.array_equal(np.asarray(ours), np.asarray(expected.images[0]))
+    assert page.locator("#txt2img_gallery img").count() >= 2  # the detected map follows the picture
+    page.click("#txt2img_cn0_enable input")  # off; pasting the infotext turns it back on with its values
+    set_number(page, "txt2img_cn0_processor_res", 512)
+    paste_parameters(page, "txt2img", info)
+    assert page.is_checked("#txt2img_cn0_enable input")
+    assert page.input_value("#txt2img_cn0_processor_res input[type=number]") == "64"
