@@ -38,7 +38,18 @@ def test_infotext_fills_the_fields():
                       "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint": "Use same checkpoint",
                       "hr_sampler": "Use same sampler", "hr_scheduler": "Use same scheduler", "hr_prompt": "",
                       "hr_negative_prompt": "", "override_settings": [], "network_hashes": [],
-                      "refiner_enable": False}
+                      "refiner_enable": False, **{f"cn{i}_enabled": False for i in range(10)}}
+
+
+def test_infotext_fills_controlnet_units():
+    values = fields_from_infotext('a cat\nSteps: 12, Seed: 42, ControlNet 1: "Module: canny, Model: c [1], '
+                                  'Weight: 0.5, Resize Mode: Just Resize, Processor Res: 64, Threshold A: 100.0, '
+                                  'Threshold B: 200.0, Guidance Start: 0.1, Guidance End: 0.9, Pixel Perfect: True, '
+                                  'Control Mode: Balanced"')
+    assert values["cn0_enabled"] is False and values["cn1_enabled"] is True
+    assert values["cn1_module"] == "canny" and values["cn1_model"] == "c [1]" and values["cn1_weight"] == 0.5
+    assert values["cn1_resize_mode"] == "Just Resize" and values["cn1_guidance_start"] == 0.1
+    assert values["cn1_pixel_perfect"] is True and values["cn1_processor_res"] == 64
 
 
 def test_png_info_reads_parameters():
