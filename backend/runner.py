@@ -16,7 +16,7 @@ from PIL import Image
 
 from backend import scripts
 from backend.control.models import ControlNetLibrary
-from backend.control.prepare import PreparedControl, numpy_seed, prepare as prepare_control
+from backend.control.prepare import Img2ImgInput, PreparedControl, numpy_seed, prepare as prepare_control
 from backend.errors import CheckpointError, InvalidRequest, Interrupted
 from backend.execution import ExecutionContext
 from backend.generation import sampling
@@ -218,7 +218,7 @@ class JobRunner:
                 continue
             measures = self.context.measures  # the attempt that worked, with any decode measure it needed
             try:
-                images, measures = self._decode(model, parts, measures, job)
+                images, measures = self._decode(model, parts, measures, job, control)
             except Interrupted:  # during a long decode: the batches before this one are kept
                 result.interrupted = True
                 break
@@ -360,12 +360,18 @@ class JobRunner:
             raise InvalidRequest("alwayson_scripts", "ControlNet is not available in this server")
         hires_size = hires_target(req).final_size if req.enable_hr and req.kind == "txt2img" else None
         memory = self.settings.memory
+        img2img = Img2ImgInput(req.init_image, int(req.resize_mode), req.mask, req.mask_blurs,
+                               req.inpainting_mask_invert)
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            return self.context.encode(model, pixels).mode().float() * model.vae.config.scaling_factor
+
         control = prepare_control(
             req.control_units, self.controlnets, model.unet, model.execution_device, model.dtype,
-            size=(req.width, req.height), hires_size=hires_size, init_image=req.init_image,
-            img2img_resize=int(req.resize_mode), seed=numpy_seed(req.seed, req.control_subseed),
-            sdxl=model.family is Family.SDXL, offload=memory.lowvram or memory.medvram,
-            keep_maps=not self.options.get("control_net_no_detectmap"))
+            size=(req.width, req.height), hires_size=hires_size, img2img=img2img,
+            seed=numpy_seed(req.seed, req.control_subseed), sdxl=model.family is Family.SDXL,
+            offload=memory.lowvram or memory.medvram, keep_maps=not self.options.get("control_net_no_detectmap"),
+            encode=encode)
         result.control_maps = control.maps
         result.control_params = control.infotext
         return control
@@ -389,8 +395,8 @@ class JobRunner:
         result.refiner = refiner
         return model
 
-    def _decode(self, model: LoadedModel, parts: list[_Denoised], measures: Measures,
-                job: Job) -> tuple[list[Image.Image], Measures]:
+    def _decode(self, model: LoadedModel, parts: list[_Denoised], measures: Measures, job: Job,
+                control: PreparedControl | None = None) -> tuple[list[Image.Image], Measures]:
         """Each part's latents through its VAE; an interrupt is honoured between the decoder's blocks (unless
         the part was itself interrupted)."""
         images = []
@@ -406,7 +412,8 @@ class JobRunner:
             with interruptible_blocks(blocks, job.check_interrupt):
                 pixels = self.context.decode(decoder, part.latents)
             measures = self.context.measures
-            images += part.work.finish(sampling.to_pil(pixels))
+            adjust = control.post_process if control is not None and control.post else None
+            images += part.work.finish(sampling.to_pil(pixels, adjust))
         return images, measures
 
     def _collect(self, result: GenerationResult, req: GenerationRequest, images: list[Image.Image],

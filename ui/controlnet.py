@@ -139,6 +139,18 @@ def _editor_picture(editor) -> Image.Image | None:
     return composite
 
 
+def _editor_mask(editor) -> Image.Image | None:
+    """Strokes painted over an uploaded picture, as a mask (white = painted): an inpaint unit's mask."""
+    if not isinstance(editor, dict) or editor.get("background") is None:
+        return None
+    size = editor["background"].size
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    for layer in editor.get("layers") or []:
+        if layer is not None:
+            mask = np.maximum(mask, np.asarray(layer.convert("RGBA").resize(size))[:, :, 3])
+    return Image.fromarray(mask) if mask.any() else None
+
+
 def control_units(values: dict, widgets: dict) -> tuple[units.ControlUnit, ...]:
     """The enabled units of the accordion, checked as the API's are."""
     chosen = []
@@ -147,7 +159,11 @@ def control_units(values: dict, widgets: dict) -> tuple[units.ControlUnit, ...]:
         get = lambda field: values[widgets[widget_name(index, field)]]  # noqa: E731, B023
         if get("enabled"):
             fields = {f: get(f) for f in FIELDS if f not in ("image", "control_type")}
-            fields["image"] = _editor_picture(get("image"))
+            editor = get("image")
+            if preprocess.find(fields["module"]).takes_mask and isinstance(editor, dict):
+                fields["image"], fields["mask"] = editor.get("background"), _editor_mask(editor)
+            else:
+                fields["image"] = _editor_picture(editor)
             unit = units.from_fields(fields, f"ControlNet Unit {index}", lambda value, field: value)
             chosen.append(unit)
         index += 1

@@ -33,9 +33,10 @@ def pixel_perfect_resolution(image: np.ndarray, height: int, width: int, resize_
     return int(np.round(k * min(raw_h, raw_w)))
 
 
-def fit(detected: np.ndarray, resize_mode: str, height: int, width: int) -> np.ndarray:
-    """The detected map (H, W, 3) at (height, width) by the unit's resize mode."""
-    detected = hwc3(detected)
+def fit(detected: np.ndarray, resize_mode: str, height: int, width: int, inpaint: bool = False) -> np.ndarray:
+    """The detected map (H, W, 3) at (height, width) by the unit's resize mode. An inpaint map stays RGBA in
+    float32 (its mask resized along and made 0/255), as the extension keeps it."""
+    detected = detected.astype(np.float32) if inpaint else hwc3(detected)
     if resize_mode == "Just Resize":
         return _quality_resize(detected, width, height)
     old_h, old_w = detected.shape[:2]
@@ -43,7 +44,10 @@ def fit(detected: np.ndarray, resize_mode: str, height: int, width: int) -> np.n
     if resize_mode == "Resize and Fill":
         k = min(k0, k1)
         borders = np.concatenate([detected[0], detected[-1], detected[:, 0], detected[:, -1]], axis=0)
-        canvas = np.tile(np.median(borders, axis=0).astype(detected.dtype)[None, None], [height, width, 1])
+        colour = np.median(borders, axis=0).astype(detected.dtype)
+        if colour.shape[0] == 4:
+            colour[3] = 255  # the padding is to be painted
+        canvas = np.tile(colour[None, None], [height, width, 1])
         inner = _quality_resize(detected, _round(old_w * k), _round(old_h * k))
         new_h, new_w = inner.shape[:2]
         pad_h, pad_w = max(0, (height - new_h) // 2), max(0, (width - new_w) // 2)
@@ -57,8 +61,16 @@ def fit(detected: np.ndarray, resize_mode: str, height: int, width: int) -> np.n
 
 
 def to_hint(detected: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1], what the ControlNet is shown."""
-    return torch.from_numpy(detected).float().div(255.0).permute(2, 0, 1)[None].contiguous()
+    """(H, W, C) in 0..255 -> (1, C, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(detected)).float().div(255.0).permute(2, 0, 1)[None].contiguous()
+
+
+def model_input(hint: torch.Tensor) -> torch.Tensor:
+    """What the ControlNet sees: RGB, or for an RGBA inpaint map the extension's protocol (masked pixels -1)."""
+    if hint.shape[1] != 4:
+        return hint
+    masked = (hint[:, 3:4] > 0.5).float()
+    return hint[:, :3] * (1 - masked) - masked
 
 
 def _round(x: float) -> int:
@@ -68,6 +80,15 @@ def _round(x: float) -> int:
 def _quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
     if x.shape[0] == height and x.shape[1] == width:
         return x
+    if x.shape[2] == 4:  # an inpaint map: the mask is resized alike, then made 0/255
+        rgb, interpolation = _quality_resize_rgb(x[:, :, :3], width, height)
+        mask = cv2.resize(x[:, :, 3], (width, height), interpolation=interpolation)
+        mask = ((mask > 127).astype(np.float32) * 255.0)[:, :, None].clip(0, 255).astype(x.dtype)
+        return np.concatenate([rgb, mask.astype(rgb.dtype)], axis=2)
+    return _quality_resize_rgb(x, width, height)[0]
+
+
+def _quality_resize_rgb(x: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
     smaller = width * height < x.shape[0] * x.shape[1]
     bigger = width * height > x.shape[0] * x.shape[1]
     colours = len(np.unique(x.reshape(-1, x.shape[2]), axis=0))
@@ -94,7 +115,7 @@ def _quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
         else:
             _, y = cv2.threshold(y, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         y = np.stack([y] * 3, axis=2)
-    return y
+    return y, interpolation
 
 
 # Hit-or-miss patterns of the extension's edge thinning (lvmin_thin): two base kernels in four rotations.

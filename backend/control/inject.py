@@ -12,8 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from backend.control.images import model_input
 from backend.control.units import ControlUnit
+from backend.generation.sigmas import default_alphas_cumprod
 
 SOFT_DECAY = 0.825  # "My prompt is more important": layer i of 13 gets weight * 0.825 ** (12 - i)
 
@@ -24,10 +27,13 @@ class ActiveUnit:
 
     unit: ControlUnit
     model: torch.nn.Module
-    hint: torch.Tensor  # (1, 3, H, W) in [0, 1], on the CPU
+    hint: torch.Tensor  # (1, 3, H, W) in [0, 1] (inpaint: (1, 4, H, W) with the mask), on the CPU
     hr_hint: torch.Tensor | None = None
     soft_in_hires: bool = False  # canny and mlsd: soft injection in the hires pass (the extension's rule)
     offload: bool = False  # low VRAM: kept on the CPU between calls
+    adjusts_output: str = ""  # "inpaint_only" / "colorfix": the UNet output is corrected toward the map
+    latent: torch.Tensor | None = None  # the map's VAE latent (scaled), for those corrections
+    hr_latent: torch.Tensor | None = None
 
 
 class ControlPass:
@@ -36,6 +42,9 @@ class ControlPass:
     def __init__(self, units: list[ActiveUnit], hires: bool, hires_enabled: bool, sdxl: bool):
         self.units, self.hires, self.hires_enabled, self.sdxl = units, hires, hires_enabled, sdxl
         self.sampling_step, self.total_steps = 0, 1
+        alphas = default_alphas_cumprod().double()  # the extension's own copy of SD's schedule
+        self._recip = (1 / alphas).sqrt().float()
+        self._recip_m1 = (1 / alphas - 1).sqrt().float()
 
     def begin(self, total_steps: int) -> None:
         self.sampling_step, self.total_steps = 0, max(1, total_steps)
@@ -47,9 +56,7 @@ class ControlPass:
         done = self.sampling_step / self.total_steps
         if done < unit.guidance_start or done > unit.guidance_end:
             return False
-        if not self.hires_enabled or unit.hr_option == "Both":
-            return True
-        return self.hires if unit.hr_option == "High res only" else not self.hires
+        return self._active_by_hr_option(unit)
 
     def residuals(self, sample: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added: dict | None,
                   cond_mark: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor] | None:
@@ -73,9 +80,52 @@ class ControlPass:
         scales = [weight * SOFT_DECAY ** float(12 - i) for i in range(13)] if soft else [weight] * 13
         return scales[:10] if self.sdxl else scales
 
+    def adjust(self, sample: torch.Tensor, t: torch.Tensor, out: torch.Tensor,
+               cond_mark: torch.Tensor) -> torch.Tensor:
+        """The extension's corrections of the UNet's output (whatever the guidance window): tile_colorfix
+        keeps the map's low frequencies, inpaint_only keeps the map outside its mask; each blended by the
+        weight (clamped to 0..1)."""
+        for active in self.units:
+            if not active.adjusts_output:
+                continue
+            latent = active.hr_latent if self.hires and active.hr_latent is not None else active.latent
+            x = sample[:, :4].float()
+            steps = t.float().round().long().reshape(-1).expand(x.shape[0]).cpu()
+            recip = self._recip[steps].to(x.device).reshape(-1, 1, 1, 1)
+            recip_m1 = self._recip_m1[steps].to(x.device).reshape(-1, 1, 1, 1)
+            predicted = recip * x - recip_m1 * out.float()
+            origin = latent.to(x.device, torch.float32)
+            if active.adjusts_output == "colorfix":
+                target = self._colorfix(active, predicted, origin, cond_mark.to(x.device))
+            else:
+                hint = active.hr_hint if self.hires and active.hr_hint is not None else active.hint
+                mask = F.max_pool2d(hint[:, 3:4].to(x.device), (10, 10), stride=(8, 8), padding=1)
+                target = predicted * mask + origin * (1 - mask)
+            eps = (recip * x - target) / recip_m1
+            weight = max(0.0, min(1.0, float(active.unit.weight)))
+            out = (eps * weight + out.float() * (1 - weight)).to(out.dtype)
+        return out
+
+    def _colorfix(self, active: ActiveUnit, predicted: torch.Tensor, origin: torch.Tensor,
+                  cond_mark: torch.Tensor) -> torch.Tensor:
+        k = int(active.unit.threshold_a)
+        if self.hires and self._active_by_hr_option(active.unit):
+            k *= 2
+        x0 = predicted - _blur(predicted, k) + _blur(origin, k)
+        if active.unit.module == "tile_colorfix+sharp":
+            detail = float(active.unit.threshold_b) * 0.01
+            softened = detail * _blur(x0, k) + (1 - detail) * x0
+            x0 = cond_mark * x0 + (1 - cond_mark) * softened
+        return x0
+
+    def _active_by_hr_option(self, unit: ControlUnit) -> bool:
+        if not self.hires_enabled or unit.hr_option == "Both":
+            return True
+        return self.hires if unit.hr_option == "High res only" else not self.hires
+
     def _run(self, active: ActiveUnit, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
              added: dict | None) -> list[torch.Tensor]:
-        hint = active.hr_hint if self.hires and active.hr_hint is not None else active.hint
+        hint = model_input(active.hr_hint if self.hires and active.hr_hint is not None else active.hint)
         model = active.model
         if active.offload:
             model.to(x.device)
@@ -89,3 +139,8 @@ class ControlPass:
             if active.offload:
                 model.to("cpu")
         return [*down, mid]
+
+
+def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The extension's box blur: replicate padding, a (2k + 1) average."""
+    return F.avg_pool2d(F.pad(x, (k, k, k, k), mode="replicate"), (k * 2 + 1, k * 2 + 1), stride=(1, 1))

@@ -46,6 +46,9 @@ class Preprocessor:
     priority: int = 0
     soft_in_hires: bool = False  # the extension forces soft injection in the hires pass (canny, mlsd)
     resolution_shown: bool = True
+    takes_mask: bool = False  # inpaint: the map is RGBA, the unit's (or img2img's) mask in the alpha channel
+    adjusts_output: str = ""  # "inpaint_only" / "colorfix": the extension's change of each UNet output
+    post_process: str = ""  # "inpaint_only" / "recolor_luminance" / "recolor_intensity": on the decoded picture
 
     @property
     def title(self) -> str:
@@ -81,6 +84,10 @@ def _resize_with_pad(img: np.ndarray, resolution: int) -> tuple[np.ndarray, Call
 
 def _none(img, res, a, b, rng):
     return hwc3(img)
+
+
+def _rgba(img, res, a, b, rng):
+    return img  # inpaint: the picture with its mask, as given
 
 
 def _canny(img, res, a, b, rng):
@@ -185,11 +192,19 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("tile_resample", _tile_resample, ("Tile",), slider_1=Slider("Down Sampling Rate", 1.0, 1.0, 8.0),
                  priority=100, resolution_shown=False),
     Preprocessor("recolor_luminance", _recolor(cv2.COLOR_BGR2LAB, 0), ("Recolor",), slider_1=_GAMMA, priority=100,
-                 resolution_shown=False),
+                 resolution_shown=False, post_process="recolor_luminance"),
     Preprocessor("recolor_intensity", _recolor(cv2.COLOR_BGR2HSV, 2), ("Recolor",), slider_1=_GAMMA,
-                 resolution_shown=False),
+                 resolution_shown=False, post_process="recolor_intensity"),
     Preprocessor("lineart_standard", _lineart_standard, ("Lineart",),
                  label="lineart_standard (from white bg & black line)", priority=100),
+    Preprocessor("inpaint", _rgba, ("Inpaint",), label="inpaint_global_harmonious", resolution_shown=False,
+                 takes_mask=True),
+    Preprocessor("inpaint_only", _rgba, ("Inpaint",), priority=100, resolution_shown=False, takes_mask=True,
+                 adjusts_output="inpaint_only", post_process="inpaint_only"),
+    Preprocessor("tile_colorfix", _none, ("Tile",), slider_1=Slider("Variation", 8.0, 3.0, 32.0, 1.0),
+                 resolution_shown=False, adjusts_output="colorfix"),
+    Preprocessor("tile_colorfix+sharp", _none, ("Tile",), slider_1=Slider("Variation", 8.0, 3.0, 32.0, 1.0),
+                 slider_2=Slider("Sharpness", 1.0, 0.0, 2.0), resolution_shown=False, adjusts_output="colorfix"),
 )}
 
 # Preprocessors of the extension that need annotator weights (the file each loads first), or that are not
@@ -202,9 +217,8 @@ NEEDS_WEIGHTS = {
     "softedge_hed": "ControlNetHED.pth", "softedge_pidinet": "table5_pidinet.pth", "mlsd": "mlsd_large_512_fp32.pth",
     "normal_bae": "scannet.pt", "seg_ofade20k": "250_16_swin_l_oneformer_ade20k_160k.pth",
     "scribble_hed": "ControlNetHED.pth", "scribble_pidinet": "table5_pidinet.pth",
-    "mediapipe_face": "the mediapipe package", "reference_only": None, "ip-adapter-auto": None,
-    "inpaint": None, "inpaint_only": None, "inpaint_only+lama": "ControlNetLama.pth", "tile_colorfix": None,
-    "tile_colorfix+sharp": None,
+    "mediapipe_face": "the mediapipe package", "reference_only": None, "reference_adain": None,
+    "reference_adain+attn": None, "ip-adapter-auto": None, "inpaint_only+lama": "ControlNetLama.pth",
 }
 
 
@@ -228,5 +242,16 @@ def sorted_preprocessors() -> list[Preprocessor]:
 
 
 def run(p: Preprocessor, image: np.ndarray, resolution: int, a: float, b: float, seed: int) -> np.ndarray:
-    """The detected map (H, W, 3) uint8; `seed` feeds the numpy random state (shuffle) as the extension's."""
-    return hwc3(p.detect(image, resolution, a, b, np.random.RandomState(seed & 0xFFFFFFFF)))
+    """The detected map (H, W, 3) uint8 (inpaint: (H, W, 4)); `seed` feeds the numpy random state (shuffle)
+    as the extension's."""
+    detected = p.detect(image, resolution, a, b, np.random.RandomState(seed & 0xFFFFFFFF))
+    return detected if p.takes_mask else hwc3(detected)
+
+
+def shown_map(p: Preprocessor, detected: np.ndarray) -> np.ndarray:
+    """What the caller is shown of a map: inpaint maps with the mask as half transparency (the extension's)."""
+    if not p.takes_mask or detected.ndim != 3 or detected.shape[2] != 4:
+        return detected
+    shown = np.clip(detected, 0, 255).astype(np.uint8)
+    shown[:, :, 3] = 255 - shown[:, :, 3] // 2
+    return shown

@@ -165,16 +165,17 @@ class Denoiser:
                 "text_embeds": torch.cat([p.expand(batch, -1) for p in pooled]).to(x.device, self.dtype),
                 "time_ids": self._time_ids(copies, negatives, batch).to(x.device)}
         with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.upcast and self.dtype == torch.float16):
-            if self.control is not None:
-                kwargs.update(self._control_kwargs(sample, t, context, kwargs.get("added_cond_kwargs"), copies,
-                                                   negatives, batch))
-            return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+            if self.control is None:
+                return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+            mark = torch.tensor([0.0 if i < negatives else 1.0 for i in range(copies)], device=sample.device)
+            mark = mark.repeat_interleave(batch).reshape(-1, 1, 1, 1)  # 1: the prompt's rows
+            kwargs.update(self._control_kwargs(sample, t, context, kwargs.get("added_cond_kwargs"), mark))
+            out = self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+            return self.control.adjust(sample, t, out, mark)
 
     def _control_kwargs(self, sample: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added: dict | None,
-                        copies: int, negatives: int, batch: int) -> dict:
+                        mark: torch.Tensor) -> dict:
         """The ControlNet units' residuals for this call, as the UNet's extra skip-connection inputs."""
-        mark = torch.tensor([0.0 if i < negatives else 1.0 for i in range(copies)], device=sample.device)
-        mark = mark.repeat_interleave(batch).reshape(-1, 1, 1, 1)
         residuals = self.control.residuals(sample, t, context, added, mark)
         if residuals is None:
             return {}

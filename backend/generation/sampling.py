@@ -159,10 +159,15 @@ def refiner_for(req: GenerationRequest, hooks: Hooks, work: BatchWork, resources
     return Refiner(req.refiner_switch_at, take_over)
 
 
-def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+def to_pil(pixels: torch.Tensor,
+           adjust: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[Image.Image]:
     """(-1..1) NCHW -> PIL images, converted to 8 bits by truncation as A1111 does (astype, not rounding). NaN
-    (kept only under --disable-nan-check) is black."""
-    array = ((pixels.float().nan_to_num(-1.0) + 1) / 2).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    (kept only under --disable-nan-check) is black. `adjust` changes the 0..1 pictures first (A1111's
+    postprocess_batch: ControlNet's inpaint_only and recolor)."""
+    unit = ((pixels.float().nan_to_num(-1.0) + 1) / 2).clamp(0, 1).cpu()
+    if adjust is not None:
+        unit = adjust(unit)
+    array = unit.permute(0, 2, 3, 1).numpy()
     return [Image.fromarray((255.0 * a).astype(np.uint8)) for a in array]
 
 

@@ -69,6 +69,9 @@ def test_canny_unit_equals_the_reference_in_each_control_mode(service, tiny, sd1
     assert max_pixel_diff(ours.images[0], ref) <= 3
     plain = service.generate(_req())
     assert max_pixel_diff(ours.images[0], plain.images[0]) > 3  # negative control: the unit changes the picture
+    shifted = _reference(tiny, [{"net": sd1_net, "hint": torch.roll(_canny_hint(_picture()), 12, dims=3),
+                                 "weight": 0.8, "mode": mode}])
+    assert max_pixel_diff(ours.images[0], shifted) > 3  # and so does where its edges are
     assert f'ControlNet 0: "Module: canny, Model: control_sd15_tiny, Weight: 0.8, Resize Mode: Crop and Resize, ' \
            f'Processor Res: 64, Threshold A: 100, Threshold B: 200, Guidance Start: 0.0, Guidance End: 1.0, ' \
            f'Pixel Perfect: False, Control Mode: {mode}"' in ours.infotexts[0]
@@ -81,6 +84,7 @@ def test_weight_and_guidance_window_follow_the_extension_step_count(service, tin
     assert max_pixel_diff(ours.images[0], ref) <= 3
     whole = _reference(tiny, [{"net": sd1_net, "hint": hint, "weight": 1.5}])
     assert max_pixel_diff(ours.images[0], whole) > 3  # negative control: the window matters
+
 
 
 def test_two_units_are_summed_and_a_second_order_sampler_counts_steps_as_a1111(service, tiny, sd1_net):
@@ -161,3 +165,78 @@ def test_control_modes_and_a_zero_weight_differ_as_they_should(service):
     assert len({a.tobytes() for a in images.values()}) == 3
     zero = service.generate(_req(_unit(weight=0.0))).images[0]
     assert np.array_equal(np.asarray(zero), np.asarray(service.generate(_req()).images[0]))
+
+
+def _masked_picture():
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:48, 20:44] = 255
+    return _picture(4), Image.fromarray(mask)
+
+
+def _latent_of(model, pixels01: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.vae.encode(pixels01 * 2 - 1).latent_dist.mode() * model.vae.config.scaling_factor
+
+
+def test_inpaint_unit_shows_masked_pixels_as_minus_one(service, tiny, sd1_net):
+    picture, mask = _masked_picture()
+    ours = service.generate(_req(_unit(module="inpaint", image=picture, mask=mask, weight=2.0)))
+    rgb = torch.from_numpy(np.asarray(picture)).float().div(255).permute(2, 0, 1)[None]
+    m = torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
+    ref = _reference(tiny, [{"net": sd1_net, "hint": rgb * (1 - m) - m, "weight": 2.0}])
+    assert max_pixel_diff(ours.images[0], ref) <= 3
+    plain_rgb = _reference(tiny, [{"net": sd1_net, "hint": rgb, "weight": 2.0}])
+    assert max_pixel_diff(ours.images[0], plain_rgb) > 3  # negative control: the mask matters
+    assert ours.control_maps[0].mode == "RGBA"
+
+
+def test_inpaint_only_keeps_the_picture_outside_the_mask(service, tiny, sd1_net):
+    picture, mask = _masked_picture()
+    ours = service.generate(_req(_unit(module="inpaint_only", image=picture, mask=mask, weight=0.9)))
+    model = tiny["sd1"]
+    rgb = torch.from_numpy(np.asarray(picture)).float().div(255).permute(2, 0, 1)[None]
+    m = torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
+    unit = {"net": sd1_net, "hint": rgb * (1 - m) - m, "weight": 0.9, "adjust": "inpaint_only",
+            "latent": _latent_of(model, rgb), "mask": m}
+    cond, uncond = reference_conds(model, "a castle", "blur")
+    latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 6, 7.0, [77], SIZE, SIZE,
+                            control={"units": [unit]})
+    soft = cv2.blur(cv2.dilate(m[0, 0].numpy(), np.ones((7, 7), np.uint8)), (7, 7))
+    soft = torch.from_numpy(soft)[None, None]
+
+    def paste(pixels):
+        return (soft * pixels.clip(0, 1) + (1 - soft) * rgb).clip(0, 1)
+
+    ref = decode_truncated(model.vae, latents, paste)[0]
+    assert max_pixel_diff(ours.images[0], ref) <= 3
+    outside = np.asarray(ours.images[0])[:6, :6].astype(int) - np.asarray(picture)[:6, :6]
+    assert np.abs(outside).max() <= 1  # pasted back (up to 8-bit truncation)
+
+
+def test_tile_colorfix_and_recolor_follow_the_extension(service, tiny, sd1_net):
+    picture = _picture(6)
+    model = tiny["sd1"]
+    rgb = torch.from_numpy(np.asarray(picture)).float().div(255).permute(2, 0, 1)[None]
+    ours = service.generate(_req(_unit(module="tile_colorfix", image=picture, threshold_a=4, weight=0.6)))
+    ref = _reference(tiny, [{"net": sd1_net, "hint": rgb, "weight": 0.6, "adjust": "colorfix", "k": 4,
+                             "latent": _latent_of(model, rgb)}])
+    assert max_pixel_diff(ours.images[0], ref) <= 3
+    no_fix = _reference(tiny, [{"net": sd1_net, "hint": rgb, "weight": 0.6}])
+    assert max_pixel_diff(ours.images[0], no_fix) > 3  # negative control: the correction matters
+    recolored = service.generate(_req(_unit(module="recolor_luminance", image=picture, threshold_a=1.0)))
+    # the extension's map: OpenCV's BGR-to-LAB applied to the RGB picture (its quirk), as grey
+    lightness = cv2.cvtColor(np.asarray(picture), cv2.COLOR_BGR2LAB)[:, :, 0]
+    gray = np.stack([lightness] * 3, axis=2)
+    hint = torch.from_numpy(gray).float().div(255).permute(2, 0, 1)[None]
+
+    def put_lightness(pixels):
+        h = (pixels[0].numpy().transpose(1, 2, 0) * 255).clip(0, 255).astype(np.uint8)
+        h = cv2.cvtColor(h, cv2.COLOR_RGB2LAB)
+        h[:, :, 0] = lightness
+        h = cv2.cvtColor(h, cv2.COLOR_LAB2RGB)
+        return torch.from_numpy((h.astype(np.float32) / 255).transpose(2, 0, 1))[None].clip(0, 1)
+
+    cond, uncond = reference_conds(model, "a castle", "blur")
+    latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 6, 7.0, [77], SIZE, SIZE,
+                            control={"units": [{"net": sd1_net, "hint": hint}]})
+    assert max_pixel_diff(recolored.images[0], decode_truncated(model.vae, latents, put_lightness)[0]) <= 3
