@@ -105,7 +105,8 @@ class JobRunner:
 
     def __init__(self, settings: Settings, models: ModelManager, outputs: OutputWriter, options: Options,
                  embeddings: EmbeddingLibrary, networks: NetworkApplier, upscalers: UpscalerLibrary,
-                 resources: sampling.Resources, controlnets: ControlNetLibrary | None = None, on_unloadable: Callable[[ModelFile], None] = lambda c: None,
+                 resources: sampling.Resources, controlnets: ControlNetLibrary | None = None,
+                 on_unloadable: Callable[[ModelFile], None] = lambda c: None,
                  prepare: Callable[[GenerationRequest], GenerationRequest] = lambda req: req):
         self.settings, self.models, self.registry = settings, models, models.registry
         self.all_outputs, self.options, self.embeddings = outputs, options, embeddings

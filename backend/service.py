@@ -308,13 +308,19 @@ class GenerationService:
         return max(1, min(10, int(self.options.get("control_net_unit_count") or 3)))
 
     def controlnet_detect(self, module: str, image: Image.Image, processor_res: float = -1,
-                          threshold_a: float = -1, threshold_b: float = -1) -> Image.Image:
+                          threshold_a: float = -1, threshold_b: float = -1,
+                          mask: Image.Image | None = None) -> Image.Image:
         """A preprocessor's map of a picture (the extension's /controlnet/detect and the UI's preview); numpy
-        and OpenCV only, so it runs on the caller's thread."""
+        and OpenCV only, so it runs on the caller's thread. Inpaint maps carry the mask as transparency."""
         pre = control_preprocess.find(module)
         res, a, b = pre.settle(processor_res, threshold_a, threshold_b)
         picture = np.asarray(image.convert("RGB"))
-        return Image.fromarray(control_preprocess.run(pre, picture, res, a, b, seed=0))
+        if pre.takes_mask:
+            alpha = np.zeros(picture.shape[:2], np.uint8) if mask is None else np.asarray(
+                mask.convert("L").resize(image.size))
+            picture = np.concatenate([picture, alpha[:, :, None]], axis=2)
+        detected = control_preprocess.run(pre, picture, res, a, b, seed=0)
+        return Image.fromarray(control_preprocess.shown_map(pre, detected))
 
     # ---------------------------------------------------------------- scripts
 

@@ -115,11 +115,13 @@ def _wire_unit(ctx: UiContext, w: dict) -> None:
                        outputs=w["model"])
 
     def on_preview(editor, module, res, a, b):
-        picture = _editor_picture(editor)
+        picture, mask = _editor_picture(editor), None
         if picture is None:
             raise gr.Error("Upload or draw a control image first")
         try:
-            return ctx.service.controlnet_detect(module, picture, res, a, b)
+            if preprocess.find(module).takes_mask and isinstance(editor, dict):
+                picture, mask = editor.get("background") or picture, _editor_mask(editor)
+            return ctx.service.controlnet_detect(module, picture, res, a, b, mask)
         except BackendError as err:
             raise gr.Error(str(err)) from None
 

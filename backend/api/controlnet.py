@@ -72,17 +72,21 @@ class ControlNetApi:
         return {"control_net_unit_count": self.service.controlnet_unit_count()}
 
     def detect(self, body: DetectBody) -> dict:
-        preprocess.find(body.controlnet_module, "controlnet_module")
+        pre = preprocess.find(body.controlnet_module, "controlnet_module")
         if not body.controlnet_input_images:
             raise InvalidRequest("controlnet_input_images", "No image selected")
-        if body.controlnet_masks:
-            raise InvalidRequest("controlnet_masks", "no preprocessor here takes a mask")
+        if pre.takes_mask and len(body.controlnet_masks) != len(body.controlnet_input_images):
+            raise InvalidRequest("controlnet_masks", f"Preprocessor {pre.name} requires `controlnet_masks` param.")
+        if body.controlnet_masks and not pre.takes_mask:
+            raise InvalidRequest("controlnet_masks", f"preprocessor {pre.name} does not take a mask")
         limit = self.service.settings.limits.max_upload_pixels
-        maps = [self.service.controlnet_detect(body.controlnet_module,
-                                               decode_b64_image(text, f"controlnet_input_images[{i}]", limit),
-                                               body.controlnet_processor_res, body.controlnet_threshold_a,
-                                               body.controlnet_threshold_b)
-                for i, text in enumerate(body.controlnet_input_images)]
+        maps = []
+        for i, text in enumerate(body.controlnet_input_images):
+            image = decode_b64_image(text, f"controlnet_input_images[{i}]", limit)
+            mask = decode_b64_image(body.controlnet_masks[i], f"controlnet_masks[{i}]", limit) \
+                if pre.takes_mask else None
+            maps.append(self.service.controlnet_detect(pre.name, image, body.controlnet_processor_res,
+                                                       body.controlnet_threshold_a, body.controlnet_threshold_b, mask))
         return {"images": [encode_png(m, None) for m in maps], "info": "Success"}
 
 
