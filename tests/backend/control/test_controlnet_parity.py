@@ -240,3 +240,32 @@ def test_tile_colorfix_and_recolor_follow_the_extension(service, tiny, sd1_net):
     latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 6, 7.0, [77], SIZE, SIZE,
                             control={"units": [{"net": sd1_net, "hint": hint}]})
     assert max_pixel_diff(recolored.images[0], decode_truncated(model.vae, latents, put_lightness)[0]) <= 3
+
+
+def test_hires_fix_second_pass_with_the_final_size_map_and_soft_canny(service, tiny, sd1_net):
+    """The second pass sees the map fitted to 128x128 and, for canny, the soft weights (the extension forces
+    them in the hires pass); its guidance window restarts with the pass (t_enc + 1 steps)."""
+    import torch.nn.functional as F
+
+    from backend.control.images import fit
+
+    model = tiny["sd1"]
+    hires = dict(enable_hr=True, hr_scale=2.0, hr_upscaler="Latent", denoising_strength=0.6, steps=4)
+    ours = service.generate(_req(_unit(guidance_end=0.7), **hires))
+    edges = np.stack([cv2.Canny(np.asarray(_picture()), 100, 200)] * 3, axis=2)
+    big = torch.from_numpy(fit(edges, "Crop and Resize", 128, 128)).float().div(255).permute(2, 0, 1)[None]
+    cond, uncond = reference_conds(model, "a castle", "blur")
+
+    def two_passes(*second_units):
+        first = a1111_latents(model.unet, cond, uncond, "Euler", None, 4, 7.0, [77], SIZE, SIZE, control={
+            "units": [{"net": sd1_net, "hint": _canny_hint(_picture()), "end": 0.7}]})
+        init = F.interpolate(first, size=(16, 16), mode="bilinear", antialias=False)
+        second = a1111_latents(model.unet, cond, uncond, "Euler", None, 4, 7.0, [77], 128, 128, init=init,
+                               denoising_strength=0.6, control={"units": list(second_units)})
+        return decode_truncated(model.vae, second)[0]
+
+    expected = two_passes({"net": sd1_net, "hint": big, "end": 0.7, "soft": True})
+    assert max_pixel_diff(ours.images[0], expected) <= 3
+    assert max_pixel_diff(ours.images[0], two_passes({"net": sd1_net, "hint": big, "end": 0.7})) > 3  # not soft
+    low_only = service.generate(_req(_unit(guidance_end=0.7, hr_option="Low res only"), **hires))
+    assert max_pixel_diff(low_only.images[0], two_passes()) <= 3
