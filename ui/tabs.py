@@ -127,7 +127,7 @@ def _build_extra(name: str, ctx: UiContext) -> dict:
                                                           elem_id=f"{name}_refiner_checkpoint")
                 extra["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
                                                        elem_id=f"{name}_refiner_switch_at")
-        extra.update(build_controlnet(ctx, name))
+    extra.update(build_controlnet(ctx, name))  # in every generation tab, as the extension's accordion
     if name == "inpaint":
         with gr.Row():
             extra["paint_mode"] = gr.Radio(PAINT_MODES, value="Inpaint", label="Mode", elem_id="inpaint_paint_mode")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.control.units import ControlUnit
 from backend.generation.requests import GenerationRequest, MaskedContent
 from tests.conftest import build_backend
 
@@ -36,6 +37,11 @@ CASES = {
     "img2img noise multiplier": dict(init_image=_picture(), denoising_strength=0.6, initial_noise_multiplier=0.7),
     "soft latent-noise mask": dict(init_image=_picture(), mask=_mask(), mask_blur=8, denoising_strength=0.6,
                                    mask_round=False, inpainting_fill=MaskedContent.LATENT_NOISE),
+    "controlnet canny": dict(control_units=(ControlUnit(model="control_sd15_tiny", module="canny", image=_picture(),
+                                                        processor_res=64, threshold_a=100, threshold_b=200,
+                                                        control_mode="My prompt is more important"),)),
+    "controlnet tile_colorfix": dict(control_units=(ControlUnit(model="diffusers_sd15_tiny", module="tile_colorfix",
+                                                                image=_picture(), threshold_a=8, weight=0.7),)),
 }
 
 
