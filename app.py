@@ -51,6 +51,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         embeddings_dirs=embeddings_dirs(args, models_dir),
         lora_dir=args.lora_dir,
         controlnet_dir=args.controlnet_dir,
+        cluster_address=args.cluster_address,
+        cluster_workers=max(1, args.workers),
         styles_file=args.styles_file or args.data_dir / "styles.csv",
         config_file=args.ui_settings_file or args.data_dir / "config.json",
         hypernetwork_dir=args.hypernetwork_dir,
@@ -140,44 +142,10 @@ def api_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def build_service(settings: Settings):
-    from backend.control.models import ControlNetLibrary
-    from backend.memory import policy
-    from backend.memory.apply import configure_math
-    from backend.memory.facts import probe_device_facts
-    from backend.model_manager import CacheLimits, ModelManager, Placement
-    from backend.networks.hypernetworks import HypernetLibrary
-    from backend.networks.library import NetworkLibrary
-    from backend.options import Options
-    from backend.outputs import OutputWriter
-    from backend.styles import StyleLibrary
-    from backend.upscale.models import UpscalerLibrary
-    from backend.prompts.embeddings import EmbeddingLibrary
-    from backend.registry import HashCache, ModelRegistry
-    from backend.service import GenerationService
+    """The backend as the app runs it (backend/wiring.py); imported late so that --help stays quick."""
+    from backend.wiring import build_service as build
 
-    def probe():
-        return probe_device_facts(check_xformers=settings.memory.xformers)
-
-    facts = probe()
-    device = policy.choose_device(settings.device, facts)
-    dtype = policy.choose_dtype(settings.precision, device, facts)
-    vae_dtype = policy.choose_vae_dtype(dtype, settings.no_half_vae, device, facts)
-    configure_math(device)
-    log.info("device %s, precision %s, VAE precision %s", device, dtype, vae_dtype)
-    placement = Placement(device, dtype, vae_dtype, settings.memory, probe)
-    cache = CacheLimits(settings.checkpoint_cache, policy.cache_budget_bytes(facts, settings.checkpoint_cache_gb))
-    registry = ModelRegistry(settings.checkpoint_dir, settings.vae_folder, HashCache(settings.hash_cache_file))
-    models = ModelManager(registry, placement, cache, settings.prediction_overrides)
-    embeddings = EmbeddingLibrary(settings.embedding_folders)
-    networks = NetworkLibrary([settings.lora_folder])
-    upscalers = UpscalerLibrary(list(settings.upscaler_folders), device, policy.choose_upscaler_dtype(dtype))
-    hypernetworks = HypernetLibrary([settings.hypernetwork_dir or settings.models_dir / "hypernetworks"])
-    styles = StyleLibrary(settings.styles_file or settings.models_dir.parent / "styles.csv")
-    options = Options(path=settings.config_file)
-    controlnets = ControlNetLibrary(settings.controlnet_folder)
-    return GenerationService(settings, models, OutputWriter(settings.outputs_dir, options), options=options,
-                             embeddings=embeddings, networks=networks, upscalers=upscalers,
-                             hypernetworks=hypernetworks, styles=styles, controlnets=controlnets)
+    return build(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

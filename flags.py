@@ -136,6 +136,10 @@ def _add_serving(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", action="store_true", help="serve the A1111-compatible REST API under /sdapi/v1")
     p.add_argument("--nowebui", action="store_true", help="serve only the REST API (no web UI), on port 7861")
     p.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2] HTTP Basic auth for the API")
+    p.add_argument("--cluster-address", default=None, metavar="HOST:PORT",
+                   help="run the generations on a Ray cluster's worker actors (pip install -r requirements-cluster.txt)")
+    p.add_argument("--workers", type=int, default=1, help="with --cluster-address: how many worker actors (each one "
+                                                          "GPU, or its share of the CPUs)")
     p.add_argument("--api-log", action="store_true", help="log every API request (method, path, status, time)")
     p.add_argument("--cors-allow-origins", default=None,
                    help="origins (comma-separated) whose pages may call the API from a browser")

@@ -47,5 +47,9 @@ class ServiceStopping(BackendError):
     """The server is shutting down: the job was not run (or is refused)."""
 
 
+class WorkerLost(BackendError):
+    """The cluster worker running a job died (twice, or with no other worker left): the job did not finish."""
+
+
 class TooManyJobs(BackendError):
     """An owner has as many jobs waiting as one may (--max-queued-per-user)."""

@@ -119,6 +119,17 @@ class Job:
         self._skip.set()
 
     @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def take_skip(self) -> bool:
+        """A skip asked for since the last call (for relaying it to a cluster worker)."""
+        if self._skip.is_set():
+            self._skip.clear()
+            return True
+        return False
+
+    @property
     def finished(self) -> bool:
         return self._done.is_set()
 
@@ -152,11 +163,11 @@ class Job:
 
 
 class JobQueue:
-    """One worker, and a queue that is fair between owners: the next job is the oldest of the owner served
-    longest ago (round-robin across owners, in order within one), so one owner's many jobs never hold back
-    another's single job."""
+    """One worker (or, on a cluster, one dispatcher per cluster worker), and a queue that is fair between
+    owners: the next job is the oldest of the owner served longest ago (round-robin across owners, in order
+    within one), so one owner's many jobs never hold back another's single job."""
 
-    def __init__(self, run: Callable[[Job], Any]):
+    def __init__(self, run: Callable[[Job], Any], workers: int = 1):
         self._run = run
         self._ids = itertools.count(1)
         self._ticks = itertools.count(1)
@@ -164,10 +175,12 @@ class JobQueue:
         self._wake = threading.Condition(self._lock)
         self._pending: list[Job] = []  # in submission order
         self._last_served: dict[str, int] = {}  # owner -> tick of their last job start
-        self._current: Job | None = None
+        self._running: list[Job] = []  # in the order they started
         self._stopping = False
-        self._thread = threading.Thread(target=self._work, name="generation-worker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"generation-worker-{i}", daemon=True)
+                         for i in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, kind: str, payload: Any, owner: str = "", limit: int | None = None) -> Job:
         """Queue a job for `owner`; with `limit`, an owner with that many jobs waiting is refused."""
@@ -184,8 +197,13 @@ class JobQueue:
 
     @property
     def current(self) -> Job | None:
+        """The job that started first of those running (the only one, without a cluster)."""
         with self._lock:
-            return self._current
+            return self._running[0] if self._running else None
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            return list(self._running)
 
     def pending(self) -> list[Job]:
         """The waiting jobs, in the order they will run."""
@@ -195,14 +213,14 @@ class JobQueue:
     def position(self, job: Job) -> int:
         """0 while running, 1 if it is next, ...; -1 once finished."""
         with self._lock:
-            if job is self._current:
+            if job in self._running:
                 return 0
             order = self._serving_order()
             return order.index(job) + 1 if job in order else -1
 
     def find(self, job_id: str) -> Job | None:
         with self._lock:
-            jobs = [*self._pending, *([self._current] if self._current else [])]
+            jobs = [*self._pending, *self._running]
         return next((j for j in jobs if j.id == job_id), None)
 
     def cancel(self, job_id: str) -> bool:
@@ -232,15 +250,17 @@ class JobQueue:
         with self._lock:
             self._stopping = True
             waiting, self._pending = self._pending, []
-            running = self._current
-            self._wake.notify()
+            running = list(self._running)
+            self._wake.notify_all()
         for job in waiting:
             job.cancel()
             job.error = ServiceStopping("the server is shutting down; this job did not run")
             job._finish(JobState.FAILED)
-        if running is not None:
-            running.cancel()
-        self._thread.join(timeout=timeout)
+        for job in running:
+            job.cancel()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _serving_order(self) -> list[Job]:
         """The pending jobs as the worker will take them (called under the lock)."""
@@ -270,12 +290,12 @@ class JobQueue:
                 job = self._next_of(self._pending, self._last_served)
                 self._pending.remove(job)
                 self._last_served[job.owner] = next(self._ticks)
-                self._current = job
+                self._running.append(job)
             try:
                 self._execute(job)
             finally:
                 with self._lock:
-                    self._current = None
+                    self._running.remove(job)
 
     def _execute(self, job: Job) -> None:
         if job.interrupted:

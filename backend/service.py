@@ -69,7 +69,7 @@ class GenerationService:
                  options: Options | None = None, embeddings: EmbeddingLibrary | None = None,
                  networks: NetworkLibrary | None = None, upscalers: UpscalerLibrary | None = None,
                  hypernetworks: HypernetLibrary | None = None, styles: StyleLibrary | None = None,
-                 controlnets: ControlNetLibrary | None = None):
+                 controlnets: ControlNetLibrary | None = None, cluster=None):
         self.settings = settings
         self.embeddings = embeddings or EmbeddingLibrary([])
         self.networks = networks or NetworkLibrary([])
@@ -91,7 +91,8 @@ class GenerationService:
         self.runner = JobRunner(settings, models, outputs, self.options, self.embeddings,
                                 NetworkApplier(self.networks, self.hypernetworks), self.upscalers, self.resources,
                                 self.controlnets, on_unloadable=self._forget_unloadable_default, prepare=self.prepare)
-        self.queue = JobQueue(self._run_job)
+        self.cluster = cluster  # backend.cluster.WorkerPool: jobs run on a Ray cluster's workers
+        self.queue = JobQueue(self._run_job, workers=cluster.count if cluster is not None else 1)
 
     # ---------------------------------------------------------------- generation (any thread)
 
@@ -171,6 +172,12 @@ class GenerationService:
 
     def refresh_models(self) -> None:
         self.registry.refresh()
+        self._refresh_workers()
+
+    def _refresh_workers(self) -> None:
+        """A refresh reaches every cluster worker (each keeps its own lists of the shared models folder)."""
+        if self.cluster is not None:
+            self.cluster.broadcast("refresh")
 
     def outputs_folder(self, tab: str, owner: str = "") -> Path:
         """Where a tab's images go (for the UI's "open folder" on this machine): the owner's own folder with
@@ -271,6 +278,7 @@ class GenerationService:
 
     def refresh_embeddings(self) -> None:
         self.embeddings.refresh()
+        self._refresh_workers()
 
     # ---------------------------------------------------------------- LoRA networks
 
@@ -280,6 +288,7 @@ class GenerationService:
     def refresh_loras(self) -> None:
         self.networks.refresh()
         self.hypernetworks.refresh()
+        self._refresh_workers()
 
     def hypernetwork_files(self) -> dict:
         return self.hypernetworks.names()
@@ -302,6 +311,7 @@ class GenerationService:
         """"None", then the ControlNet files' titles (the extension's model list)."""
         if refresh:
             self.controlnets.refresh()
+            self._refresh_workers()
         return ["None", *self.controlnets.titles()]
 
     def controlnet_unit_count(self) -> int:
@@ -478,21 +488,21 @@ class GenerationService:
     def status(self, owner: str | None = None) -> QueueStatus:
         """The running job and how many wait; for an `owner`, their own job (running, else their next one) and
         how many jobs are ahead of it."""
-        current, pending = self.queue.current, self.queue.pending()
+        running, pending = self.queue.running(), self.queue.pending()
         if owner is None:
-            return QueueStatus(current, len(pending))
-        if current is not None and current.owner == owner:
-            return QueueStatus(current, len(pending))
+            return QueueStatus(running[0] if running else None, len(pending))
+        mine = next((job for job in running if job.owner == owner), None)
+        if mine is not None:
+            return QueueStatus(mine, len(pending))
         own = next((job for job in pending if job.owner == owner), None)
-        ahead = (pending.index(own) + (current is not None)) if own is not None else 0
+        ahead = (pending.index(own) + len(running)) if own is not None else 0
         return QueueStatus(own, len(pending), ahead)
 
     def own_jobs(self, owner: str) -> tuple[Job | None, list[tuple[Job, int]]]:
         """The owner's running job (or None) and their waiting jobs, each with how many jobs are ahead of it."""
-        current, pending = self.queue.current, self.queue.pending()
-        running = current if current is not None and current.owner == owner else None
-        offset = 1 if current is not None else 0
-        return running, [(job, index + offset) for index, job in enumerate(pending) if job.owner == owner]
+        running, pending = self.queue.running(), self.queue.pending()
+        mine = next((job for job in running if job.owner == owner), None)
+        return mine, [(job, index + len(running)) for index, job in enumerate(pending) if job.owner == owner]
 
     def cancel_waiting(self, owner: str) -> int:
         """Cancel the owner's waiting jobs (never anyone else's); how many."""
@@ -509,7 +519,7 @@ class GenerationService:
         job of theirs. As A1111 with its interrupt_after_current option (on by default), a job of several
         batches finishes the batch being made first; a single batch stops at the current step, keeping what it
         has reached."""
-        job = self.queue.find(job_id) if job_id is not None else self.queue.current
+        job = self.queue.find(job_id) if job_id is not None else self._running_job(owner)
         if job is None or (owner is not None and job.owner != owner):
             return False
         several = job.kind == "generate" and job.payload.n_iter > 1
@@ -522,12 +532,17 @@ class GenerationService:
     def skip(self, job_id: str | None = None, owner: str | None = None) -> bool:
         """Skip the running job's current batch; with `job_id`, only if that job is the one running; with
         `owner`, only if it is theirs."""
-        current = self.queue.current
-        if current is None or (job_id is not None and current.id != job_id) or \
+        current = self.queue.find(job_id) if job_id is not None else self._running_job(owner)
+        if current is None or current not in self.queue.running() or \
                 (owner is not None and current.owner != owner):
             return False
         current.skip()
         return True
+
+    def _running_job(self, owner: str | None) -> Job | None:
+        """The owner's running job (without an owner: the first running one)."""
+        running = self.queue.running()
+        return next((job for job in running if owner is None or job.owner == owner), None)
 
     def image_format(self) -> ImageFormat:
         """The pictures' file format now (A1111's samples_format and its quality options)."""
@@ -539,20 +554,31 @@ class GenerationService:
 
     def shutdown(self) -> None:
         self.queue.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def cluster_status(self) -> list[dict]:
+        """The cluster's workers (name, busy, pid, host, device, jobs done); empty without a cluster."""
+        return self.cluster.status() if self.cluster is not None else []
 
     # ---------------------------------------------------------------- the worker
 
     def _run_job(self, job: Job):
-        if job.kind == "extras":
-            return self.runner.extras(job)
         if job.kind == "load":
             checkpoint, previous = job.payload
             try:
-                self.models.get(checkpoint)
+                if self.cluster is not None:  # every worker loads it
+                    self.cluster.preload(checkpoint.title, self.options.snapshot())
+                else:
+                    self.models.get(checkpoint)
             except Exception:
                 with self._lock:  # a model that cannot load does not stay selected
                     if self._selected == checkpoint.title:
                         self._selected = previous
                 raise
             return checkpoint
+        if self.cluster is not None:  # a worker runs it with the options of now; the server saves what it made
+            return self.cluster.run(job, self.options.snapshot(), self.runner.outputs_for(job.owner))
+        if job.kind == "extras":
+            return self.runner.extras(job)
         return self.runner.generate(job)

@@ -66,6 +66,8 @@ class Settings:
     embeddings_dirs: tuple[Path, ...] = ()  # default: models_dir/embeddings
     lora_dir: Path | None = None  # default: models_dir/Lora
     controlnet_dir: Path | None = None  # default: models_dir/ControlNet
+    cluster_address: str | None = None  # a Ray cluster (HOST:PORT): jobs run on its worker actors
+    cluster_workers: int = 1  # how many worker actors (each one GPU, or its share of the CPUs)
     styles_file: Path | None = None  # A1111's styles.csv; default: beside models_dir
     config_file: Path | None = None  # A1111's config.json (settings); None: settings are not kept
     hypernetwork_dir: Path | None = None  # default: models_dir/hypernetworks

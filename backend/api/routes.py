@@ -33,7 +33,7 @@ from backend.api.models import (ExtrasBatchBody, ExtrasBody, ExtrasSingleBody, I
                                 Txt2ImgBody)
 from backend.api.translate import to_request, to_response
 from backend.errors import (BackendError, CheckpointError, Forbidden, Interrupted, InvalidRequest, ModelNotFound,
-                            TooManyJobs,
+                            TooManyJobs, WorkerLost,
                             OutOfMemory, ServiceStopping)
 from backend.generation import hires
 from backend.jobs import Job
@@ -88,7 +88,7 @@ def _status_of(err: BackendError) -> int:
         return 404
     if isinstance(err, CheckpointError):
         return 422
-    if isinstance(err, (OutOfMemory, ServiceStopping)):
+    if isinstance(err, (OutOfMemory, ServiceStopping, WorkerLost)):
         return 503
     if isinstance(err, Forbidden):
         return 403
@@ -230,6 +230,7 @@ class SdApi:
         r("/refresh-loras", self.refresh_loras, ["POST"])
         r("/refresh-embeddings", self.refresh_embeddings, ["POST"])
         r("/memory", self.memory, ["GET"])
+        r("/cluster", self.cluster, ["GET"])
         r("/cmd-flags", self.cmd_flags, ["GET"])
         r("/prompt-styles", self.prompt_styles, ["GET"])
         r("/extensions", self.extensions, ["GET"])
@@ -414,6 +415,10 @@ class SdApi:
 
     def _public(self, path) -> str:
         return self.service.settings.public_path(path)
+
+    def cluster(self) -> dict:
+        """Our own: the cluster's workers (`--cluster-address`), empty when jobs run in this process."""
+        return {"workers": self.service.cluster_status()}
 
     def memory(self) -> dict:
         vm = psutil.virtual_memory()
