@@ -129,22 +129,22 @@ def test_a_killed_worker_loses_nothing_and_is_replaced(cluster, service):
     def post(name, body):
         results[name] = requests.post(f"{api}/txt2img", json=body, timeout=300)
 
-    long = threading.Thread(target=post, args=("long", _body(7, steps=60, width=128, height=128)))
+    long = threading.Thread(target=post, args=("long", _body(7, steps=80, width=96, height=96)))
     long.start()
     deadline = time.time() + 60
     busy = []
-    while time.time() < deadline and not busy:
-        busy = [w for w in _workers(api) if w["busy"]]
-        time.sleep(0.2)
+    while time.time() < deadline and not busy:  # the long job is sampling on one worker
+        if requests.get(f"{api}/progress", timeout=30).json()["state"]["sampling_step"] >= 1:
+            busy = [w for w in _workers(api) if w["busy"]]
+        time.sleep(0.1)
     assert busy
     short = threading.Thread(target=post, args=("short", _body(8)))
     short.start()
-    time.sleep(1.0)
     os.kill(busy[0]["pid"], signal.SIGKILL)
     long.join(timeout=300)
     short.join(timeout=300)
     assert results["long"].status_code == 200, results["long"].text  # retried on the other worker
-    assert np.array_equal(_image(results["long"].json()), _expected(service, 7, steps=60, width=128, height=128))
+    assert np.array_equal(_image(results["long"].json()), _expected(service, 7, steps=80, width=96, height=96))
     assert np.array_equal(_image(results["short"].json()), _expected(service, 8))  # the other job is intact
     deadline = time.time() + 120
     while time.time() < deadline and sum(w["ready"] for w in _workers(api)) < 2:
