@@ -73,6 +73,12 @@ def _expected(service, seed: int, **kw) -> np.ndarray:
         torch.set_num_threads(threads)
 
 
+def _png_b64() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 40, 200)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def _workers(api) -> list[dict]:
     return requests.get(f"{api}/cluster", timeout=30).json()["workers"]
 
@@ -100,8 +106,13 @@ def test_results_equal_the_single_process_server_and_both_workers_serve(cluster,
     assert {Image.open(p).info["parameters"] for p in saved} == infotexts
 
 
-def test_options_and_interrupt_reach_the_workers(cluster, service):
+def test_options_interrupt_and_errors_cross_the_hop(cluster, service):
     api, _ = cluster
+    # an error only the worker finds (the ControlNet does not fit the checkpoint) is today's 4xx, by name
+    unit = {"enabled": True, "module": "none", "model": "diffusers_xl_tiny", "image": _png_b64()}
+    wrong = requests.post(f"{api}/txt2img", json=_body(1, alwayson_scripts={"controlnet": {"args": [unit]}}),
+                          timeout=300)
+    assert wrong.status_code == 422 and "is for SDXL" in wrong.text
     assert requests.post(f"{api}/options", json={"CLIP_stop_at_last_layers": 2}, timeout=30).status_code == 200
     try:
         answer = requests.post(f"{api}/txt2img", json=_body(9), timeout=300).json()

@@ -95,6 +95,8 @@ def test_two_units_are_summed_and_a_second_order_sampler_counts_steps_as_a1111(s
     ref = _reference(tiny, [{"net": sd1_net, "hint": _canny_hint(_picture()), "weight": 0.7},
                             {"net": sd1_net, "hint": inverted, "end": 0.5}], sampler="Heun")
     assert max_pixel_diff(ours.images[0], ref) <= 3
+    first_only = _reference(tiny, [{"net": sd1_net, "hint": _canny_hint(_picture()), "weight": 0.7}], sampler="Heun")
+    assert max_pixel_diff(ours.images[0], first_only) > 3  # control: the second unit counts
     assert "ControlNet 1: \"Module: invert, Model: diffusers_sd15_tiny" in ours.infotexts[0]
 
 
@@ -120,9 +122,12 @@ def test_sdxl_controlnet_in_the_diffusers_layout(service, tiny):
 
 
 def test_img2img_unit_takes_the_init_picture_and_counts_t_enc_plus_one(service, tiny, sd1_net):
+    """Denoising 0.6 of 6 steps: t_enc = 3, so the window counts 4 steps; the step the sampler last reported
+    is 0, 0, 1, 2 at the four model calls, so an end of 0.2 stops the unit after the second call (counting 6
+    steps it would run a third: what an end of 0.3 gives, the control)."""
     picture = _picture(3)
     model = tiny["sd1"]
-    req = _req(_unit(image=None, guidance_end=0.5), init_image=picture, denoising_strength=0.6)
+    req = _req(_unit(image=None, guidance_end=0.2), init_image=picture, denoising_strength=0.6)
     ours = service.generate(req)
     with torch.no_grad():
         pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
@@ -130,8 +135,12 @@ def test_img2img_unit_takes_the_init_picture_and_counts_t_enc_plus_one(service, 
     cond, uncond = reference_conds(model, "a castle", "blur")
     latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 6, 7.0, [77], SIZE, SIZE, init=init,
                             denoising_strength=0.6, img2img=True,
-                            control={"units": [{"net": sd1_net, "hint": _canny_hint(picture), "end": 0.5}]})
+                            control={"units": [{"net": sd1_net, "hint": _canny_hint(picture), "end": 0.2}]})
     assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, latents)[0]) <= 3
+    wider = a1111_latents(model.unet, cond, uncond, "Euler", None, 6, 7.0, [77], SIZE, SIZE, init=init,
+                          denoising_strength=0.6, img2img=True,
+                          control={"units": [{"net": sd1_net, "hint": _canny_hint(picture), "end": 0.3}]})
+    assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, wider)[0]) > 3  # control: the count
 
 
 def test_hires_pass_uses_the_map_at_the_final_size_and_soft_canny(service, tiny, sd1_net):

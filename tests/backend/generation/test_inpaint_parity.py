@@ -51,3 +51,46 @@ def test_inpaint_at_half_strength_equals_a1111(service, tiny, sampler):
     theirs = Image.composite(decode_truncated(model.vae, latents)[0], picture, mask)
     assert max_pixel_diff(ours.images[0], theirs) <= 1
     assert max_pixel_diff(ours.images[0], picture) > 3  # the masked area really was repainted
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler"])
+def test_reference_sampling_the_vae_posterior_as_a1111_gives_our_picture(tmp_path, sampler):
+    """A1111 encodes the init picture with a *sample* of the VAE's posterior (LDM's get_first_stage_encoding, on
+    the unseeded global RNG); we take its mean, deterministic. With a real VAE's spread (log-variance near -20:
+    a standard deviation of about 5e-5) the two are the same picture, which this reference shows by sampling
+    the posterior exactly as A1111 does. (The tiny test VAE's spread is large, so the other tests compare with
+    the mean.)"""
+    from tests.conftest import build_backend
+    from tests.fixtures import tiny_models
+
+    model = tiny_models.make_sd1(seed=1)
+    latent = model.vae.config.latent_channels
+    with torch.no_grad():  # a real VAE's confidence: the log-variance half of the moments is about -20
+        model.vae.quant_conv.weight[latent:] = 0
+        model.vae.quant_conv.bias[latent:] = -20.0
+    tiny_models.write_checkpoint(model, tmp_path / "models" / "Stable-diffusion" / "sd1.safetensors")
+    service = build_backend(tmp_path / "models", tmp_path / "outputs")
+    try:
+        picture, mask = _picture(), Image.new("L", (64, 64), 0)
+        mask.paste(255, (16, 8, 48, 40))
+        ours = _ours(service, sampler, init_image=picture, mask=mask, mask_blur=0, denoising_strength=0.5,
+                     inpainting_fill=MaskedContent.ORIGINAL)
+    finally:
+        service.shutdown()
+    pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        posterior = model.vae.encode(pixels).latent_dist
+        init = posterior.sample() * model.vae.config.scaling_factor  # global RNG, as A1111
+    assert float(posterior.std.max()) < 1e-4
+    repaint = np.around(np.asarray(mask.resize((8, 8), Image.BICUBIC), dtype=np.float32) / 255)
+    cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
+    keep = 1 - torch.from_numpy(repaint)[None, None]
+    if sampler in OPTIONS:
+        latents = a1111_latents(model.unet, cond, uncond, sampler, None, 8, 12.0, [21], 64, 64, init=init,
+                                denoising_strength=0.5, img2img=True, keep=keep)
+    else:
+        latents = a1111_timestep_latents(model.unet, cond, uncond, sampler, 8, 12.0, [21], 64, 64, init=init,
+                                         denoising_strength=0.5, img2img=True, keep=keep)
+    theirs = Image.composite(decode_truncated(model.vae, latents)[0], picture, mask)
+    assert max_pixel_diff(ours.images[0], theirs) <= 1
+    assert max_pixel_diff(ours.images[0], picture) > 3
