@@ -267,12 +267,21 @@ class WorkerPool:
         self._free.put(worker)
 
     def _take_free(self) -> _Worker:
-        try:
-            worker = self._free.get(timeout=FREE_WORKER_WAIT_S)
-        except queue.Empty:
-            raise WorkerLost("no generation worker is available in the cluster") from None
-        worker.busy = True
-        return worker
+        """A free worker that answers (one that died while idle is replaced, and the next free one taken)."""
+        deadline = time.monotonic() + FREE_WORKER_WAIT_S
+        while True:
+            try:
+                worker = self._free.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise WorkerLost("no generation worker is available in the cluster") from None
+            try:
+                self.ray.get(worker.actor.info.remote(), timeout=30)
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
+                log.error("%s stopped answering while idle; replacing it", worker.name)
+                self._replace(worker)
+                continue
+            worker.busy = True
+            return worker
 
     def _run_on(self, worker: _Worker, job: Job, options: dict) -> tuple[Any, list]:
         ref = worker.actor.run.remote(job.kind, job.payload, job.owner, options)

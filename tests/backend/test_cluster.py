@@ -164,3 +164,20 @@ def test_a_killed_worker_loses_nothing_and_is_replaced(cluster, service):
     assert len(after) == 2 and busy[0]["pid"] not in after and after & before  # a replacement started
     answer = requests.post(f"{api}/txt2img", json=_body(3), timeout=300).json()  # and the server keeps serving
     assert np.array_equal(_image(answer), _expected(service, 3))
+
+
+def test_a_worker_that_died_idle_is_replaced_before_a_job_reaches_it(cluster, service):
+    api, _ = cluster
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(w["ready"] for w in _workers(api)) < 2:
+        time.sleep(0.5)
+    victim = _workers(api)[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    for seed in (11, 12):  # whichever worker each goes to, neither job is lost
+        answer = requests.post(f"{api}/txt2img", json=_body(seed), timeout=300)
+        assert answer.status_code == 200, answer.text
+        assert np.array_equal(_image(answer.json()), _expected(service, seed))
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(w["ready"] for w in _workers(api)) < 2:
+        time.sleep(0.5)
+    assert victim not in {w.get("pid") for w in _workers(api)} and sum(w["ready"] for w in _workers(api)) == 2

@@ -85,3 +85,4 @@ def test_batch_cond_uncond_off_makes_separate_calls_with_the_same_image(service)
     assert [c.shape[0] for c in unet.contexts] == [1, 1]
     separate = _ours(service, prompt="a lighthouse", batch_cond_uncond=False)
     assert max_pixel_diff(separate.images[0], _ours(service, prompt="a lighthouse").images[0]) <= 1
+    assert max_pixel_diff(separate.images[0], _ours(service, prompt="a lighthouse", seed=99).images[0]) > 3

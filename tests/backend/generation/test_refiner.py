@@ -90,6 +90,9 @@ def test_sdxl_refiner_layout_with_its_aesthetic_scores(service, tiny):
         return decode_truncated(refiner_model.vae, latents)[0]
 
     assert max_pixel_diff(ours.images[0], theirs(6.0, 2.5)) <= 3
+    unrefined = decode_truncated(base.vae, a1111_latents(base.unet, cond, uncond, "Euler", None, 6, 7.0, [77], 64, 64,
+                                                         sdxl=True))[0]
+    assert max_pixel_diff(ours.images[0], unrefined) > 3  # control: the refiner took over
     # the scores' effect on a tiny random UNet is too small to see in pixels: check what the refiner was given
     seen = []
     unet = service.models.get(service.registry.find_checkpoint("sdxl-refiner"), None).unet
@@ -118,6 +121,8 @@ def test_a_diffusers_folder_refiner_equals_its_single_file(tiny, tmp_path):
         by_file, by_folder = (svc.generate(_req(checkpoint="sdxl.safetensors", refiner_checkpoint=name,
                                                 refiner_switch_at=0.5)).images[0]
                               for name in ("refiner-file", "refiner-folder"))
+        unrefined = svc.generate(_req(checkpoint="sdxl.safetensors")).images[0]
     finally:
         svc.shutdown()
     assert max_pixel_diff(by_file, by_folder) <= 1
+    assert max_pixel_diff(by_folder, unrefined) > 3  # control: the folder's refiner did take over

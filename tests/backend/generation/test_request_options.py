@@ -41,6 +41,7 @@ def test_ngms_on_every_step_above_the_largest_sigma_is_guidance_off(service):
     """An independent check: skipping every uncond pass leaves the conditional prediction alone, as cfg 1."""
     skipped = _ours(service, s_min_uncond=1000.0, s_min_uncond_all=True)
     assert max_pixel_diff(skipped.images[0], _ours(service, cfg_scale=1.0).images[0]) <= 1
+    assert max_pixel_diff(skipped.images[0], _ours(service).images[0]) > 3  # control: guidance is on otherwise
     below = _ours(service, s_min_uncond=0.001)  # under every sigma of the schedule: nothing is skipped
     assert max_pixel_diff(below.images[0], _ours(service).images[0]) == 0
 
@@ -119,3 +120,9 @@ def test_latent_noise_fill_uses_the_rng_source_as_a1111(service, tiny):
                                 denoising_strength=0.6, img2img=True, keep=1 - repaint)
         theirs = work.paste_back(decode_truncated(model.vae, latents)[0])
         assert max_pixel_diff(ours.images[index], theirs) <= 1, seed
+    other_fill = _init_latents(model, work.image) * (1 - repaint) + torch.randn(
+        (4, 8, 8), generator=torch.Generator("cpu").manual_seed(22))[None] * repaint
+    latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 8, CFG, [22], 64, 64, init=other_fill,
+                            denoising_strength=0.6, img2img=True, keep=1 - repaint)
+    control = work.paste_back(decode_truncated(model.vae, latents)[0])
+    assert max_pixel_diff(ours.images[1], control) > 3  # control: the fill is seed 21's noise, not the batch's

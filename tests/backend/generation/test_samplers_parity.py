@@ -48,6 +48,7 @@ def test_sdxl_schedule_types_equal_a1111(service, tiny, schedule):
     for sampler in ("Euler a", "DPM++ 2M"):
         ours = _ours(service, "sdxl.safetensors", sampler, schedule)
         assert max_pixel_diff(ours.images[0], _theirs(tiny["sdxl"], sampler, schedule, [21])[0]) <= 3, sampler
+        assert max_pixel_diff(ours.images[0], _theirs(tiny["sdxl"], sampler, schedule, [22])[0]) > 3  # control
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ SDE", "DPM++ 3M SDE", "DPM2 a"])
@@ -62,6 +63,7 @@ def test_batches_use_each_images_own_noise(service, tiny, sampler):
     ours = _ours(service, "sd1.safetensors", sampler, None, seed=40, batch=2)
     theirs = _theirs(tiny["sd1"], sampler, None, [40, 41])
     assert all(max_pixel_diff(a, b) <= 3 for a, b in zip(ours.images, theirs, strict=True))
+    assert max_pixel_diff(ours.images[1], theirs[0]) > 3  # control: the second image has its own noise
 
 
 def test_ancestral_noise_continues_the_images_generator(service):
@@ -87,6 +89,7 @@ def test_sigma_churn_options_equal_a1111(service, tiny, sampler):
 def test_eta_and_s_noise_equal_a1111(service, tiny, sampler):
     ours = _ours(service, "sd1.safetensors", sampler, None, eta=0.6, s_noise=0.97)
     assert max_pixel_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [21], eta=0.6, s_noise=0.97)[0]) <= 3
+    assert max_pixel_diff(ours.images[0], _theirs(tiny["sd1"], sampler, None, [22], eta=0.6, s_noise=0.97)[0]) > 3
     assert "Eta: 0.6" in ours.infotexts[0] and "Sigma noise: 0.97" in ours.infotexts[0]
 
 

@@ -59,11 +59,15 @@ def test_timestep_samplers_equal_a1111_on_sdxl_and_sd2_v(service, tiny, sampler)
         ours = _ours(service, sampler, checkpoint=checkpoint)
         theirs = _theirs(model, sampler, sdxl=family == "sdxl", v_prediction=model.v_prediction)
         assert max_pixel_diff(ours.images[0], theirs[0]) <= 1, family
+        other = _theirs(model, sampler, seed=22, sdxl=family == "sdxl", v_prediction=model.v_prediction)
+        assert max_pixel_diff(ours.images[0], other[0]) > 3, family  # control
 
 
 @pytest.mark.parametrize("steps", [5, 3])
 def test_unipc_lowers_its_order_as_a1111(service, tiny, steps):
-    assert max_pixel_diff(_ours(service, "UniPC", steps).images[0], _theirs(tiny["sd1"], "UniPC", steps)[0]) <= 1
+    ours = _ours(service, "UniPC", steps).images[0]
+    assert max_pixel_diff(ours, _theirs(tiny["sd1"], "UniPC", steps)[0]) <= 1
+    assert max_pixel_diff(ours, _theirs(tiny["sd1"], "UniPC", steps, seed=22)[0]) > 3  # control
 
 
 @pytest.mark.parametrize("option, value, reference, steps", [

@@ -58,3 +58,4 @@ def test_sdxl_and_values_that_are_no_schedule_keep_the_default(schedules, tiny):
     assert torch.equal(own.alphas_cumprod, LINEAR) and not torch.equal(LINEAR, default_alphas_cumprod())
     xl = _ours(schedules, "xl.safetensors")
     assert max_pixel_diff(xl.images[0], _theirs(tiny["sdxl"], "Euler", sdxl=True)) <= 3
+    assert max_pixel_diff(xl.images[0], _theirs(tiny["sdxl"], "Euler", LINEAR, sdxl=True)) > 3  # control

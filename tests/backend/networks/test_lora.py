@@ -304,18 +304,20 @@ def test_peft_format_and_dyn_and_finding_by_hash(svc, tiny, lora_dir, tmp_path):
         a = _ours(svc, "a cat <lora:peft_q:0.9>")
         b = _ours(svc, "a cat <lora:kohya_q:0.9>")
         assert max_pixel_diff(a.images[0], b.images[0]) == 0 and a.warnings == []
-        # dyn: only the first 2 ranks, with the same scale
-        dyn = _ours(svc, "a cat <lora:kohya_q:0.9:0.9:2>")
+        # dyn: only the first 2 ranks, with the same scale (a strong multiplier, so the ranks show in pixels)
+        dyn = _ours(svc, "a cat <lora:kohya_q:6:6:2>")
         truncated = dict(only_q)
         truncated[kohya + ".lora_down.weight"] = only_q[kohya + ".lora_down.weight"][:2]
         truncated[kohya + ".lora_up.weight"] = only_q[kohya + ".lora_up.weight"][:, :2]
-        merged = _merge(tiny["sd1"], truncated, te=0.9, unet=0.9)
+        merged = _merge(tiny["sd1"], truncated, te=6, unet=6)
         # A1111 keeps the scale alpha / full rank when dyn cuts ranks
         with torch.no_grad():
             module = dict(merged.unet.named_modules())[name]
             module.weight.copy_(dict(tiny["sd1"].unet.named_modules())[name].weight
                                 + (module.weight - dict(tiny["sd1"].unet.named_modules())[name].weight) * 2 / 4)
         assert max_pixel_diff(dyn.images[0], _image(merged)) <= 3
+        full_rank = _ours(svc, "a cat <lora:kohya_q:6:6>")
+        assert max_pixel_diff(dyn.images[0], full_rank.images[0]) > 3  # control: the cut ranks matter
         # a pasted infotext's hash finds a network whose name changed
         digest = svc.networks.find("kohya_q").short_hash
         req = GenerationRequest(prompt="a cat <lora:renamed:0.9>", negative_prompt="ugly", steps=3, width=64, height=64,
@@ -357,6 +359,8 @@ def test_sdxl_lycoris_formats_equal_a1111s_merge(svc, tiny, lora_dir):
                                  names=names))
         ours = _ours(svc, "a cat <lora:xl_lyco:0.8>", checkpoint="sdxl.safetensors")
         assert max_pixel_diff(ours.images[0], expected) <= 3 and ours.warnings == []
+        plain = _ours(svc, "a cat", checkpoint="sdxl.safetensors")
+        assert max_pixel_diff(ours.images[0], plain.images[0]) > 3  # control: the networks do move pixels
     finally:
         (lora_dir / "xl_lyco.safetensors").unlink()
         svc.refresh_loras()
