@@ -181,3 +181,23 @@ def test_a_worker_that_died_idle_is_replaced_before_a_job_reaches_it(cluster, se
     while time.time() < deadline and sum(w["ready"] for w in _workers(api)) < 2:
         time.sleep(0.5)
     assert victim not in {w.get("pid") for w in _workers(api)} and sum(w["ready"] for w in _workers(api)) == 2
+
+
+def test_refreshes_and_checkpoint_choices_reach_every_worker(cluster, service, models_dir):
+    """A checkpoint added after start is found by the workers once refreshed; choosing it (override_settings)
+    runs on it, whichever worker takes the job."""
+    api, _ = cluster
+    added = models_dir / "Stable-diffusion" / "later" / "sd1-again.safetensors"
+    added.parent.mkdir(exist_ok=True)
+    shutil.copy(models_dir / "Stable-diffusion" / "sd1.safetensors", added)
+    try:
+        assert requests.post(f"{api}/refresh-checkpoints", timeout=120).status_code == 200
+        body = _body(13, override_settings={"sd_model_checkpoint": "sd1-again"})
+        answers = [requests.post(f"{api}/txt2img", json=body, timeout=300) for _ in range(3)]
+        assert all(a.status_code == 200 for a in answers), answers[0].text
+        assert all("Model: sd1-again" in json.loads(a.json()["info"])["infotexts"][0] for a in answers)
+        assert np.array_equal(_image(answers[0].json()), _expected(service, 13))  # the same weights
+    finally:
+        added.unlink()
+        shutil.rmtree(added.parent, ignore_errors=True)
+        requests.post(f"{api}/refresh-checkpoints", timeout=120)

@@ -278,3 +278,37 @@ def test_hires_fix_second_pass_with_the_final_size_map_and_soft_canny(service, t
     assert max_pixel_diff(ours.images[0], two_passes({"net": sd1_net, "hint": big, "end": 0.7})) > 3  # not soft
     low_only = service.generate(_req(_unit(guidance_end=0.7, hr_option="Low res only"), **hires))
     assert max_pixel_diff(low_only.images[0], two_passes()) <= 3
+
+
+def test_sd2_controlnet_on_an_sd2_v_checkpoint(service, tiny):
+    """SD 2.x (v-prediction here): the LDM .pth in a sub-folder, found by its stem."""
+    net = controlnet_for(tiny, "sd2")
+    ours = service.generate(_req(_unit(model="control_sd21_tiny"), checkpoint="sd2-v.safetensors"))
+    model = tiny["sd2"]
+    cond, uncond = reference_conds(model, "a castle", "blur")
+    latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 6, 7.0, [77], SIZE, SIZE, v_prediction=True,
+                            control={"units": [{"net": net, "hint": _canny_hint(_picture())}]})
+    assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, latents)[0]) <= 3
+    plain = service.generate(_req(checkpoint="sd2-v.safetensors"))
+    assert max_pixel_diff(ours.images[0], plain.images[0]) > 3
+
+
+@pytest.mark.parametrize("mode", ["Just Resize", "Resize and Fill"])
+def test_resize_modes_bring_a_wide_picture_to_the_generation_size(service, tiny, sd1_net, mode):
+    """A 96x48 picture (many colours: area/cubic resampling) with preprocessor none, at 64x64: Just Resize
+    stretches it; Resize and Fill fits it and pads with the border's median colour."""
+    y, x = np.mgrid[0:48, 0:96]
+    wide = np.stack([x * 255 // 95, y * 255 // 47, (x * 3 + y * 5) % 256], axis=2).astype(np.uint8)
+    if mode == "Just Resize":
+        hint_map = cv2.resize(wide, (64, 64), interpolation=cv2.INTER_AREA)
+    else:
+        inner = cv2.resize(wide, (64, 32), interpolation=cv2.INTER_AREA)
+        borders = np.concatenate([wide[0], wide[-1], wide[:, 0], wide[:, -1]])
+        hint_map = np.tile(np.median(borders, axis=0).astype(np.uint8)[None, None], (64, 64, 1))
+        hint_map[16:48] = inner
+    hint = torch.from_numpy(hint_map).float().div(255).permute(2, 0, 1)[None]
+    ours = service.generate(_req(_unit(module="none", image=Image.fromarray(wide), resize_mode=mode)))
+    assert max_pixel_diff(ours.images[0], _reference(tiny, [{"net": sd1_net, "hint": hint}])) <= 3
+    cropped = torch.from_numpy(cv2.resize(wide, (128, 64), interpolation=cv2.INTER_AREA)[:, 32:96].copy()).float()
+    crop_hint = cropped.div(255).permute(2, 0, 1)[None]
+    assert max_pixel_diff(ours.images[0], _reference(tiny, [{"net": sd1_net, "hint": crop_hint}])) > 3  # control

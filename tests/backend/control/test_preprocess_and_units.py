@@ -149,3 +149,30 @@ def test_model_files_hashes_and_other_control_models(tmp_path):
     save_file({"x": torch.zeros(1)}, str(folder / "odd.safetensors"))
     library.refresh()
     assert len(library.files()) == 2
+
+
+def test_sdxl_small_variant_with_fewer_transformer_layers_loads(tiny, tmp_path):
+    """diffusers' "mid"/"small" SDXL ControlNets have fewer transformer layers than the UNet: read from the
+    file's tensors, not assumed from the checkpoint."""
+    from diffusers import ControlNetModel
+
+    from backend.control.models import build_controlnet
+    from backend.loading.checkpoint_file import read_state_dict
+    from tests.fixtures.tiny_controlnets import HINT_CHANNELS, write_diffusers
+
+    unet = tiny["sdxl"].unet
+    config = {k: v for k, v in unet.config.items() if k in (
+        "in_channels", "block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim",
+        "attention_head_dim", "use_linear_projection", "addition_embed_type", "addition_time_embed_dim",
+        "projection_class_embeddings_input_dim")}
+    torch.manual_seed(4)
+    small = ControlNetModel(**config, transformer_layers_per_block=(1, 1),
+                            conditioning_embedding_out_channels=HINT_CHANNELS).eval()
+    path = write_diffusers(small, tmp_path / "small.safetensors")
+    built = build_controlnet(read_state_dict(path), torch.float32, unet.config, "small")
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([300.0]), torch.randn(1, 77, 128)
+    added = {"text_embeds": torch.randn(1, 64), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    hint = torch.rand(1, 3, 64, 64)
+    want = small(x, t, encoder_hidden_states=ctx, controlnet_cond=hint, added_cond_kwargs=added, return_dict=False)
+    got = built(x, t, encoder_hidden_states=ctx, controlnet_cond=hint, added_cond_kwargs=added, return_dict=False)
+    assert all(torch.equal(a, b) for a, b in zip([*want[0], want[1]], [*got[0], got[1]], strict=True))
