@@ -120,7 +120,7 @@ class ModelRegistry:
 
     def refresh(self) -> None:
         checkpoints = [self._model_file(p, self.checkpoint_dir) for p in _scan_checkpoints(self.checkpoint_dir)]
-        vaes = [self._model_file(p, self.vae_dir) for p in _scan_files(self.vae_dir, VAE_SUFFIXES)]
+        vaes = [self._model_file(p, self.vae_dir) for p in scan_files(self.vae_dir, VAE_SUFFIXES)]
         with self._lock:
             self._checkpoints, self._vaes = checkpoints, vaes
 
@@ -249,7 +249,8 @@ def _scan_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix().lower())
 
 
-def _scan_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def scan_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Readable regular files under `root` (links followed safely) with one of `suffixes`, by lower-case path."""
     if not root.is_dir():
         return []
     found = [here / name for here, _, filenames in _walk(root) for name in filenames

@@ -20,7 +20,7 @@ from diffusers.loaders import single_file_utils as ldm
 
 from backend.errors import CheckpointError, InvalidRequest, ModelNotFound
 from backend.loading.checkpoint_file import read_state_dict
-from backend.registry import _is_regular_file, _walk
+from backend.registry import scan_files
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,8 @@ class ControlNetLibrary:
         self.refresh()
 
     def refresh(self) -> None:
-        found = []
-        if self.folder.is_dir():
-            for here, _, names in _walk(self.folder):
-                for name in names:
-                    path = here / name
-                    if name.lower().endswith(SUFFIXES) and _is_regular_file(path):
-                        found.append(ControlNetFile(path, path.relative_to(self.folder).as_posix(),
-                                                    old_model_hash(path)))
-        found.sort(key=lambda f: f.name.lower())
+        found = [ControlNetFile(path, path.relative_to(self.folder).as_posix(), old_model_hash(path))
+                 for path in scan_files(self.folder, SUFFIXES)]
         with self._lock:
             self._files = found
 
