@@ -298,6 +298,8 @@ class WorkerPool:
             if isinstance(cause, BaseException):
                 raise cause from None
             raise
+        except self.ray.exceptions.UnserializableException as err:  # an error the server cannot rebuild
+            raise BackendError(f"the worker failed: {str(err).splitlines()[0][:300]}") from None
 
     def _relay(self, worker: _Worker, job: Job, relayed: set) -> None:
         """Interrupt and skip go to the worker; its progress comes back to the job the server's callers see."""

@@ -13,6 +13,9 @@ class InvalidRequest(BackendError):
         self.field = field
         self.message = message
 
+    def __reduce__(self):  # pickled whole (a cluster worker's error crosses to the server)
+        return type(self), (self.field, self.message)
+
 
 class Forbidden(BackendError):
     """A feature this server does not offer to its callers, e.g. reading or writing server folders when it is
