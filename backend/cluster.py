@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend.errors import WorkerLost
+from backend.errors import BackendError, WorkerLost
 from backend.jobs import Job
 from backend.settings import Settings
 
