@@ -64,7 +64,10 @@ def _widget(a, elem_id: str):
     if a.kind == "dropdown_value":
         return gr.Dropdown(list(a.choices), value=a.value, label=a.label, elem_id=elem_id)
     if a.kind == "multiselect":
-        return gr.Dropdown([], value=[], multiselect=True, visible=False, label=a.label, elem_id=elem_id)
+        # its choices follow another control (the X/Y/Z axis type); the script checks every value it is given,
+        # so a value the browser still holds from an earlier choice is refused there by name, not here as a crash
+        return gr.Dropdown([], value=[], multiselect=True, visible=False, label=a.label, elem_id=elem_id,
+                           allow_custom_value=True)
     if a.kind == "text":
         return gr.Textbox(value=a.value, label=a.label, lines=1 if a.key.endswith("values") else 4, elem_id=elem_id)
     if a.kind == "checkbox":

@@ -44,6 +44,16 @@ def ray_head(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def single(models_dir, tmp_path_factory):
+    """The single-process backend, fresh (the session's shared one carries other tests' state)."""
+    from tests.conftest import build_backend
+
+    svc = build_backend(models_dir, tmp_path_factory.mktemp("single"))
+    yield svc
+    svc.shutdown()
+
+
+@pytest.fixture(scope="module")
 def cluster(models_dir, tmp_path_factory, ray_head):
     outputs = tmp_path_factory.mktemp("cluster") / "outputs"
     with running_app(models_dir, outputs, "--api", "--ckpt", "sd1", "--cluster-address", ray_head, "--workers",
@@ -60,7 +70,7 @@ def _image(answer: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB"))
 
 
-def _expected(service, seed: int, **kw) -> np.ndarray:
+def _expected(single, seed: int, **kw) -> np.ndarray:
     """The single-process backend's picture, computed with one torch thread as each worker has (its CPU
     share): float sums in another order could move a pixel by one level."""
     fields = dict(prompt="a lighthouse", negative_prompt="fog", steps=4, width=64, height=64, seed=seed,
@@ -83,7 +93,7 @@ def _workers(api) -> list[dict]:
     return requests.get(f"{api}/cluster", timeout=30).json()["workers"]
 
 
-def test_results_equal_the_single_process_server_and_both_workers_serve(cluster, service):
+def test_results_equal_the_single_process_server_and_both_workers_serve(cluster, single):
     api, outputs = cluster
     answers = {}
 
@@ -96,7 +106,7 @@ def test_results_equal_the_single_process_server_and_both_workers_serve(cluster,
     for thread in threads:
         thread.join()
     for seed, answer in answers.items():
-        assert np.array_equal(_image(answer), _expected(service, seed)), seed
+        assert np.array_equal(_image(answer), _expected(single, seed)), seed
     workers = _workers(api)
     assert len(workers) == 2 and all(w["jobs_done"] >= 1 for w in workers)  # both served
     assert len({w["pid"] for w in workers}) == 2
@@ -106,7 +116,7 @@ def test_results_equal_the_single_process_server_and_both_workers_serve(cluster,
     assert {Image.open(p).info["parameters"] for p in saved} == infotexts
 
 
-def test_options_interrupt_and_errors_cross_the_hop(cluster, service):
+def test_options_interrupt_and_errors_cross_the_hop(cluster, single):
     api, _ = cluster
     # an error only the worker finds (the ControlNet does not fit the checkpoint) is today's 4xx, by name
     unit = {"enabled": True, "module": "none", "model": "diffusers_xl_tiny", "image": _png_b64()}
@@ -116,7 +126,7 @@ def test_options_interrupt_and_errors_cross_the_hop(cluster, service):
     assert requests.post(f"{api}/options", json={"CLIP_stop_at_last_layers": 2}, timeout=30).status_code == 200
     try:
         answer = requests.post(f"{api}/txt2img", json=_body(9), timeout=300).json()
-        assert np.array_equal(_image(answer), _expected(service, 9, clip_skip=2))
+        assert np.array_equal(_image(answer), _expected(single, 9, clip_skip=2))
     finally:
         requests.post(f"{api}/options", json={"CLIP_stop_at_last_layers": 1}, timeout=30)
     result = {}
@@ -132,7 +142,7 @@ def test_options_interrupt_and_errors_cross_the_hop(cluster, service):
     assert json.loads(result["info"])["interrupted"] is True
 
 
-def test_a_killed_worker_loses_nothing_and_is_replaced(cluster, service):
+def test_a_killed_worker_loses_nothing_and_is_replaced(cluster, single):
     api, _ = cluster
     before = {w["pid"] for w in _workers(api)}
     results = {}
@@ -155,18 +165,18 @@ def test_a_killed_worker_loses_nothing_and_is_replaced(cluster, service):
     long.join(timeout=300)
     short.join(timeout=300)
     assert results["long"].status_code == 200, results["long"].text  # retried on the other worker
-    assert np.array_equal(_image(results["long"].json()), _expected(service, 7, steps=80, width=96, height=96))
-    assert np.array_equal(_image(results["short"].json()), _expected(service, 8))  # the other job is intact
+    assert np.array_equal(_image(results["long"].json()), _expected(single, 7, steps=80, width=96, height=96))
+    assert np.array_equal(_image(results["short"].json()), _expected(single, 8))  # the other job is intact
     deadline = time.time() + 120
     while time.time() < deadline and sum(w["ready"] for w in _workers(api)) < 2:
         time.sleep(0.5)
     after = {w["pid"] for w in _workers(api) if w["ready"]}
     assert len(after) == 2 and busy[0]["pid"] not in after and after & before  # a replacement started
     answer = requests.post(f"{api}/txt2img", json=_body(3), timeout=300).json()  # and the server keeps serving
-    assert np.array_equal(_image(answer), _expected(service, 3))
+    assert np.array_equal(_image(answer), _expected(single, 3))
 
 
-def test_a_worker_that_died_idle_is_replaced_before_a_job_reaches_it(cluster, service):
+def test_a_worker_that_died_idle_is_replaced_before_a_job_reaches_it(cluster, single):
     api, _ = cluster
     deadline = time.time() + 120
     while time.time() < deadline and sum(w["ready"] for w in _workers(api)) < 2:
@@ -176,14 +186,14 @@ def test_a_worker_that_died_idle_is_replaced_before_a_job_reaches_it(cluster, se
     for seed in (11, 12):  # whichever worker each goes to, neither job is lost
         answer = requests.post(f"{api}/txt2img", json=_body(seed), timeout=300)
         assert answer.status_code == 200, answer.text
-        assert np.array_equal(_image(answer.json()), _expected(service, seed))
+        assert np.array_equal(_image(answer.json()), _expected(single, seed))
     deadline = time.time() + 120
     while time.time() < deadline and sum(w["ready"] for w in _workers(api)) < 2:
         time.sleep(0.5)
     assert victim not in {w.get("pid") for w in _workers(api)} and sum(w["ready"] for w in _workers(api)) == 2
 
 
-def test_refreshes_and_checkpoint_choices_reach_every_worker(cluster, service, models_dir):
+def test_refreshes_and_checkpoint_choices_reach_every_worker(cluster, single, models_dir):
     """A checkpoint added after start is found by the workers once refreshed; choosing it (override_settings)
     runs on it, whichever worker takes the job."""
     api, _ = cluster
@@ -196,7 +206,7 @@ def test_refreshes_and_checkpoint_choices_reach_every_worker(cluster, service, m
         answers = [requests.post(f"{api}/txt2img", json=body, timeout=300) for _ in range(3)]
         assert all(a.status_code == 200 for a in answers), answers[0].text
         assert all("Model: sd1-again" in json.loads(a.json()["info"])["infotexts"][0] for a in answers)
-        assert np.array_equal(_image(answers[0].json()), _expected(service, 13))  # the same weights
+        assert np.array_equal(_image(answers[0].json()), _expected(single, 13))  # the same weights
     finally:
         added.unlink()
         shutil.rmtree(added.parent, ignore_errors=True)
