@@ -70,7 +70,7 @@ def _image(answer: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB"))
 
 
-def _expected(single, seed: int, **kw) -> np.ndarray:
+def _expected(service, seed: int, **kw) -> np.ndarray:
     """The single-process backend's picture, computed with one torch thread as each worker has (its CPU
     share): float sums in another order could move a pixel by one level."""
     fields = dict(prompt="a lighthouse", negative_prompt="fog", steps=4, width=64, height=64, seed=seed,
