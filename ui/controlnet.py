@@ -13,6 +13,7 @@ from backend.control import preprocess, units
 from backend.control.images import RESIZE_MODES
 from backend.errors import BackendError
 from ui.context import UiContext
+from ui.editor import editor_image_and_mask
 
 FIELDS = ("enabled", "image", "low_vram", "pixel_perfect", "control_type", "module", "model", "weight",
           "guidance_start", "guidance_end", "processor_res", "threshold_a", "threshold_b", "control_mode",
@@ -120,7 +121,8 @@ def _wire_unit(ctx: UiContext, w: dict) -> None:
             raise gr.Error("Upload or draw a control image first")
         try:
             if preprocess.find(module).takes_mask and isinstance(editor, dict):
-                picture, mask = editor.get("background") or picture, _editor_mask(editor)
+                background, mask = editor_image_and_mask(editor, None)
+                picture = background or picture
             return ctx.service.controlnet_detect(module, picture, res, a, b, mask)
         except BackendError as err:
             raise gr.Error(str(err)) from None
@@ -141,18 +143,6 @@ def _editor_picture(editor) -> Image.Image | None:
     return composite
 
 
-def _editor_mask(editor) -> Image.Image | None:
-    """Strokes painted over an uploaded picture, as a mask (white = painted): an inpaint unit's mask."""
-    if not isinstance(editor, dict) or editor.get("background") is None:
-        return None
-    size = editor["background"].size
-    mask = np.zeros((size[1], size[0]), np.uint8)
-    for layer in editor.get("layers") or []:
-        if layer is not None:
-            mask = np.maximum(mask, np.asarray(layer.convert("RGBA").resize(size))[:, :, 3])
-    return Image.fromarray(mask) if mask.any() else None
-
-
 def control_units(values: dict, widgets: dict) -> tuple[units.ControlUnit, ...]:
     """The enabled units of the accordion, checked as the API's are."""
     chosen = []
@@ -163,7 +153,7 @@ def control_units(values: dict, widgets: dict) -> tuple[units.ControlUnit, ...]:
             fields = {f: get(f) for f in FIELDS if f not in ("image", "control_type")}
             editor = get("image")
             if preprocess.find(fields["module"]).takes_mask and isinstance(editor, dict):
-                fields["image"], fields["mask"] = editor.get("background"), _editor_mask(editor)
+                fields["image"], fields["mask"] = editor_image_and_mask(editor, None)
             else:
                 fields["image"] = _editor_picture(editor)
             unit = units.from_fields(fields, f"ControlNet Unit {index}", lambda value, field: value)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 from PIL import Image
 
 from backend.errors import BackendError, InvalidRequest
@@ -17,6 +16,7 @@ from backend.samplers import SAMPLERS, SCHEDULES
 from backend.options import request_fields as option_fields
 from ui.context import UiContext
 from ui.controlnet import PASTED, build_controlnet, control_units, widget_name
+from ui.editor import editor_image_and_mask
 from ui.extra_networks import build_extra_networks
 from ui.scripts import build_scripts, script_choice, script_inputs
 from ui.generation_controls import (SAME_SAMPLER, SAME_SCHEDULER, Controls, Outputs, build_controls, build_outputs,
@@ -229,25 +229,6 @@ def painted_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | Non
     if mode == "Sketch":
         return sketched, None
     return image_ops.inpaint_sketch(original, sketched, mask_alpha, mask_blur)
-
-
-def editor_image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None):
-    """ImageEditor value -> (picture, mask). Painted strokes are the mask: opaque pixels of the drawing layers,
-    or wherever the composite differs from the background. An uploaded mask takes precedence."""
-    if not editor or editor.get("background") is None:
-        return None, None
-    background = editor["background"].convert("RGB")
-    if uploaded_mask is not None:
-        return background, uploaded_mask
-    painted = np.zeros((background.height, background.width), dtype=bool)
-    for layer in editor.get("layers") or []:
-        if layer is not None:
-            painted |= np.asarray(layer.convert("RGBA").resize(background.size))[..., 3] > 0
-    composite = editor.get("composite")
-    if composite is not None:
-        drawn = np.asarray(composite.convert("RGB").resize(background.size), dtype=np.int16)
-        painted |= np.abs(drawn - np.asarray(background, dtype=np.int16)).max(axis=-1) > 8
-    return background, Image.fromarray(np.where(painted, 255, 0).astype(np.uint8))
 
 
 def _wire(ctx: UiContext, tab: Tab, top: dict) -> None:
