@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from PIL import Image
 
+from backend.checks import check_number
 from backend.control import preprocess
 from backend.control.images import RESIZE_MODES
 from backend.errors import InvalidRequest
@@ -93,11 +95,8 @@ def _choice(field: str, value, choices: tuple[str, ...], aliases: dict | None = 
     return value
 
 
-def _number(field: str, value, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise InvalidRequest(field, f"expected a number, got {str(value)[:60]!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise InvalidRequest(field, f"must be between {low} and {high}, got {value}")
+def _number(field: str, value, low: float = -math.inf, high: float = math.inf) -> float:
+    check_number(value, field, low, high)  # NaN is never within a range
     return float(value)
 
 
