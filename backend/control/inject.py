@@ -35,6 +35,12 @@ class ActiveUnit:
     latent: torch.Tensor | None = None  # the map's VAE latent (scaled), for those corrections
     hr_latent: torch.Tensor | None = None
 
+    def map_for(self, hires: bool) -> torch.Tensor:
+        return self.hr_hint if hires and self.hr_hint is not None else self.hint
+
+    def latent_for(self, hires: bool) -> torch.Tensor | None:
+        return self.hr_latent if hires and self.hr_latent is not None else self.latent
+
 
 class ControlPass:
     """The units of one sampling pass (the first, or hires fix's second)."""
@@ -42,9 +48,7 @@ class ControlPass:
     def __init__(self, units: list[ActiveUnit], hires: bool, hires_enabled: bool, sdxl: bool):
         self.units, self.hires, self.hires_enabled, self.sdxl = units, hires, hires_enabled, sdxl
         self.sampling_step, self.total_steps = 0, 1
-        alphas = default_alphas_cumprod().double()  # the extension's own copy of SD's schedule
-        self._recip = (1 / alphas).sqrt().float()
-        self._recip_m1 = (1 / alphas - 1).sqrt().float()
+        self._schedule: tuple[torch.Tensor, torch.Tensor] | None = None  # made when a unit corrects the output
 
     def begin(self, total_steps: int) -> None:
         self.sampling_step, self.total_steps = 0, max(1, total_steps)
@@ -85,26 +89,33 @@ class ControlPass:
         """The extension's corrections of the UNet's output (whatever the guidance window): tile_colorfix
         keeps the map's low frequencies, inpaint_only keeps the map outside its mask; each blended by the
         weight (clamped to 0..1)."""
-        for active in self.units:
-            if not active.adjusts_output:
-                continue
-            latent = active.hr_latent if self.hires and active.hr_latent is not None else active.latent
-            x = sample[:, :4].float()
-            steps = t.float().round().long().reshape(-1).expand(x.shape[0]).cpu()
-            recip = self._recip[steps].to(x.device).reshape(-1, 1, 1, 1)
-            recip_m1 = self._recip_m1[steps].to(x.device).reshape(-1, 1, 1, 1)
+        adjusting = [active for active in self.units if active.adjusts_output]
+        if not adjusting:
+            return out
+        x = sample[:, :4].float()
+        recip, recip_m1 = self._coefficients(t, x)
+        for active in adjusting:
             predicted = recip * x - recip_m1 * out.float()
-            origin = latent.to(x.device, torch.float32)
+            origin = active.latent_for(self.hires).to(x.device, torch.float32)
             if active.adjusts_output == "colorfix":
                 target = self._colorfix(active, predicted, origin, cond_mark.to(x.device))
             else:
-                hint = active.hr_hint if self.hires and active.hr_hint is not None else active.hint
-                mask = F.max_pool2d(hint[:, 3:4].to(x.device), (10, 10), stride=(8, 8), padding=1)
+                mask = F.max_pool2d(active.map_for(self.hires)[:, 3:4].to(x.device), (10, 10), stride=(8, 8),
+                                    padding=1)
                 target = predicted * mask + origin * (1 - mask)
             eps = (recip * x - target) / recip_m1
             weight = max(0.0, min(1.0, float(active.unit.weight)))
             out = (eps * weight + out.float() * (1 - weight)).to(out.dtype)
         return out
+
+    def _coefficients(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(1 / a) and sqrt(1 / a - 1) at each row's rounded timestep, from the extension's own copy of SD's
+        schedule (x0 = the first * x - the second * eps)."""
+        if self._schedule is None:
+            alphas = default_alphas_cumprod().double()
+            self._schedule = (1 / alphas).sqrt().float(), (1 / alphas - 1).sqrt().float()
+        steps = t.float().round().long().reshape(-1).expand(x.shape[0]).cpu()
+        return tuple(table[steps].to(x.device).reshape(-1, 1, 1, 1) for table in self._schedule)
 
     def _colorfix(self, active: ActiveUnit, predicted: torch.Tensor, origin: torch.Tensor,
                   cond_mark: torch.Tensor) -> torch.Tensor:
@@ -125,7 +136,7 @@ class ControlPass:
 
     def _run(self, active: ActiveUnit, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
              added: dict | None) -> list[torch.Tensor]:
-        hint = model_input(active.hr_hint if self.hires and active.hr_hint is not None else active.hint)
+        hint = model_input(active.map_for(self.hires))
         model = active.model
         if active.offload:
             model.to(x.device)
