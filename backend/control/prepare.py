@@ -125,13 +125,12 @@ def input_picture(unit: ControlUnit, img2img: Img2ImgInput, field_name: str,
     return rgb, unit.resize_mode
 
 
-def detect_map(unit: ControlUnit, picture: np.ndarray, resize_mode: str, height: int, width: int,
-               seed: int) -> tuple[np.ndarray, ControlUnit]:
-    """The preprocessor's map; with pixel perfect, the unit's processor_res as the extension computes it."""
+def detect_map(unit: ControlUnit, pre: preprocess.Preprocessor, picture: np.ndarray, resize_mode: str,
+               height: int, width: int, seed: int) -> tuple[np.ndarray, ControlUnit]:
+    """`pre`'s map; with pixel perfect, the unit's processor_res as the extension computes it."""
     if unit.pixel_perfect:
         unit = dataclasses.replace(unit, processor_res=images.pixel_perfect_resolution(picture, height, width,
                                                                                        resize_mode))
-    pre = preprocess.find(unit.module)
     return preprocess.run(pre, picture, unit.processor_res, unit.threshold_a, unit.threshold_b, seed), unit
 
 
@@ -151,7 +150,7 @@ def prepare(units: tuple[ControlUnit, ...], library: ControlNetLibrary, unet, de
         model = library.load(library.find(unit.model, f"{name}.model"), unet, device if not (
             offload or unit.low_vram) else torch.device("cpu"), dtype, f"{name}.model")
         picture, resize_mode = input_picture(unit, img2img, name, pre.takes_mask)
-        detected, unit = detect_map(unit, picture, resize_mode, height, width, seed)
+        detected, unit = detect_map(unit, pre, picture, resize_mode, height, width, seed)
         hint_map = images.fit(detected, resize_mode, height, width, pre.takes_mask)
         hr_map = None
         if hires_size is not None:

@@ -19,6 +19,21 @@ def _ours(service, sampler, **kw):
     return service.generate(req)
 
 
+def _a1111_inpainted(model, sampler: str, init: torch.Tensor, picture: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111's inpainting ("original" content, no blur) at denoising 0.5 from `init` latents: the clean picture
+    kept outside the latent mask, and pasted back over the decoded result."""
+    repaint = np.around(np.asarray(mask.resize((8, 8), Image.BICUBIC), dtype=np.float32) / 255)
+    cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
+    keep = 1 - torch.from_numpy(repaint)[None, None]
+    if sampler in OPTIONS:  # k-diffusion's samplers blend the picture into each denoised estimate instead
+        latents = a1111_latents(model.unet, cond, uncond, sampler, None, 8, 12.0, [21], 64, 64, init=init,
+                                denoising_strength=0.5, img2img=True, keep=keep)
+    else:
+        latents = a1111_timestep_latents(model.unet, cond, uncond, sampler, 8, 12.0, [21], 64, 64, init=init,
+                                         denoising_strength=0.5, img2img=True, keep=keep)
+    return Image.composite(decode_truncated(model.vae, latents)[0], picture, mask)
+
+
 def _picture():
     rng = np.random.default_rng(3)
     base = np.zeros((64, 64, 3), dtype=np.uint8)
@@ -39,16 +54,7 @@ def test_inpaint_at_half_strength_equals_a1111(service, tiny, sampler):
     pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     with torch.no_grad():
         init = model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
-    repaint = np.around(np.asarray(mask.resize((8, 8), Image.BICUBIC), dtype=np.float32) / 255)
-    cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
-    keep = 1 - torch.from_numpy(repaint)[None, None]
-    if sampler in OPTIONS:  # k-diffusion's samplers blend the picture into each denoised estimate instead
-        latents = a1111_latents(model.unet, cond, uncond, sampler, None, 8, 12.0, [21], 64, 64, init=init,
-                                denoising_strength=0.5, img2img=True, keep=keep)
-    else:
-        latents = a1111_timestep_latents(model.unet, cond, uncond, sampler, 8, 12.0, [21], 64, 64, init=init,
-                                         denoising_strength=0.5, img2img=True, keep=keep)
-    theirs = Image.composite(decode_truncated(model.vae, latents)[0], picture, mask)
+    theirs = _a1111_inpainted(model, sampler, init, picture, mask)
     assert max_pixel_diff(ours.images[0], theirs) <= 1
     assert max_pixel_diff(ours.images[0], picture) > 3  # the masked area really was repainted
 
@@ -82,15 +88,6 @@ def test_reference_sampling_the_vae_posterior_as_a1111_gives_our_picture(tmp_pat
         posterior = model.vae.encode(pixels).latent_dist
         init = posterior.sample() * model.vae.config.scaling_factor  # global RNG, as A1111
     assert float(posterior.std.max()) < 1e-4
-    repaint = np.around(np.asarray(mask.resize((8, 8), Image.BICUBIC), dtype=np.float32) / 255)
-    cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
-    keep = 1 - torch.from_numpy(repaint)[None, None]
-    if sampler in OPTIONS:
-        latents = a1111_latents(model.unet, cond, uncond, sampler, None, 8, 12.0, [21], 64, 64, init=init,
-                                denoising_strength=0.5, img2img=True, keep=keep)
-    else:
-        latents = a1111_timestep_latents(model.unet, cond, uncond, sampler, 8, 12.0, [21], 64, 64, init=init,
-                                         denoising_strength=0.5, img2img=True, keep=keep)
-    theirs = Image.composite(decode_truncated(model.vae, latents)[0], picture, mask)
+    theirs = _a1111_inpainted(model, sampler, init, picture, mask)
     assert max_pixel_diff(ours.images[0], theirs) <= 1
     assert max_pixel_diff(ours.images[0], picture) > 3
