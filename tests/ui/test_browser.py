@@ -4,6 +4,7 @@ import shutil
 import time
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.server import running_app
 
@@ -47,6 +48,30 @@ def paste_parameters(page, tab: str, text: str) -> None:
     page.wait_for_function(f"document.querySelector('#{tab}_prompt textarea').value.indexOf('Steps:') < 0")
 
 
+def wait_for_info(page, tab: str, needle: str, timeout: int = 120_000) -> None:
+    """Wait for the tab's info to show `needle`; a Gradio error toast fails at once with its text."""
+    page.wait_for_function(
+        f"document.querySelector('#{tab}_info textarea').value.includes({needle!r})"
+        f" || document.querySelector('#{tab}_error').innerText.includes('Error:')"
+        " || document.querySelector('[data-testid=toast-body]') !== null", timeout=timeout)
+    if needle not in page.input_value(f"#{tab}_info textarea"):
+        toasts = page.locator("[data-testid=toast-body]")
+        shown = toasts.first.inner_text() if toasts.count() else page.inner_text(f"#{tab}_error")
+        pytest.fail(f"the UI showed an error: {shown}")
+
+
+def upload_to_editor(page, elem_id: str, path) -> None:
+    """Put a picture into an ImageEditor and wait until it shows it (its placeholder goes away)."""
+    shown = f"!document.querySelector('#{elem_id}').innerText.includes('Upload an image')"
+    page.wait_for_selector(f"#{elem_id} input[type=file]", state="attached", timeout=30_000)
+    page.set_input_files(f"#{elem_id} input[type=file]", str(path))
+    try:
+        page.wait_for_function(shown, timeout=15_000)
+    except PlaywrightTimeout:  # an editor that had only just been shown can drop its first file
+        page.set_input_files(f"#{elem_id} input[type=file]", str(path))
+        page.wait_for_function(shown, timeout=30_000)
+
+
 def set_number(page, elem_id: str, value: int) -> None:
     page.fill(f"#{elem_id} input[type=number]", str(value))
     page.press(f"#{elem_id} input[type=number]", "Enter")
@@ -58,8 +83,7 @@ def generate_and_wait(page, tab: str, parameters: str, seed: int, **numbers) -> 
     for name, value in numbers.items():
         set_number(page, f"{tab}_{name}", value)
     page.click(f"#{tab}_generate")
-    page.wait_for_function(f"document.querySelector('#{tab}_info textarea').value.includes('Seed: {seed}')",
-                           timeout=60_000)
+    wait_for_info(page, tab, f"Seed: {seed}", 60_000)
 
 
 def test_txt2img_generates_into_the_gallery(page):
@@ -68,7 +92,7 @@ def test_txt2img_generates_into_the_gallery(page):
     assert page.input_value("#txt2img_prompt textarea") == "a lighthouse"
     page.click("#txt2img_generate")
     page.wait_for_selector("#txt2img_gallery img", timeout=60_000)
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 5')")
+    wait_for_info(page, "txt2img", "Seed: 5")
     assert "Steps: 3, Sampler: Euler" in page.input_value("#txt2img_info textarea")
 
 
@@ -165,8 +189,7 @@ def test_ctrl_enter_generates_and_gallery_serves_the_saved_png_with_parameters(p
     paste_parameters(page, "txt2img", "a red kite\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 9, Size: 64x64")
     page.click("#txt2img_prompt textarea")
     page.keyboard.press("Control+Enter")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 9')",
-                           timeout=60_000)
+    wait_for_info(page, "txt2img", "Seed: 9", 60_000)
     src = page.get_attribute("#txt2img_gallery img", "src")
     data = requests.get(src if src.startswith("http") else app_url + src, timeout=30).content
     served = Image.open(io.BytesIO(data))
@@ -178,13 +201,11 @@ def test_generation_info_follows_the_selected_thumbnail_and_send_uses_it(page):
                       batch_size=2)
     thumbnails = page.locator("#txt2img_gallery .thumbnail-item")
     thumbnails.nth(2).click()  # grid, seed 20, seed 21
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 21')",
-                           timeout=30_000)
+    wait_for_info(page, "txt2img", "Seed: 21", 30_000)
     page.click("#txt2img_send_to_extras")
     page.wait_for_selector("#extras_image img", timeout=30_000)
     page.click("#extras_generate")
-    page.wait_for_function("document.querySelector('#extras_info textarea').value.includes('Postprocess upscaler')",
-                           timeout=60_000)
+    wait_for_info(page, "extras", "Postprocess upscaler", 60_000)
     assert "Postprocess upscale by: 2" in page.input_value("#extras_info textarea")
 
 
@@ -192,8 +213,7 @@ def test_hires_fix_from_the_ui(page):
     paste_parameters(page, "txt2img", "a tower\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, "
                                       "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent")
     page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Hires upscale: 2.0')",
-                           timeout=60_000)
+    wait_for_info(page, "txt2img", "Hires upscale: 2.0", 60_000)
     page.wait_for_function("document.querySelector('#txt2img_gallery img')?.naturalWidth === 128", timeout=30_000)
 
 
@@ -202,8 +222,7 @@ def test_hires_pass_choices_from_a_pasted_infotext_reach_the_image(page):
                                       "Denoising strength: 0.5, Hires checkpoint: sd1-pickle, Hires sampler: DPM++ 2M, "
                                       'Hires prompt: "a tall tower", Hires upscale: 2, Hires upscaler: Latent')
     page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 6')",
-                           timeout=60_000)
+    wait_for_info(page, "txt2img", "Seed: 6", 60_000)
     info = page.input_value("#txt2img_info textarea")
     assert "Hires checkpoint: sd1-pickle" in info and "Hires sampler: DPM++ 2M" in info
     assert "Hires prompt: a tall tower" in info and "Hires schedule type: Karras" in info
@@ -213,8 +232,7 @@ def test_pasted_settings_reach_the_image(page):
     paste_parameters(page, "txt2img", "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 4, Size: 64x64, "
                                       "ENSD: 31337, RNG: NV, Clip skip: 2")
     page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 4')",
-                           timeout=60_000)
+    wait_for_info(page, "txt2img", "Seed: 4", 60_000)
     info = page.input_value("#txt2img_info textarea")
     assert "Clip skip: 2" in info and "ENSD: 31337" in info and "RNG: NV" in info
 
@@ -264,8 +282,7 @@ def test_extra_networks_cards_insert_and_remove_lora_tags(page, models_dir):
         page.fill("#txt2img_width input[type=number]", "64")
         page.fill("#txt2img_height input[type=number]", "64")
         page.click("#txt2img_generate")
-        page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Lora hashes')",
-                               timeout=120_000)
+        wait_for_info(page, "txt2img", "Lora hashes", 120_000)
         assert page.input_value("#txt2img_info textarea").startswith("a garden <lora:mystyle:0.6> mystyle\n")
         card.click()
         assert page.input_value("#txt2img_prompt textarea") == "a garden"
@@ -321,8 +338,7 @@ def test_settings_tab_applies_and_persists_options(page, app_url):
     _open_tab(page, "tab_txt2img")
     paste_parameters(page, "txt2img", "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 4, Size: 64x64")
     page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('ENSD: 31337')",
-                           timeout=60_000)
+    wait_for_info(page, "txt2img", "ENSD: 31337", 60_000)
     _open_tab(page, "tab_settings")
     page.fill("#setting_eta_noise_seed_delta input", "0")
     page.click("#settings_submit")
@@ -489,8 +505,7 @@ def test_poor_mans_outpainting_from_the_img2img_tab(page, app_url, tmp_path):
     set_number(page, "img2img_pm_pixels", 32)
     set_number(page, "img2img_pm_mask_blur", 1)
     page.click("#img2img_generate")
-    page.wait_for_function("document.querySelector('#img2img_info textarea').value.includes('Seed: 12')",
-                           timeout=120_000)
+    wait_for_info(page, "img2img", "Seed: 12", 120_000)
     result = np.asarray(_fetch(page, app_url, "#img2img_gallery img").convert("RGB"), dtype=np.int16)
     assert result.shape == (128, 128, 3)
     assert np.array_equal(result[39:89, 39:89], np.asarray(picture, dtype=np.int16)[7:57, 7:57])
@@ -512,8 +527,7 @@ def test_extras_with_an_esrgan_model(page, app_url, models_dir, tmp_path):
     page.wait_for_selector("#extras_image img", timeout=30_000)
     _choose(page, "extras_upscaler_1", "4x_tiny")
     page.click("#extras_generate")
-    page.wait_for_function("document.querySelector('#extras_info textarea').value.includes('4x_tiny')",
-                           timeout=60_000)
+    wait_for_info(page, "extras", "4x_tiny", 60_000)
     result = _fetch(page, app_url, "#extras_result img").convert("RGB")
     expected = upscale_by(picture, "4x_tiny", 2.0, UpscalerLibrary([models_dir / "ESRGAN"]))
     assert result.size == (96, 80)
@@ -567,8 +581,7 @@ def test_xyz_plot_from_the_txt2img_tab(page, app_url):
         page.click(f"li[role=option] >> text=\"{sampler}\"")
     page.keyboard.press("Escape")
     page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Script: X/Y/Z plot')",
-                           timeout=120_000)
+    wait_for_info(page, "txt2img", "Script: X/Y/Z plot", 120_000)
     info = page.input_value("#txt2img_info textarea")
     assert "X Type: Steps, X Values: \"2,3\", Y Type: Sampler, Y Values: \"Euler,DDIM\"" in info
     grid = _fetch(page, app_url, "#txt2img_gallery img")
@@ -590,12 +603,11 @@ def test_inpaint_upload_repaints_only_the_uploaded_mask(page, app_url, tmp_path)
     mask.save(tmp_path / "mask.png")
     page.click("#tab_inpaint-button")
     paste_parameters(page, "inpaint", "a moon\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 4, Size: 64x64")
-    page.set_input_files("#inpaint_editor input[type=file]", str(tmp_path / "photo.png"))
+    upload_to_editor(page, "inpaint_editor", tmp_path / "photo.png")
     page.set_input_files("#inpaint_mask_upload input[type=file]", str(tmp_path / "mask.png"))
     page.wait_for_selector("#inpaint_mask_upload img", timeout=30_000)
     page.click("#inpaint_generate")
-    page.wait_for_function("document.querySelector('#inpaint_info textarea').value.includes('Seed: 4')",
-                           timeout=90_000)
+    wait_for_info(page, "inpaint", "Seed: 4", 90_000)
     result = np.asarray(_fetch(page, app_url, "#inpaint_gallery img").convert("RGB"), dtype=np.int16)
     assert (result[:8, :8] == (90, 120, 200)).all() and np.abs(result[30:34, 30:34] - (90, 120, 200)).max() > 3
 
@@ -614,8 +626,7 @@ def test_img2img_batch_from_folders(page, tmp_path):
     page.fill("#img2img_batch_input_dir textarea", str(source))
     page.fill("#img2img_batch_output_dir textarea", str(target))
     page.click("#img2img_batch_generate")
-    page.wait_for_function("document.querySelector('#img2img_info textarea').value.includes('Seed: 12')",
-                           timeout=120_000)
+    wait_for_info(page, "img2img", "Seed: 12", 120_000)
     assert sorted(p.name for p in target.iterdir()) == ["first.png", "second.png"]
     assert "Seed: 12" in Image.open(target / "second.png").info["parameters"]
 
@@ -650,15 +661,14 @@ def test_controlnet_canny_unit_from_the_ui_gives_the_backends_pixels(page, app_u
     Image.fromarray(picture).save(tmp_path / "pose.png")
     paste_parameters(page, "txt2img", "a castle\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 31, Size: 64x64")
     page.click("#txt2img_controlnet")
-    page.set_input_files("#txt2img_cn0_image input[type=file]", str(tmp_path / "pose.png"))
+    upload_to_editor(page, "txt2img_cn0_image", tmp_path / "pose.png")
     page.click("#txt2img_cn0_enable input")
     _choose_exact(page, "txt2img_cn0_module", "canny")
     page.wait_for_selector("#txt2img_cn0_threshold_a", state="visible", timeout=30_000)
     _choose(page, "txt2img_cn0_model", "control_sd15_tiny")
     set_number(page, "txt2img_cn0_processor_res", 64)
     page.click("#txt2img_generate")
-    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 31')",
-                           timeout=120_000)
+    wait_for_info(page, "txt2img", "Seed: 31")
     info = page.input_value("#txt2img_info textarea")
     assert 'ControlNet 0: "Module: canny, Model: control_sd15_tiny [' in info and "Processor Res: 64" in info
     ours = _fetch(page, app_url, "#txt2img_gallery img").convert("RGB")
