@@ -19,4 +19,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v a
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "warning: could not install chromium; browser tests will be skipped"
 fi
-exec python -m pytest "$@"
+# Two pytest processes, each file's tests in one of them; conftest.py splits the torch threads between them.
+exec python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

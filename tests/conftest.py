@@ -8,6 +8,10 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # any attempt to reach a model hub fails loudly
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# pytest-xdist's workers share the cores; the servers tests start inherit the same torch thread count, so a
+# server's pixels and the in-process reference's are summed in the same order
+TORCH_THREADS = max(1, min(4, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,7 +22,7 @@ from backend.settings import Settings  # noqa: E402
 from tests.fixtures import tiny_controlnets, tiny_models, tiny_upscalers  # noqa: E402
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 CHECKPOINTS = {
     "sd1.safetensors": "sd1",

@@ -18,6 +18,7 @@ from backend.control.inject import ActiveUnit, ControlPass
 from backend.control.models import ControlNetLibrary
 from backend.control.units import ControlUnit
 from backend.errors import InvalidRequest
+from backend.generation import image_ops
 
 # A1111's img2img resize modes as the extension reads them when the unit takes the img2img picture
 IMG2IMG_RESIZE = {0: "Just Resize", 1: "Crop and Resize", 2: "Resize and Fill", 3: "Just Resize"}
@@ -94,13 +95,7 @@ class Img2ImgInput:
         mask = self.mask.convert("L")
         if self.invert_mask:
             mask = ImageOps.invert(mask)
-        array = np.array(mask)
-        blur_x, blur_y = self.mask_blur
-        if blur_x > 0:
-            array = cv2.GaussianBlur(array, (2 * int(2.5 * blur_x + 0.5) + 1, 1), blur_x)
-        if blur_y > 0:
-            array = cv2.GaussianBlur(array, (1, 2 * int(2.5 * blur_y + 0.5) + 1), blur_y)
-        return array
+        return np.array(image_ops.blur_mask(mask, *self.mask_blur))
 
 
 def input_picture(unit: ControlUnit, img2img: Img2ImgInput, field_name: str,

@@ -91,3 +91,63 @@ def test_reference_sampling_the_vae_posterior_as_a1111_gives_our_picture(tmp_pat
     theirs = _a1111_inpainted(model, sampler, init, picture, mask)
     assert max_pixel_diff(ours.images[0], theirs) <= 1
     assert max_pixel_diff(ours.images[0], picture) > 3
+
+
+def _a1111_blurred_mask(mask: Image.Image, blur_x: int, blur_y: int) -> Image.Image:
+    """processing.py's StableDiffusionProcessingImg2Img.init: OpenCV's Gaussian along rows, then columns, on
+    8-bit pictures."""
+    import cv2
+
+    array = cv2.GaussianBlur(np.array(mask), (2 * int(2.5 * blur_x + 0.5) + 1, 1), blur_x)
+    return Image.fromarray(cv2.GaussianBlur(array, (1, 2 * int(2.5 * blur_y + 0.5) + 1), blur_y))
+
+
+def _a1111_overlay(generated: Image.Image, picture: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111's apply_overlay: the picture, premultiplied ("RGBa") where the mask is black, alpha-composited over
+    the generated one."""
+    from PIL import ImageOps
+
+    overlay = Image.new("RGBa", picture.size)
+    overlay.paste(picture.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask))
+    result = generated.convert("RGBA")
+    result.alpha_composite(overlay.convert("RGBA"))
+    return result.convert("RGB")
+
+
+@pytest.mark.parametrize("blurs", [(4, 4), (2, 6)])
+def test_blurred_mask_inpainting_equals_a1111(service, tiny, blurs):
+    """Mask blur as A1111: OpenCV's blur rounded to 8 bits after each direction, the blurred mask resized to
+    the latents (rounded: `mask_round`), and doubled for the overlay's alpha (A1111's mask_for_overlay when
+    the whole picture is inpainted)."""
+    picture, mask = _picture(), Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 8, 48, 40))
+    ours = _ours(service, "Euler", init_image=picture, mask=mask, mask_blur_x=blurs[0], mask_blur_y=blurs[1],
+                 denoising_strength=0.5, inpainting_fill=MaskedContent.ORIGINAL)
+    model = tiny["sd1"]
+    pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        init = model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
+    blurred = _a1111_blurred_mask(mask, *blurs)
+    repaint = np.around(np.asarray(blurred.resize((8, 8), Image.BICUBIC), dtype=np.float32) / 255)
+    cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
+    latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 8, 12.0, [21], 64, 64, init=init,
+                            denoising_strength=0.5, img2img=True, keep=1 - torch.from_numpy(repaint)[None, None])
+    generated = decode_truncated(model.vae, latents)[0]
+    for_overlay = Image.fromarray(np.clip(np.asarray(blurred).astype(np.float32) * 2, 0, 255).astype(np.uint8))
+    assert max_pixel_diff(ours.images[0], _a1111_overlay(generated, picture, for_overlay)) <= 1
+    # negative controls: the blurred mask not doubled, or a float blur rounded once, give other pictures
+    assert max_pixel_diff(ours.images[0], _a1111_overlay(generated, picture, blurred)) > 3
+    assert max_pixel_diff(ours.images[0], _a1111_overlay(generated, picture, _float_blur(mask, *blurs))) > 1
+
+
+def _float_blur(mask: Image.Image, blur_x: int, blur_y: int) -> Image.Image:
+    """The same Gaussian in floating point, rounded once at the end (not what A1111 does)."""
+    from scipy.ndimage import correlate1d
+
+    array = np.asarray(mask, dtype=np.float64)
+    for axis, sigma in ((1, blur_x), (0, blur_y)):
+        radius = int(2.5 * sigma + 0.5)
+        taps = np.exp(-((np.arange(-radius, radius + 1) / sigma) ** 2) / 2)
+        array = correlate1d(array, taps / taps.sum(), axis=axis, mode="mirror")
+    doubled = np.clip(np.rint(array) * 2, 0, 255)
+    return Image.fromarray(doubled.astype(np.uint8))
