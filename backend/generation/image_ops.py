@@ -16,34 +16,36 @@ LANCZOS = Image.Resampling.LANCZOS
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: ResizeMode) -> Image.Image:
-    """A1111's resize modes. LATENT_UPSCALE resizes in latent space later, so here it is a plain resize."""
+    """A1111's resize modes (images.resize_image without an img2img upscaler), with its integer arithmetic: the
+    fitted side is floor-divided, the picture is pasted centred at width // 2 - w // 2, and "fill" stretches
+    the edge into the margins as A1111's zero-height (or zero-width) box resize does. LATENT_UPSCALE resizes
+    in latent space later, so here it is a plain resize."""
     image = image.convert("RGB")
     if mode in (ResizeMode.JUST_RESIZE, ResizeMode.LATENT_UPSCALE):
         return image.resize((width, height), LANCZOS)
-    if mode == ResizeMode.CROP_AND_RESIZE:
-        scale = max(width / image.width, height / image.height)
-        scaled = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                              LANCZOS)
-        left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
-        return scaled.crop((left, top, left + width, top + height))
-    return _resize_and_fill(image, width, height)
-
-
-def _resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Fit inside, centre, and fill the margins by stretching the edge rows/columns outwards."""
-    scale = min(width / image.width, height / image.height)
-    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    ratio, source_ratio = width / height, image.width / image.height
+    # crop fits the picture's short side to the box (covering it); fill fits its long side (inside the box)
+    fit_width = ratio > source_ratio if mode == ResizeMode.CROP_AND_RESIZE else ratio < source_ratio
+    if fit_width:
+        w, h = width, max(1, image.height * width // image.width)
+    else:
+        w, h = max(1, image.width * height // image.height), height
     fitted = image.resize((w, h), LANCZOS)
     canvas = Image.new("RGB", (width, height))
-    left, top = (width - w) // 2, (height - h) // 2
-    canvas.paste(fitted, (left, top))
-    if top > 0:
-        canvas.paste(fitted.crop((0, 0, w, 1)).resize((w, top)), (left, 0))
-        canvas.paste(fitted.crop((0, h - 1, w, h)).resize((w, height - top - h)), (left, top + h))
-    if left > 0:
-        canvas.paste(fitted.crop((0, 0, 1, h)).resize((left, h)), (0, top))
-        canvas.paste(fitted.crop((w - 1, 0, w, h)).resize((width - left - w, h)), (left + w, top))
+    canvas.paste(fitted, (width // 2 - w // 2, height // 2 - h // 2))
+    if mode == ResizeMode.RESIZE_AND_FILL:
+        _stretch_edges_into_margins(canvas, fitted, ratio, source_ratio)
     return canvas
+
+
+def _stretch_edges_into_margins(canvas: Image.Image, fitted: Image.Image, ratio: float, source_ratio: float) -> None:
+    width, height, w, h = canvas.width, canvas.height, fitted.width, fitted.height
+    if ratio < source_ratio and (margin := height // 2 - h // 2) > 0:
+        canvas.paste(fitted.resize((width, margin), Image.BICUBIC, box=(0, 0, width, 0)), (0, 0))
+        canvas.paste(fitted.resize((width, margin), Image.BICUBIC, box=(0, h, width, h)), (0, margin + h))
+    elif ratio > source_ratio and (margin := width // 2 - w // 2) > 0:
+        canvas.paste(fitted.resize((margin, height), Image.BICUBIC, box=(0, 0, 0, height)), (0, 0))
+        canvas.paste(fitted.resize((margin, height), Image.BICUBIC, box=(w, 0, w, height)), (margin + w, 0))
 
 
 def prepare_mask(mask: Image.Image, size: tuple[int, int], invert: bool) -> Image.Image:
@@ -90,7 +92,8 @@ def _blur(array: np.ndarray, radius: int) -> np.ndarray:
 
 def crop_region(mask: Image.Image, padding: int, width: int, height: int) -> tuple[int, int, int, int] | None:
     """The masked area's bounding box plus `padding`, grown to the generation's aspect ratio and clamped to
-    the image (A1111's "only masked" inpaint area). None if the mask is empty."""
+    the image, with A1111's arithmetic (masking.get_crop_region_v2 and expand_crop_region: the growth is
+    truncated to whole pixels and split half before, the rest after). None if the mask is empty."""
     box = mask.point(lambda v: 255 if v > 0 else 0).getbbox()
     if box is None:
         return None
@@ -98,27 +101,31 @@ def crop_region(mask: Image.Image, padding: int, width: int, height: int) -> tup
     x1, y1 = max(0, x1 - padding), max(0, y1 - padding)
     x2, y2 = min(mask.width, x2 + padding), min(mask.height, y2 + padding)
     target = width / height
-    w, h = x2 - x1, y2 - y1
-    if w / h < target:
-        x1, x2 = _grow(x1, x2, round(h * target), mask.width)
+    if (x2 - x1) / (y2 - y1) > target:
+        y1, y2 = _grow(y1, y2, (x2 - x1) / target, mask.height)
     else:
-        y1, y2 = _grow(y1, y2, round(w / target), mask.height)
+        x1, x2 = _grow(x1, x2, (y2 - y1) * target, mask.width)
     return x1, y1, x2, y2
 
 
-def _grow(lo: int, hi: int, size: int, limit: int) -> tuple[int, int]:
-    size = min(size, limit)
-    extra = size - (hi - lo)
-    lo = max(0, lo - extra // 2)
-    hi = lo + size
-    if hi > limit:
-        lo, hi = limit - size, limit
-    return lo, hi
+def _grow(lo: int, hi: int, wanted: float, limit: int) -> tuple[int, int]:
+    extra = int(wanted - (hi - lo))
+    lo, hi = lo - extra // 2, hi + extra - extra // 2
+    if hi > limit:  # shifted back inside, then cut to the image if it is still too long
+        lo, hi = lo - (hi - limit), limit
+    if lo < 0:
+        lo, hi = 0, hi - lo
+    return lo, min(hi, limit)
 
 
 def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
-    """Generated pixels where the (blurred) mask is white, the original's everywhere else."""
-    return Image.composite(generated.convert("RGB"), original.convert("RGB"), mask.convert("L"))
+    """Generated pixels where the (blurred) mask is white, the original's everywhere else, blended as A1111's
+    apply_overlay does: the original, premultiplied by the inverted mask, alpha-composited over the result."""
+    overlay = Image.new("RGBa", original.size)
+    overlay.paste(original.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    result = generated.convert("RGBA")
+    result.alpha_composite(overlay.convert("RGBA"))
+    return result.convert("RGB")
 
 
 def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:

@@ -37,8 +37,8 @@ class InpaintWork:
         if self.region is None:
             return image_ops.composite(self.overlay_base, generated, self.overlay_mask)
         x1, y1, x2, y2 = self.region
-        canvas = self.overlay_base.copy()
-        canvas.paste(generated.resize((x2 - x1, y2 - y1), image_ops.LANCZOS), (x1, y1))
+        canvas = self.overlay_base.copy()  # A1111 pastes the picture back cropped to the region's shape
+        canvas.paste(image_ops.resize_image(generated, x2 - x1, y2 - y1, ResizeMode.CROP_AND_RESIZE), (x1, y1))
         return image_ops.composite(self.overlay_base, canvas, self.overlay_mask)
 
 
@@ -100,8 +100,9 @@ def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
     size = (req.width, req.height)
     if req.inpaint_full_res:
         region = image_ops.crop_region(blurred, req.inpaint_full_res_padding, req.width, req.height)
-        image = original.crop(region).resize(size, image_ops.LANCZOS)
-        work_mask = blurred.crop(region).resize(size, image_ops.LANCZOS)
+        # A1111 fits the region into the generation's size with "resize and fill"
+        image = image_ops.resize_image(original.crop(region), *size, ResizeMode.RESIZE_AND_FILL)
+        work_mask = image_ops.resize_image(blurred.crop(region), *size, ResizeMode.RESIZE_AND_FILL).convert("L")
         base, overlay_mask = original, blurred
     else:
         region = None
