@@ -13,9 +13,10 @@ from tests.fixtures.reference import max_pixel_diff, reference_conds
 
 
 def _ours(service, sampler, **kw):
-    req = GenerationRequest(prompt="a lighthouse at dusk", negative_prompt="fog", steps=8, width=64, height=64,
-                            seed=21, sampler_name=sampler, checkpoint="sd1.safetensors", save_images=False,
-                            cfg_scale=12.0, **kw)
+    kw = {"width": 64, "height": 64, **kw}
+    req = GenerationRequest(prompt="a lighthouse at dusk", negative_prompt="fog", steps=8, seed=21,
+                            sampler_name=sampler, checkpoint="sd1.safetensors", save_images=False, cfg_scale=12.0,
+                            **kw)
     return service.generate(req)
 
 
@@ -151,3 +152,40 @@ def _float_blur(mask: Image.Image, blur_x: int, blur_y: int) -> Image.Image:
         array = correlate1d(array, taps / taps.sum(), axis=axis, mode="mirror")
     doubled = np.clip(np.rint(array) * 2, 0, 255)
     return Image.fromarray(doubled.astype(np.uint8))
+
+
+def test_only_masked_with_another_aspect_ratio_equals_a1111(service, tiny):
+    """"Only masked" at 64x96 on a 64x64 picture, numbers worked out from A1111's masking.py and images.py:
+    the mask's box (16, 8, 41, 40) padded by 4 is 33x40, grown to 2:3 by int(49.5 - 40) = 9 rows: region
+    (12, 0, 45, 49). Resize-and-fill: 64 x (49 * 64 // 33 = 95) pasted at row 1, row 0 stretched from the
+    top edge. The result is pasted back crop-and-resized to 33x49 and overlaid with the unblurred mask."""
+    picture, mask = _picture(), Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 8, 41, 40))
+    ours = _ours(service, "Euler", init_image=picture, mask=mask, mask_blur=0, denoising_strength=0.5,
+                 inpainting_fill=MaskedContent.ORIGINAL, inpaint_full_res=True, inpaint_full_res_padding=4,
+                 width=64, height=96)
+    region = (12, 0, 45, 49)
+
+    def fitted(image):  # A1111's resize_image(2, ...) for these sizes
+        small = image.convert("RGB").crop(region).resize((64, 95), Image.LANCZOS)
+        canvas = Image.new("RGB", (64, 96))
+        canvas.paste(small, (0, 1))
+        canvas.paste(small.resize((64, 1), Image.BICUBIC, box=(0, 0, 64, 0)), (0, 0))
+        return canvas
+
+    model = tiny["sd1"]
+    pixels = torch.from_numpy(np.asarray(fitted(picture), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        init = model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
+    repaint = np.around(np.asarray(fitted(mask).resize((8, 12), Image.BICUBIC), dtype=np.float32)[..., 0] / 255)
+    cond, uncond = reference_conds(model, "a lighthouse at dusk", "fog")
+    latents = a1111_latents(model.unet, cond, uncond, "Euler", None, 8, 12.0, [21], 96, 64, init=init,
+                            denoising_strength=0.5, img2img=True, keep=1 - torch.from_numpy(repaint)[None, None])
+    generated = decode_truncated(model.vae, latents)[0]
+    pasted = picture.copy()
+    pasted.paste(generated.resize((33, 49), Image.LANCZOS), region[:2])
+    assert max_pixel_diff(ours.images[0], _a1111_overlay(pasted, picture, mask)) <= 1
+    # negative control: the region rounded instead of truncated (one row taller, 0..50) is another picture
+    taller = picture.copy()
+    taller.paste(generated.resize((33, 50), Image.LANCZOS), region[:2])
+    assert max_pixel_diff(ours.images[0], _a1111_overlay(taller, picture, mask)) > 3
