@@ -43,7 +43,7 @@ IMPLEMENTED = frozenset({
     "grid_format", "jpeg_quality", "webp_lossless", "hires_fix_refiner_pass", "img_max_size_mp", "grid_save",
     "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
-    "control_net_unit_count", "control_net_no_detectmap",
+    "control_net_unit_count", "control_net_no_detectmap", "upscaler_for_img2img",
 })
 
 # A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's
@@ -225,6 +225,7 @@ def request_fields(values: dict) -> dict:
         s_min_uncond=float(number("s_min_uncond", 0.0)), s_min_uncond_all=bool(values.get("s_min_uncond_all")),
         initial_noise_multiplier=float(number("initial_noise_multiplier", 1.0)),
         hires_refiner_pass=values.get("hires_fix_refiner_pass") or "second pass",
+        img2img_upscaler=values.get("upscaler_for_img2img"),
         token_merging_ratio=float(number("token_merging_ratio", 0.0)),
         token_merging_ratio_hr=float(number("token_merging_ratio_hr", 0.0)),
         token_merging_ratio_img2img=float(number("token_merging_ratio_img2img", 0.0)),

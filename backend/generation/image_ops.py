@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -15,14 +16,21 @@ from backend.generation.requests import ResizeMode
 LANCZOS = Image.Resampling.LANCZOS
 
 
-def resize_image(image: Image.Image, width: int, height: int, mode: ResizeMode) -> Image.Image:
-    """A1111's resize modes (images.resize_image without an img2img upscaler), with its integer arithmetic: the
-    fitted side is floor-divided, the picture is pasted centred at width // 2 - w // 2, and "fill" stretches
-    the edge into the margins as A1111's zero-height (or zero-width) box resize does. LATENT_UPSCALE resizes
-    in latent space later, so here it is a plain resize."""
+Resize = Callable[[Image.Image, int, int], Image.Image]
+
+
+def lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), LANCZOS)
+
+
+def resize_image(image: Image.Image, width: int, height: int, mode: ResizeMode, resize: Resize = lanczos) -> Image.Image:
+    """A1111's resize modes (images.resize_image), with its integer arithmetic: the fitted side is
+    floor-divided, the picture is pasted centred at width // 2 - w // 2, and "fill" stretches the edge into
+    the margins as A1111's zero-height (or zero-width) box resize does. `resize` scales (A1111's
+    upscaler_for_img2img, else LANCZOS). LATENT_UPSCALE resizes in latent space later: here a plain resize."""
     image = image.convert("RGB")
     if mode in (ResizeMode.JUST_RESIZE, ResizeMode.LATENT_UPSCALE):
-        return image.resize((width, height), LANCZOS)
+        return resize(image, width, height)
     ratio, source_ratio = width / height, image.width / image.height
     # crop fits the picture's short side to the box (covering it); fill fits its long side (inside the box)
     fit_width = ratio > source_ratio if mode == ResizeMode.CROP_AND_RESIZE else ratio < source_ratio
@@ -30,7 +38,7 @@ def resize_image(image: Image.Image, width: int, height: int, mode: ResizeMode) 
         w, h = width, max(1, image.height * width // image.width)
     else:
         w, h = max(1, image.width * height // image.height), height
-    fitted = image.resize((w, h), LANCZOS)
+    fitted = resize(image, w, h)
     canvas = Image.new("RGB", (width, height))
     canvas.paste(fitted, (width // 2 - w // 2, height // 2 - h // 2))
     if mode == ResizeMode.RESIZE_AND_FILL:

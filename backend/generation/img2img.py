@@ -18,6 +18,7 @@ from backend.generation.requests import GenerationRequest, MaskedContent, Resize
 from backend.generation.sample import Start, sample
 from backend.loading.loader import LoadedModel
 from backend.samplers import ResolvedSampler
+from backend.upscale.resize import image_upscaler_names, upscale_image
 
 GRAY = (127, 127, 127)
 
@@ -32,13 +33,15 @@ class InpaintWork:
     overlay_base: Image.Image  # pixels kept outside the mask
     overlay_mask: Image.Image  # blurred mask at the overlay's size
     region: tuple[int, int, int, int] | None  # only-masked crop box in the original, else None
+    resize: image_ops.Resize = image_ops.lanczos  # how pictures are scaled (A1111's upscaler_for_img2img)
 
     def paste_back(self, generated: Image.Image) -> Image.Image:
         if self.region is None:
             return image_ops.composite(self.overlay_base, generated, self.overlay_mask)
         x1, y1, x2, y2 = self.region
         canvas = self.overlay_base.copy()  # A1111 pastes the picture back cropped to the region's shape
-        canvas.paste(image_ops.resize_image(generated, x2 - x1, y2 - y1, ResizeMode.CROP_AND_RESIZE), (x1, y1))
+        canvas.paste(image_ops.resize_image(generated, x2 - x1, y2 - y1, ResizeMode.CROP_AND_RESIZE, self.resize),
+                     (x1, y1))
         return image_ops.composite(self.overlay_base, canvas, self.overlay_mask)
 
 
@@ -50,7 +53,8 @@ def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         if req.more_init_images:
             raise InvalidRequest("init_images", "several init images are not supported with an inpainting model "
                                                 "here: send one request per picture")
-        image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode)
+        image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode,
+                                       picture_resize(req, resources))
         white = Image.new("L", image.size, 255)
         return _inpainting_model_work(model, req, sampler, seeds, image, white, resources=resources)
     work = sampling.BatchWork(None)
@@ -67,7 +71,7 @@ def blank_inpaint_channels(context: ExecutionContext, model: LoadedModel, width:
 
 def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
                           seeds: list[int], resources: sampling.Resources | None = None) -> sampling.BatchWork:
-    work = prepare_inpaint(req)
+    work = prepare_inpaint(req, picture_resize(req, resources))
 
     def latent_mask_for(latents: torch.Tensor) -> torch.Tensor:
         return _latent_mask(work.latent_mask, latents.shape[-2:], req.mask_round).to(latents.device)
@@ -91,7 +95,20 @@ def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: R
     return batch
 
 
-def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
+def picture_resize(req: GenerationRequest, resources: sampling.Resources | None) -> image_ops.Resize:
+    """How img2img scales pictures (never masks): A1111's `upscaler_for_img2img` option names an upscaler that
+    enlarges them (then LANCZOS to the size, as A1111's resize_image); None or "None" is LANCZOS alone."""
+    name = req.img2img_upscaler
+    if name in (None, "None"):
+        return image_ops.lanczos
+    models = resources.upscalers if resources else None
+    if name not in image_upscaler_names(models):
+        raise InvalidRequest("upscaler_for_img2img", f"unknown upscaler '{name}'; available: "
+                                                     f"{', '.join(image_upscaler_names(models))}")
+    return lambda image, width, height: upscale_image(image, name, width, height, models)
+
+
+def prepare_inpaint(req: GenerationRequest, resize: image_ops.Resize = image_ops.lanczos) -> InpaintWork:
     original = req.init_image.convert("RGB")
     mask = image_ops.prepare_mask(req.mask, original.size, req.inpainting_mask_invert)
     if mask.getbbox() is None:
@@ -101,12 +118,12 @@ def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
     if req.inpaint_full_res:
         region = image_ops.crop_region(blurred, req.inpaint_full_res_padding, req.width, req.height)
         # A1111 fits the region into the generation's size with "resize and fill"
-        image = image_ops.resize_image(original.crop(region), *size, ResizeMode.RESIZE_AND_FILL)
+        image = image_ops.resize_image(original.crop(region), *size, ResizeMode.RESIZE_AND_FILL, resize)
         work_mask = image_ops.resize_image(blurred.crop(region), *size, ResizeMode.RESIZE_AND_FILL).convert("L")
         base, overlay_mask = original, blurred
     else:
         region = None
-        image = image_ops.resize_image(original, req.width, req.height, req.resize_mode)
+        image = image_ops.resize_image(original, req.width, req.height, req.resize_mode, resize)
         work_mask = image_ops.resize_image(blurred.convert("RGB"), req.width, req.height, req.resize_mode).convert("L")
         base, overlay_mask = image, work_mask.point(lambda v: min(255, 2 * v))  # A1111 doubles it here
     latent_mask = work_mask
@@ -115,7 +132,7 @@ def prepare_inpaint(req: GenerationRequest) -> InpaintWork:
                                              req.resize_mode).convert("L")
     # A1111 pre-fills for every content but "original" (the latent ones then replace the masked latents)
     filled = image_ops.fill_masked(image, latent_mask) if req.inpainting_fill != MaskedContent.ORIGINAL else image
-    return InpaintWork(filled, work_mask, latent_mask, base, overlay_mask, region)
+    return InpaintWork(filled, work_mask, latent_mask, base, overlay_mask, region, resize)
 
 
 def _init_latents(model: LoadedModel, req: GenerationRequest, resources: sampling.Resources | None) -> torch.Tensor:
@@ -131,7 +148,7 @@ def _picture_latents(model: LoadedModel, req: GenerationRequest, picture: Image.
         image = image.resize((max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)), image_ops.LANCZOS)
         latents = sampling.encode_image(context, model, image)
         return F.interpolate(latents, size=(req.height // 8, req.width // 8), mode="bilinear", align_corners=False)
-    image = image_ops.resize_image(picture, req.width, req.height, req.resize_mode)
+    image = image_ops.resize_image(picture, req.width, req.height, req.resize_mode, picture_resize(req, resources))
     return sampling.encode_image(context, model, image)
 
 

@@ -98,6 +98,7 @@ class GenerationRequest:
     n_iter: int = 1
     checkpoint: str | None = None  # title or name; None = the current model
     vae: str | None = None  # None/"Automatic" = sidecar or built-in; "None" = built-in; else a VAE name
+    img2img_upscaler: str | None = None  # A1111's upscaler_for_img2img option: enlarges init pictures
     clip_skip: int = 1
     emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None
     save_images: bool = True

@@ -90,6 +90,21 @@ def test_img2img_with_data_url_and_mask(api):
     assert "Mask blur" not in json.loads(r.json()["info"])["infotexts"][0]  # A1111 writes it only when > 0
 
 
+def test_upscaler_for_img2img_from_override_settings(api):
+    """A1111's option reaches img2img: a small init picture enlarged by the named upscaler is another picture
+    than LANCZOS's, and an unknown name is a 422 naming the option."""
+    small = b64_png(Image.new("RGB", (32, 32), (200, 30, 30)))
+    body = {**SMALL, "init_images": [small], "denoising_strength": 0.1}
+    plain = requests.post(f"{api}/img2img", json=body, timeout=120)
+    enlarged = requests.post(f"{api}/img2img", json={**body, "override_settings": {
+        "upscaler_for_img2img": "4x_tiny"}}, timeout=120)
+    assert plain.status_code == enlarged.status_code == 200, enlarged.text
+    assert plain.json()["images"][0] != enlarged.json()["images"][0]
+    unknown = requests.post(f"{api}/img2img", json={**body, "override_settings": {"upscaler_for_img2img": "Nope"}},
+                            timeout=120)
+    assert unknown.status_code == 422 and "upscaler_for_img2img" in unknown.text, unknown.text
+
+
 def test_listings(api):
     samplers = {s["name"]: s for s in requests.get(f"{api}/samplers", timeout=30).json()}
     assert set(samplers) >= {"Euler a", "DPM++ 2M", "DPM++ 2S a", "DPM++ 3M SDE", "DPM++ 2M SDE Heun", "DDIM"}

@@ -182,3 +182,28 @@ def test_several_init_images_make_one_batch_a_picture_per_image(service):
         service.submit(_req(more_init_images=(second,), batch_size=2, mask=_square_mask()))
     with pytest.raises(InvalidRequest, match="bad number of images"):
         service.submit(_req(more_init_images=(second,), batch_size=3))
+
+
+@pytest.mark.parametrize("mask", [None, "square"])
+def test_upscaler_for_img2img_enlarges_the_init_picture_as_a1111(service, mask):
+    """A1111's `upscaler_for_img2img` option: a small init picture is enlarged with that upscaler (its passes,
+    then LANCZOS to the size), the mask with LANCZOS alone. Same pixels as sending the picture enlarged
+    beforehand with the same upscaler."""
+    from backend.upscale.resize import upscale_image
+
+    small = _picture(32, 32)
+    extra = {"mask": _square_mask(32, 32, (8, 8, 20, 20)), "mask_blur": 0} if mask else {}
+    extra["denoising_strength"] = 0.1  # the init picture shows through
+    ours = service.generate(_req(init_image=small, img2img_upscaler="4x_tiny", **extra))
+    enlarged = upscale_image(small, "4x_tiny", 64, 64, service.upscalers)
+    if mask:
+        extra["mask"] = extra["mask"].resize((64, 64), Image.LANCZOS)
+    theirs = service.generate(_req(init_image=enlarged, **extra))
+    assert np.array_equal(_px(ours.images[0]), _px(theirs.images[0]))
+    plain = service.generate(_req(init_image=small, **extra))  # LANCZOS alone is another picture
+    assert np.abs(_px(plain.images[0]) - _px(ours.images[0])).max() > 3
+
+
+def test_an_unknown_upscaler_for_img2img_is_refused(service):
+    with pytest.raises(InvalidRequest, match="upscaler_for_img2img.*unknown upscaler 'Nope'"):
+        service.generate(_req(img2img_upscaler="Nope"))
