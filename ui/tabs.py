@@ -75,8 +75,9 @@ def build_tab(ctx: UiContext, name: str, top_bar: dict) -> Tab:
 
 def _build_images(name: str) -> dict:
     if name == "img2img":
+        # RGBA, as A1111: the backend lays transparency over img2img_background_color
         return {"init_image": gr.Image(label="Image for img2img", type="pil", format="png", elem_id="img2img_image",
-                                           height=300)}
+                                       image_mode="RGBA", height=300)}
     if name == "inpaint":
         return {"editor": gr.ImageEditor(label="Image (paint the area to repaint; colours count in the sketch modes)",
                                          type="pil", format="png", elem_id="inpaint_editor",

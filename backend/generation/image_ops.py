@@ -56,6 +56,16 @@ def _stretch_edges_into_margins(canvas: Image.Image, fitted: Image.Image, ratio:
         canvas.paste(fitted.resize((margin, height), Image.BICUBIC, box=(w, 0, w, height)), (margin + w, 0))
 
 
+def flatten(image: Image.Image, background: str) -> Image.Image:
+    """A1111's images.flatten for init pictures: an RGBA picture is laid over `background` (the option
+    img2img_background_color); other modes are converted as they are."""
+    if image.mode == "RGBA":
+        canvas = Image.new("RGBA", image.size, background)
+        canvas.paste(image, mask=image)
+        image = canvas
+    return image.convert("RGB")
+
+
 def prepare_mask(mask: Image.Image, size: tuple[int, int], invert: bool) -> Image.Image:
     """White = repaint. An RGBA mask whose alpha is not fully opaque uses its alpha (> 128)."""
     if mask.mode in ("RGBA", "LA") and mask.getchannel("A").getextrema()[0] < 255:

@@ -53,8 +53,8 @@ def prepare_img2img(model: LoadedModel, req: GenerationRequest, sampler: Resolve
         if req.more_init_images:
             raise InvalidRequest("init_images", "several init images are not supported with an inpainting model "
                                                 "here: send one request per picture")
-        image = image_ops.resize_image(req.init_image, req.width, req.height, req.resize_mode,
-                                       picture_resize(req, resources))
+        image = image_ops.resize_image(image_ops.flatten(req.init_image, req.img2img_background), req.width,
+                                       req.height, req.resize_mode, picture_resize(req, resources))
         white = Image.new("L", image.size, 255)
         return _inpainting_model_work(model, req, sampler, seeds, image, white, resources=resources)
     work = sampling.BatchWork(None)
@@ -109,7 +109,7 @@ def picture_resize(req: GenerationRequest, resources: sampling.Resources | None)
 
 
 def prepare_inpaint(req: GenerationRequest, resize: image_ops.Resize = image_ops.lanczos) -> InpaintWork:
-    original = req.init_image.convert("RGB")
+    original = image_ops.flatten(req.init_image, req.img2img_background)
     mask = image_ops.prepare_mask(req.mask, original.size, req.inpainting_mask_invert)
     if mask.getbbox() is None:
         raise InvalidRequest("mask", "the mask is empty: paint (white) the area to repaint")
@@ -143,8 +143,9 @@ def _init_latents(model: LoadedModel, req: GenerationRequest, resources: samplin
 def _picture_latents(model: LoadedModel, req: GenerationRequest, picture: Image.Image,
                      resources: sampling.Resources | None) -> torch.Tensor:
     context = sampling.context_for(resources, model)
+    picture = image_ops.flatten(picture, req.img2img_background)
     if req.resize_mode == ResizeMode.LATENT_UPSCALE:
-        image = picture.convert("RGB")
+        image = picture
         image = image.resize((max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)), image_ops.LANCZOS)
         latents = sampling.encode_image(context, model, image)
         return F.interpolate(latents, size=(req.height // 8, req.width // 8), mode="bilinear", align_corners=False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import torch
-from PIL import Image
+from PIL import Image, ImageColor
 
 from backend.checks import check_int, check_number
 from backend.errors import InvalidRequest
@@ -99,6 +99,7 @@ class GenerationRequest:
     checkpoint: str | None = None  # title or name; None = the current model
     vae: str | None = None  # None/"Automatic" = sidecar or built-in; "None" = built-in; else a VAE name
     img2img_upscaler: str | None = None  # A1111's upscaler_for_img2img option: enlarges init pictures
+    img2img_background: str = "#ffffff"  # A1111's img2img_background_color: what shows through transparency
     clip_skip: int = 1
     emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None
     save_images: bool = True
@@ -214,6 +215,7 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     if req.init_image is not None:
         check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
         check_int(int(req.resize_mode), "resize_mode", 0, 3)
+        _check_colour(req.img2img_background, "img2img_background_color")
     if req.mask is not None:
         check_int(req.mask_blur, "mask_blur", 0, 64)
         for name in ("mask_blur_x", "mask_blur_y"):
@@ -221,6 +223,13 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
                 check_int(getattr(req, name), name, 0, 256)
         check_int(req.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
         check_int(int(req.inpainting_fill), "inpainting_fill", 0, 3)
+
+
+def _check_colour(value, name: str) -> None:
+    try:
+        ImageColor.getrgb(value)
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidRequest(name, f"not a colour: {str(value)[:40]!r} (e.g. #ffffff)") from None
 
 
 def _check_init_images(req: GenerationRequest) -> None:

@@ -207,3 +207,27 @@ def test_upscaler_for_img2img_enlarges_the_init_picture_as_a1111(service, mask):
 def test_an_unknown_upscaler_for_img2img_is_refused(service):
     with pytest.raises(InvalidRequest, match="upscaler_for_img2img.*unknown upscaler 'Nope'"):
         service.generate(_req(img2img_upscaler="Nope"))
+
+
+@pytest.mark.parametrize("background", ["#ffffff", "#2040c0"])
+def test_transparent_init_pictures_are_laid_over_the_background_colour(service, background):
+    """A1111's images.flatten with img2img_background_color (white by default): a half-transparent RGBA init
+    picture gives the same pixels as the picture already flattened onto that colour."""
+    picture = _picture().convert("RGBA")
+    alpha = np.zeros((64, 64), np.uint8)
+    alpha[:, 32:] = 255
+    alpha[:, 16:32] = 100
+    picture.putalpha(Image.fromarray(alpha))
+    flat = Image.new("RGBA", (64, 64), background)
+    flat.alpha_composite(picture)
+    low = {"denoising_strength": 0.1}
+    ours = service.generate(_req(init_image=picture, img2img_background=background, **low))
+    theirs = service.generate(_req(init_image=flat.convert("RGB"), **low))
+    assert np.abs(_px(ours.images[0]) - _px(theirs.images[0])).max() <= 1
+    dropped = service.generate(_req(init_image=picture.convert("RGB"), **low))  # alpha dropped: another picture
+    assert np.abs(_px(ours.images[0]) - _px(dropped.images[0])).max() > 3
+
+
+def test_a_bad_background_colour_is_refused(service):
+    with pytest.raises(InvalidRequest, match="img2img_background_color"):
+        service.generate(_req(img2img_background="not-a-colour"))
