@@ -8,7 +8,7 @@ import re
 # Keys in the order A1111 writes them; anything else follows, then Version last.
 KEY_ORDER = ["Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE hash",
              "VAE", "Variation seed", "Variation seed strength", "Seed resize from", "Denoising strength",
-             "Clip skip", "ENSD", "RNG", "Tiling"]
+             "Conditional mask weight", "Clip skip", "ENSD", "RNG", "Tiling"]
 
 _PARAM = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")

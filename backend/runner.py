@@ -182,7 +182,8 @@ class JobRunner:
         req = dataclasses.replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed))
         hr_checkpoint = self.registry.find_checkpoint(req.hr_checkpoint) if req.hr_checkpoint else None
         result = GenerationResult(req, checkpoint=checkpoint, vae=self.models.current_vae, sampler=sampler,
-                                  hr_checkpoint=hr_checkpoint, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
+                                  hr_checkpoint=hr_checkpoint, job_timestamp=time.strftime("%Y%m%d%H%M%S"),
+                                  inpainting_conditioning=model.is_inpainting)
         req = self._apply_networks(model, req, result)  # the prompt loses its <lora:...> tags for encoding
         self._check_prompts(model, req, result)
         control = self._prepare_control(model, req, result) if req.control_units else None

@@ -34,6 +34,7 @@ IMG2IMG_FIELDS = {"Mask blur": ("mask_blur", int)}
 # infotext key -> the A1111 option it names (A1111's OptionInfo.infotext)
 OPTIONS = {
     "Clip skip": "CLIP_stop_at_last_layers", "ENSD": "eta_noise_seed_delta", "RNG": "randn_source",
+    "Conditional mask weight": "inpainting_mask_weight",
     "NGMS": "s_min_uncond", "NGMS all steps": "s_min_uncond_all", "Eta": "eta_ancestral", "Eta DDIM": "eta_ddim",
     "Sigma churn": "s_churn", "Sigma tmin": "s_tmin", "Sigma tmax": "s_tmax", "Sigma noise": "s_noise",
     "Emphasis": "emphasis", "Noise multiplier": "initial_noise_multiplier", "UniPC variant": "uni_pc_variant",

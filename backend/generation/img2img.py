@@ -69,6 +69,14 @@ def blank_inpaint_channels(context: ExecutionContext, model: LoadedModel, width:
     return _inpaint_channels(context, model, blank, Image.new("L", blank.size, 255))
 
 
+def whole_picture_inpaint_channels(context: ExecutionContext, model: LoadedModel, images: list[Image.Image],
+                                   weight: float) -> torch.Tensor:
+    """A 9-channel model's view of whole pictures, everything masked (A1111's hires pass after an image
+    upscaler): with inpainting_mask_weight below 1 the pictures show through."""
+    return torch.cat([_inpaint_channels(context, model, image, Image.new("L", image.size, 255), weight)
+                      for image in images])
+
+
 def prepare_inpaint_batch(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler,
                           seeds: list[int], resources: sampling.Resources | None = None) -> sampling.BatchWork:
     work = prepare_inpaint(req, picture_resize(req, resources))
@@ -217,7 +225,8 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
     def denoise(hooks: sampling.Hooks):
         rng = sampling.image_noise(req, seeds)
         noise = _starting_noise(req, rng, sampling.latent_shape(model, req.height, req.width))
-        channels = _inpaint_channels(sampling.context_for(resources, model), model, image, mask).repeat(len(seeds), 1, 1, 1)
+        channels = _inpaint_channels(sampling.context_for(resources, model), model, image, mask,
+                                     req.inpainting_mask_weight, req.mask_round).repeat(len(seeds), 1, 1, 1)
         denoiser = sampling.make_denoiser(model, req, hooks, channels, resources, sampler)
         start = Start()
         if strength < 1.0:
@@ -230,14 +239,16 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
     return work
 
 
-def _inpaint_channels(context: ExecutionContext, model: LoadedModel, image: Image.Image,
-                      mask: Image.Image) -> torch.Tensor:
-    """(1, 5, h/8, w/8): the binarized mask at latent size, then the latents of the picture with the masked
-    area set to black-grey zero (as diffusers' inpainting pipelines prepare them)."""
-    binary = torch.from_numpy((np.asarray(mask.convert("L"), dtype=np.float32) / 255.0 >= 0.5).astype(np.float32))
-    binary = binary[None, None]
+def _inpaint_channels(context: ExecutionContext, model: LoadedModel, image: Image.Image, mask: Image.Image,
+                      weight: float = 1.0, rounded: bool = True) -> torch.Tensor:
+    """(1, 5, h/8, w/8): the mask at latent size (nearest), then the latents of the picture with the masked
+    area faded to black-grey zero by `weight` (A1111's inpainting_image_conditioning: a lerp from the picture
+    to the masked picture by inpainting_mask_weight; the mask rounded to 0/1 unless mask_round is off)."""
+    values = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    if rounded:
+        values = torch.round(values)
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-    masked = pixels * (binary < 0.5)
+    masked = torch.lerp(pixels, pixels * (1.0 - values), weight)
     latents = context.encode(model, masked).mode().float() * model.vae.config.scaling_factor
-    small = F.interpolate(binary, size=latents.shape[-2:])
+    small = F.interpolate(values, size=latents.shape[-2:])
     return torch.cat([small.to(latents.device), latents], dim=1).to(model.dtype)

@@ -34,6 +34,7 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
         "Seed resize from": f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
         if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0 else None,
         "Denoising strength": req.denoising_strength if req.kind == "img2img" or hires_fix else None,
+        "Conditional mask weight": req.inpainting_mask_weight if result.inpainting_conditioning else None,
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
         "Eta": req.eta_for(False) if result.sampler.sampler.noise and req.eta_for(False) != 1.0 else None,
         "Eta DDIM": req.eta_for(True) if result.sampler.sampler.uses_ddim_eta and req.eta_for(True) else None,

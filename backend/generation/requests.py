@@ -100,6 +100,7 @@ class GenerationRequest:
     vae: str | None = None  # None/"Automatic" = sidecar or built-in; "None" = built-in; else a VAE name
     img2img_upscaler: str | None = None  # A1111's upscaler_for_img2img option: enlarges init pictures
     img2img_background: str = "#ffffff"  # A1111's img2img_background_color: what shows through transparency
+    inpainting_mask_weight: float = 1.0  # A1111's option: how much an inpainting model's picture is masked
     clip_skip: int = 1
     emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None
     save_images: bool = True
@@ -216,6 +217,7 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
         check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
         check_int(int(req.resize_mode), "resize_mode", 0, 3)
         _check_colour(req.img2img_background, "img2img_background_color")
+    check_number(req.inpainting_mask_weight, "inpainting_mask_weight", 0.0, 1.0)
     if req.mask is not None:
         check_int(req.mask_blur, "mask_blur", 0, 64)
         for name in ("mask_blur_x", "mask_blur_y"):

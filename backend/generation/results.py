@@ -27,6 +27,7 @@ class GenerationResult:
     hr_checkpoint: ModelFile | None = None  # hires fix's second-pass model, when another
     refiner: ModelFile | None = None  # the refiner, once it took over (A1111 names it only then)
     sampler: ResolvedSampler | None = None
+    inpainting_conditioning: bool = False  # the model saw a masked picture (9 channels): A1111 names its weight
     interrupted: bool = False
     job_timestamp: str = ""
     warnings: list[str] = field(default_factory=list)  # shown to the user: the images are fine, something else not

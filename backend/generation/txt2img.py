@@ -11,7 +11,7 @@ from PIL import Image
 
 from backend.execution import ExecutionContext
 from backend.generation import hires, sampling
-from backend.generation.img2img import blank_inpaint_channels
+from backend.generation.img2img import blank_inpaint_channels, whole_picture_inpaint_channels
 from backend.generation.noise import make_generator
 from backend.generation.requests import GenerationRequest, hires_schedule, hires_target
 from backend.generation.sample import Start, sample
@@ -99,6 +99,8 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, seeds: list[int], ho
     # An inpainting model's second pass sees a blank, fully masked picture at the final size (what A1111's
     # image-upscaler path gives; its latent path builds that at the first pass's size, which cannot run)
     channels = _blank_channels(model, width, height, len(seeds), resources)
+    if channels is not None and images is not None and req.inpainting_mask_weight != 1.0:
+        channels = whole_picture_inpaint_channels(context, model, images, req.inpainting_mask_weight)
     denoiser = sampling.make_denoiser(model, req, hooks, channels, resources=resources, sampler=hr_sampler,
                                       hires=second)
     start = Start(samples, req.denoising_strength, total_steps=total, run_steps=run)

@@ -231,3 +231,47 @@ def test_transparent_init_pictures_are_laid_over_the_background_colour(service, 
 def test_a_bad_background_colour_is_refused(service):
     with pytest.raises(InvalidRequest, match="img2img_background_color"):
         service.generate(_req(img2img_background="not-a-colour"))
+
+
+def test_inpainting_mask_weight_fades_the_masked_picture_an_inpainting_model_sees(service):
+    """A1111's inpainting_image_conditioning: the picture is lerped towards the masked picture by the weight;
+    at 0 the model sees the whole picture, at 1 the masked area is black-grey zero. The mask channel itself is
+    the (rounded) mask either way; with mask_round off it stays soft."""
+    import torch
+
+    from backend.generation.img2img import _inpaint_channels
+
+    model = service.models.get(service.registry.find_checkpoint("sd1-inpainting.safetensors"))
+    from backend.generation.sampling import context_for
+
+    context = context_for(service.resources, model)
+    picture, mask = _picture(), _square_mask()
+    pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    keep = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)[None, None] < 0.5
+
+    def encoded(x):
+        return context.encode(model, x).mode().float() * model.vae.config.scaling_factor
+
+    whole = _inpaint_channels(context, model, picture, mask, weight=0.0)
+    assert torch.allclose(whole[:, 1:].float(), encoded(pixels), atol=1e-5)
+    masked = _inpaint_channels(context, model, picture, mask, weight=1.0)
+    assert torch.allclose(masked[:, 1:].float(), encoded(pixels * keep), atol=1e-5)
+    half = _inpaint_channels(context, model, picture, mask, weight=0.5)
+    assert torch.allclose(half[:, 1:].float(), encoded(pixels * torch.where(keep, 1.0, 0.5)), atol=1e-5)
+    assert torch.equal(whole[:, :1], masked[:, :1]) and set(masked[:, 0].unique().tolist()) == {0.0, 1.0}
+    soft = _inpaint_channels(context, model, picture, Image.new("L", (64, 64), 100), rounded=False)
+    assert torch.allclose(soft[:, 0], torch.full_like(soft[:, 0], 100 / 255))
+
+
+def test_inpainting_mask_weight_changes_the_picture_and_is_named_as_a1111(service):
+    req = dict(checkpoint="sd1-inpainting.safetensors", mask=_square_mask(), mask_blur=0)
+    full = service.generate(_req(**req))
+    half = service.generate(_req(inpainting_mask_weight=0.5, **req))
+    assert not np.array_equal(_px(full.images[0]), _px(half.images[0]))  # the tiny model reacts weakly
+    assert "Conditional mask weight: 1.0" in full.infotexts[0]
+    assert "Denoising strength: 0.75, Conditional mask weight: 0.5" in half.infotexts[0]
+    txt2img = service.generate(_req(checkpoint="sd1-inpainting.safetensors", init_image=None))
+    assert "Conditional mask weight: 1.0" in txt2img.infotexts[0]  # A1111 names it for every 9-channel run
+    assert "Conditional mask weight" not in service.generate(_req(mask=_square_mask())).infotexts[0]
+    with pytest.raises(InvalidRequest, match="inpainting_mask_weight"):
+        service.generate(_req(inpainting_mask_weight=1.5, **req))
