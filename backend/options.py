@@ -44,7 +44,7 @@ IMPLEMENTED = frozenset({
     "token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img",
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
     "control_net_unit_count", "control_net_no_detectmap", "upscaler_for_img2img",
-    "img2img_background_color", "inpainting_mask_weight",
+    "img2img_background_color", "inpainting_mask_weight", "img2img_fix_steps",
 })
 
 # A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's
@@ -54,7 +54,7 @@ UNIMPLEMENTED_GENERATION = frozenset({
     "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho",
     "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
     "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
-    "use_old_scheduling", "upcast_attn", "img2img_fix_steps", "img2img_color_correction",
+    "use_old_scheduling", "upcast_attn", "img2img_color_correction",
     "sd_unet", "sd_noise_schedule",
     "comma_padding_backtrack", "enable_quantization", "sd_vae_decode_method", "sd_vae_encode_method",
     "sd_hypernetwork", "refiner_switch_by_sample_steps", "sdxl_refiner_low_aesthetic_score",
@@ -229,6 +229,7 @@ def request_fields(values: dict) -> dict:
         img2img_upscaler=values.get("upscaler_for_img2img"),
         img2img_background=values.get("img2img_background_color") or "#ffffff",
         inpainting_mask_weight=float(number("inpainting_mask_weight", 1.0)),
+        img2img_fix_steps=bool(values.get("img2img_fix_steps")),
         token_merging_ratio=float(number("token_merging_ratio", 0.0)),
         token_merging_ratio_hr=float(number("token_merging_ratio_hr", 0.0)),
         token_merging_ratio_img2img=float(number("token_merging_ratio_img2img", 0.0)),

@@ -184,8 +184,11 @@ def _masked_content_latents(latents: torch.Tensor, mask: torch.Tensor, req: Gene
     return latents
 
 
-def _steps_to_run(req: GenerationRequest) -> int:
-    return int(req.steps * req.denoising_strength)
+def _steps_to_run(req: GenerationRequest, strength: float) -> int:
+    """int(steps * strength), or the steps themselves with A1111's img2img_fix_steps."""
+    if req.img2img_fix_steps and strength > 0:
+        return req.steps
+    return int(req.steps * strength)
 
 
 def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler, seeds: list[int],
@@ -193,7 +196,7 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
                     resources: sampling.Resources | None = None, work: sampling.BatchWork | None = None) -> torch.Tensor:
     """img2img on a 4-channel model; with `latent_mask` (1 = repaint), everything else stays the picture."""
     latents = latents.repeat(len(seeds) // latents.shape[0], 1, 1, 1)
-    if _steps_to_run(req) < 1:
+    if _steps_to_run(req, req.denoising_strength) < 1:
         return latents  # strength 0: nothing to denoise
     rng = sampling.image_noise(req, seeds)
     noise = _starting_noise(req, rng, tuple(latents.shape[1:]))
@@ -201,7 +204,7 @@ def _sample_regular(model: LoadedModel, req: GenerationRequest, sampler: Resolve
     keep = None if latent_mask is None else 1 - latent_mask
     refiner = sampling.refiner_for(req, hooks, work, resources, sampler) if work is not None else None
     return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks,
-                  Start(latents, req.denoising_strength, keep), refiner)
+                  Start.img2img(latents, req, req.denoising_strength, keep), refiner)
 
 
 def _starting_noise(req: GenerationRequest, rng, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -217,7 +220,7 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
     """9-channel models: the UNet also sees the mask and the latents of the picture with the masked area
     blanked, concatenated to its input."""
     strength = req.denoising_strength if strength is None else strength
-    if strength < 1.0 and int(req.steps * strength) < 1:
+    if strength < 1.0 and _steps_to_run(req, strength) < 1:
         return sampling.BatchWork(None, ready_images=[image.copy() for _ in seeds])
 
     work = sampling.BatchWork(None)
@@ -231,7 +234,7 @@ def _inpainting_model_work(model: LoadedModel, req: GenerationRequest, sampler: 
         start = Start()
         if strength < 1.0:
             latents = sampling.encode_image(sampling.context_for(resources, model), model, image).repeat(len(seeds), 1, 1, 1)
-            start = Start(start_latents(latents) if start_latents else latents, strength)
+            start = Start.img2img(start_latents(latents) if start_latents else latents, req, strength)
         refiner = sampling.refiner_for(req, hooks, work, resources, sampler, inpaint_channels=channels)
         return sample(model, req, sampler, seeds, rng, noise, denoiser, hooks, start, refiner)
 

@@ -101,6 +101,7 @@ class GenerationRequest:
     img2img_upscaler: str | None = None  # A1111's upscaler_for_img2img option: enlarges init pictures
     img2img_background: str = "#ffffff"  # A1111's img2img_background_color: what shows through transparency
     inpainting_mask_weight: float = 1.0  # A1111's option: how much an inpainting model's picture is masked
+    img2img_fix_steps: bool = False  # A1111's option: img2img runs exactly `steps` (of a longer schedule)
     clip_skip: int = 1
     emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None
     save_images: bool = True
@@ -217,6 +218,8 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
         check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
         check_int(int(req.resize_mode), "resize_mode", 0, 3)
         _check_colour(req.img2img_background, "img2img_background_color")
+        if req.img2img_fix_steps:
+            _check_schedule(exact_steps_schedule(req.steps, req.denoising_strength)[0], req, limits, "img2img")
     check_number(req.inpainting_mask_weight, "inpainting_mask_weight", 0.0, 1.0)
     if req.mask is not None:
         check_int(req.mask_blur, "mask_blur", 0, 64)
@@ -257,17 +260,20 @@ def _check_text(value, name: str, max_chars: int) -> None:
         raise InvalidRequest(name, "contains characters that are not valid Unicode (a lone surrogate)") from err
 
 
+def _check_schedule(schedule: int, req: GenerationRequest, limits: Limits, what: str) -> None:
+    if schedule > limits.max_schedule_steps:
+        raise InvalidRequest("denoising_strength", f"{req.denoising_strength} makes {what} build a schedule of "
+                                                   f"{schedule} steps (steps / denoising strength); the limit is "
+                                                   f"{limits.max_schedule_steps}")
+
+
 def _check_hires(req: GenerationRequest, limits: Limits) -> None:
     check_number(req.hr_scale, "hr_scale", 1.0, 8.0)
     check_number(req.denoising_strength, "denoising_strength", 0.0, 1.0)
     check_int(req.hr_second_pass_steps, "hr_second_pass_steps", 0, limits.max_steps)
     check_int(req.hr_resize_x, "hr_resize_x", 0, limits.max_width)
     check_int(req.hr_resize_y, "hr_resize_y", 0, limits.max_height)
-    schedule, _ = hires_schedule(req)
-    if schedule > limits.max_schedule_steps:
-        raise InvalidRequest("denoising_strength", f"{req.denoising_strength} makes hires fix build a schedule of "
-                                                   f"{schedule} steps (steps / denoising strength); the limit is "
-                                                   f"{limits.max_schedule_steps}")
+    _check_schedule(hires_schedule(req)[0], req, limits, "hires fix")
     to = hires_target(req)
     if to.width > limits.max_width or to.height > limits.max_height:
         raise InvalidRequest("hr_scale", f"the hires size {to.width}x{to.height} is larger than the configured "
@@ -332,6 +338,10 @@ def hires_target(req: GenerationRequest) -> HiresTarget:
 
 def hires_schedule(req: GenerationRequest) -> tuple[int, int]:
     """(steps of the whole schedule, steps that run): K = hr_second_pass_steps or steps; int(K / min(d, .999))."""
-    k = req.hr_second_pass_steps or req.steps
-    strength = min(req.denoising_strength, 0.999)
-    return (int(k / strength) if req.denoising_strength > 0 else 0), k
+    return exact_steps_schedule(req.hr_second_pass_steps or req.steps, req.denoising_strength)
+
+
+def exact_steps_schedule(steps: int, strength: float) -> tuple[int, int]:
+    """A1111's setup_img2img_steps when the steps are given (hires fix, or img2img with img2img_fix_steps):
+    a schedule of int(K / min(d, .999)) steps of which the last K run."""
+    return (int(steps / min(strength, 0.999)) if strength > 0 else 0), steps

@@ -15,7 +15,7 @@ import torch
 
 from backend.generation import kdiffusion, loop, timestep_samplers
 from backend.generation.noise import ImageNoise
-from backend.generation.requests import GenerationRequest
+from backend.generation.requests import GenerationRequest, exact_steps_schedule
 from backend.generation.token_merging import token_merging
 from backend.generation.sigmas import DiscreteSchedule, LcmSchedule, default_alphas_cumprod, sigmas_for
 from backend.loading.loader import LoadedModel
@@ -32,6 +32,15 @@ class Start:
     keep: torch.Tensor | None = None
     total_steps: int | None = None  # hires fix: a schedule of this many steps ...
     run_steps: int | None = None  # ... of which the last this many run (else the strength decides)
+
+    @classmethod
+    def img2img(cls, init: torch.Tensor, req: GenerationRequest, strength: float,
+                keep: torch.Tensor | None = None) -> Start:
+        """img2img's start: with A1111's img2img_fix_steps the requested steps run, of a longer schedule."""
+        if req.img2img_fix_steps and strength > 0:
+            total, run = exact_steps_schedule(req.steps, strength)
+            return cls(init, strength, keep, total_steps=total, run_steps=run)
+        return cls(init, strength, keep)
 
     def steps(self, requested: int) -> tuple[int, int]:
         """(steps in the schedule, steps that run) for an img2img start."""

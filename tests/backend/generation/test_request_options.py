@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from backend.generation.requests import GenerationRequest, MaskedContent
-from tests.fixtures.a1111_reference import a1111_latents, a1111_txt2img, decode_truncated
+from tests.fixtures.a1111_reference import a1111_latents, a1111_timestep_latents, a1111_txt2img, decode_truncated
 from tests.fixtures.reference import max_pixel_diff, reference_conds
 
 PROMPT, NEGATIVE = "a lighthouse at dusk", "fog"
@@ -58,6 +58,30 @@ def _init_latents(model, picture):
     pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     with torch.no_grad():
         return model.vae.encode(pixels).latent_dist.mode() * model.vae.config.scaling_factor
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DDIM"])
+def test_img2img_fix_steps_equals_a1111(service, tiny, sampler):
+    """A1111's img2img_fix_steps: 6 steps at denoising 0.6 run exactly 6 steps, the last of a schedule of
+    int(6 / 0.6) = 10 (the reference's explicit-steps path, as hires fix), instead of int(0.6 * 6) + 1 of 6."""
+    picture = _picture()
+    ours = _ours(service, sampler, init_image=picture, denoising_strength=0.6, steps=6, img2img_fix_steps=True)
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    reference = a1111_timestep_latents if sampler == "DDIM" else a1111_latents
+    latents = reference(model.unet, cond, uncond, sampler, *(() if sampler == "DDIM" else (None,)), 6, CFG, [21],
+                        64, 64, init=_init_latents(model, picture), denoising_strength=0.6)
+    assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, latents)[0]) <= 1
+    plain = _ours(service, sampler, init_image=picture, denoising_strength=0.6, steps=6)
+    assert max_pixel_diff(ours.images[0], plain.images[0]) > 3  # negative control
+    assert "Steps: 6," in ours.infotexts[0]
+
+
+def test_img2img_fix_steps_caps_the_schedule(service):
+    from backend.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="denoising_strength.*img2img build a schedule"):
+        _ours(service, init_image=_picture(), denoising_strength=1e-7, img2img_fix_steps=True)
 
 
 def test_img2img_noise_multiplier_equals_a1111(service, tiny):
