@@ -176,6 +176,7 @@ OPTION_OVERRIDE_KEYS = {"UniPC variant": ("uni_pc_variant", str), "UniPC skip ty
                         "UniPC lower order final": ("uni_pc_lower_order_final", lambda v: v.lower() == "true"),
                         "NGMS": ("s_min_uncond", float), "Hires refiner": ("hires_fix_refiner_pass", str),
                         "Conditional mask weight": ("inpainting_mask_weight", float),
+                        "Extra noise": ("img2img_extra_noise", float),
                         "Token merging ratio": ("token_merging_ratio", float),
                         "Token merging ratio hr": ("token_merging_ratio_hr", float),
                         "NGMS all steps": ("s_min_uncond_all", lambda v: v.lower() == "true"),

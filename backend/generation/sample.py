@@ -32,6 +32,7 @@ class Start:
     keep: torch.Tensor | None = None
     total_steps: int | None = None  # hires fix: a schedule of this many steps ...
     run_steps: int | None = None  # ... of which the last this many run (else the strength decides)
+    extra_noise: float = 0.0  # A1111's img2img_extra_noise: more of the same noise on the starting latents
 
     @classmethod
     def img2img(cls, init: torch.Tensor, req: GenerationRequest, strength: float,
@@ -39,8 +40,8 @@ class Start:
         """img2img's start: with A1111's img2img_fix_steps the requested steps run, of a longer schedule."""
         if req.img2img_fix_steps and strength > 0:
             total, run = exact_steps_schedule(req.steps, strength)
-            return cls(init, strength, keep, total_steps=total, run_steps=run)
-        return cls(init, strength, keep)
+            return cls(init, strength, keep, total_steps=total, run_steps=run, extra_noise=req.img2img_extra_noise)
+        return cls(init, strength, keep, extra_noise=req.img2img_extra_noise)
 
     def steps(self, requested: int) -> tuple[int, int]:
         """(steps in the schedule, steps that run) for an img2img start."""
@@ -168,6 +169,8 @@ def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler
         start = start.on(device)
         run = sigmas[steps - run_steps :]  # A1111: sigmas[steps - t_enc - 1:]
         x = start.init + noise * run[0]
+        if start.extra_noise > 0:
+            x = x + noise * start.extra_noise
     model_fn = SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start, refiner)
     control_steps = _begin_control(denoiser, steps if start.init is None else run_steps)
 
@@ -254,6 +257,8 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
         a = alphas_cumprod[timesteps[t_enc]]
         start = start.on(device)
         x = start.init * a**0.5 + noise * (1 - a) ** 0.5
+        if start.extra_noise > 0:  # A1111 scales it into the timestep samplers' space
+            x = x + noise * start.extra_noise * a**0.5
         timesteps = timesteps[:t_enc]
     if name == "ddim_cfgpp":
         denoiser = dataclasses.replace(denoiser, cfg_scale=denoiser.cfg_scale / 12.5)

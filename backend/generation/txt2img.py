@@ -103,7 +103,8 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, seeds: list[int], ho
         channels = whole_picture_inpaint_channels(context, model, images, req.inpainting_mask_weight)
     denoiser = sampling.make_denoiser(model, req, hooks, channels, resources=resources, sampler=hr_sampler,
                                       hires=second)
-    start = Start(samples, req.denoising_strength, total_steps=total, run_steps=run)
+    start = Start(samples, req.denoising_strength, total_steps=total, run_steps=run,
+                  extra_noise=req.img2img_extra_noise)
     refiner = None if refined else sampling.refiner_for(req, hooks, work, resources, hr_sampler, second, channels)
     return sample(model, hr_req, hr_sampler, seeds, rng, noise, denoiser, hooks, start, refiner)
 

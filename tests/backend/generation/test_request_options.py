@@ -77,6 +77,34 @@ def test_img2img_fix_steps_equals_a1111(service, tiny, sampler):
     assert "Steps: 6," in ours.infotexts[0]
 
 
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_img2img_extra_noise_equals_a1111(service, tiny, sampler):
+    """A1111's img2img_extra_noise: the starting latents get that much more of the same noise (k-diffusion:
+    as is; timestep samplers: scaled by sqrt(alpha_cumprod)), and the infotext says `Extra noise`."""
+    picture = _picture()
+    ours = _ours(service, sampler, init_image=picture, denoising_strength=0.6, img2img_extra_noise=0.4)
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    reference = a1111_timestep_latents if sampler == "DDIM" else a1111_latents
+    latents = reference(model.unet, cond, uncond, sampler, *(() if sampler == "DDIM" else (None,)), 8, CFG, [21],
+                        64, 64, init=_init_latents(model, picture), denoising_strength=0.6, img2img=True,
+                        extra_noise=0.4)
+    assert max_pixel_diff(ours.images[0], decode_truncated(model.vae, latents)[0]) <= 1
+    plain = _ours(service, sampler, init_image=picture, denoising_strength=0.6)
+    assert max_pixel_diff(ours.images[0], plain.images[0]) > 3  # negative control
+    assert "Extra noise: 0.4" in ours.infotexts[0] and "Extra noise" not in plain.infotexts[0]
+    assert "Extra noise" not in _ours(service, sampler, img2img_extra_noise=0.4).infotexts[0]  # txt2img
+
+
+def test_extra_noise_reaches_hires_fix_as_a1111(service):
+    """A1111 adds it in every sample_img2img, so hires fix's second pass gets it too."""
+    hires = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.6, steps=4)
+    ours = _ours(service, img2img_extra_noise=0.5, **hires)
+    plain = _ours(service, **hires)
+    assert "Extra noise: 0.5" in ours.infotexts[0]
+    assert max_pixel_diff(ours.images[0], plain.images[0]) > 3
+
+
 def test_img2img_fix_steps_caps_the_schedule(service):
     from backend.errors import InvalidRequest
 
