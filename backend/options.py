@@ -45,13 +45,13 @@ IMPLEMENTED = frozenset({
     "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
     "control_net_unit_count", "control_net_no_detectmap", "upscaler_for_img2img",
     "img2img_background_color", "inpainting_mask_weight", "img2img_fix_steps",
-    "img2img_extra_noise",
+    "img2img_extra_noise", "skip_early_cond",
 })
 
 # A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's
 # default is refused (POST /options, override_settings, config.json), never stored and pretended.
 UNIMPLEMENTED_GENERATION = frozenset({
-    "skip_early_cond", "always_discard_next_to_last_sigma",
+    "always_discard_next_to_last_sigma",
     "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho",
     "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
     "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
@@ -232,6 +232,7 @@ def request_fields(values: dict) -> dict:
         inpainting_mask_weight=float(number("inpainting_mask_weight", 1.0)),
         img2img_fix_steps=bool(values.get("img2img_fix_steps")),
         img2img_extra_noise=float(number("img2img_extra_noise", 0.0)),
+        skip_early_cond=float(number("skip_early_cond", 0.0)),
         token_merging_ratio=float(number("token_merging_ratio", 0.0)),
         token_merging_ratio_hr=float(number("token_merging_ratio_hr", 0.0)),
         token_merging_ratio_img2img=float(number("token_merging_ratio_img2img", 0.0)),

@@ -43,7 +43,8 @@ OPTIONS = {
     "Token merging ratio hr": "token_merging_ratio_hr", "Schedule min sigma": "sigma_min",
     "Schedule max sigma": "sigma_max", "Schedule rho": "rho", "Discard penultimate sigma":
     "always_discard_next_to_last_sigma", "SGM noise multiplier": "sgm_noise_multiplier",
-    "Extra noise": "img2img_extra_noise", "Pad conds": "pad_cond_uncond", "Pad conds v0": "pad_cond_uncond_v0",
+    "Extra noise": "img2img_extra_noise", "Skip Early CFG": "skip_early_cond", "Pad conds": "pad_cond_uncond",
+    "Pad conds v0": "pad_cond_uncond_v0",
     "Hires refiner": "hires_fix_refiner_pass",
 }
 # Keys that describe the image rather than set anything (A1111 reads none of them into a request either)

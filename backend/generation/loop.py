@@ -85,11 +85,16 @@ class Denoiser:
     upcast: bool = False  # A1111's --upcast-sampling: half-precision weights under autocast (norms, softmax in fp32)
     aesthetic_scores: tuple[float, float] | None = None  # SDXL refiner: (negative, positive) prompts' scores
     control: ControlPass | None = None  # ControlNet units of this sampling pass (backend/control)
+    skip_early_cond: float = 0.0  # A1111's option: no uncond while call / launched_calls is at most this
+    launched_calls: int = 0  # the pass's steps as launched, twice for samplers that call the model twice a step
 
     def skips_uncond(self, step: int, level: float | torch.Tensor | None) -> bool:
-        """A1111's NGMS: on odd model calls (every call with s_min_uncond_all), below `s_min_uncond` the uncond
-        pass is skipped and the first conditioning's output stands in for it. `level` is what A1111 compares:
-        the sigma for k-diffusion samplers, the timestep for DDIM/PLMS/UniPC."""
+        """A1111's skip_early_cond (the pass's first model calls), then NGMS: on odd model calls (every call
+        with s_min_uncond_all), below `s_min_uncond`. The uncond pass is skipped and the first conditioning's
+        output stands in for it. `level` is what NGMS compares: the sigma for k-diffusion samplers, the
+        timestep for DDIM/PLMS/UniPC."""
+        if self.skip_early_cond > 0 and self.launched_calls and step / self.launched_calls <= self.skip_early_cond:
+            return True
         return bool(self.s_min_uncond > 0 and level is not None and (step % 2 or self.s_min_uncond_all)
                     and level < self.s_min_uncond)
 

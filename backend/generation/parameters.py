@@ -77,6 +77,8 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
     params.update(result.control_params)
     if req.img2img_extra_noise > 0 and (req.kind == "img2img" or hires_fix):  # set as A1111 samples from a picture
         params["Extra noise"] = req.img2img_extra_noise
+    if req.skip_early_cond > 0:  # A1111 names it once a call skipped the uncond: the first call always does
+        params["Skip Early CFG"] = req.skip_early_cond
     params.update(req.extra_params)
     if result.refiner is not None:  # A1111 adds these when the refiner takes over, after the other keys
         if hires_fix and req.hires_refiner_pass != "second pass":

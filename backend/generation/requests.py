@@ -103,6 +103,7 @@ class GenerationRequest:
     inpainting_mask_weight: float = 1.0  # A1111's option: how much an inpainting model's picture is masked
     img2img_fix_steps: bool = False  # A1111's option: img2img runs exactly `steps` (of a longer schedule)
     img2img_extra_noise: float = 0.0  # A1111's option: extra starting noise for img2img and hires fix
+    skip_early_cond: float = 0.0  # A1111's option: the first part of sampling runs without the negative prompt
     clip_skip: int = 1
     emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None
     save_images: bool = True
@@ -223,6 +224,7 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
             _check_schedule(exact_steps_schedule(req.steps, req.denoising_strength)[0], req, limits, "img2img")
     check_number(req.inpainting_mask_weight, "inpainting_mask_weight", 0.0, 1.0)
     check_number(req.img2img_extra_noise, "img2img_extra_noise", 0.0, 1.0)
+    check_number(req.skip_early_cond, "skip_early_cond", 0.0, 1.0)
     if req.mask is not None:
         check_int(req.mask_blur, "mask_blur", 0, 64)
         for name in ("mask_blur_x", "mask_blur_y"):

@@ -171,8 +171,10 @@ def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler
         x = start.init + noise * run[0]
         if start.extra_noise > 0:
             x = x + noise * start.extra_noise
+    launched = steps if start.init is None else run_steps
+    denoiser = _launched(denoiser, launched, sampler)
     model_fn = SigmaDenoiser(denoiser, schedule, model.prediction_type, model.dtype, start, refiner)
-    control_steps = _begin_control(denoiser, steps if start.init is None else run_steps)
+    control_steps = _begin_control(denoiser, launched)
 
     def on_step(i: int, x: torch.Tensor) -> None:  # the step's denoised estimate: a preview, or what an interrupt keeps
         control_steps(i)
@@ -226,6 +228,12 @@ class EpsDenoiser:
         return guided, uncond
 
 
+def _launched(denoiser: loop.Denoiser, steps: int, sampler: ResolvedSampler) -> loop.Denoiser:
+    """The denoiser knowing the pass's model calls as A1111 counts them (CFGDenoiser.total_steps): the steps
+    launched, twice for samplers that call the model twice a step."""
+    return dataclasses.replace(denoiser, launched_calls=steps * (2 if sampler.sampler.second_order else 1))
+
+
 def _begin_control(denoiser: loop.Denoiser, total_steps: int) -> Callable[[int], None]:
     """ControlNet's guidance window counts the pass's steps as A1111 launches them (img2img and hires: t_enc
     + 1) and the step the sampler last reported done; returns what each step reports to."""
@@ -265,9 +273,11 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
         if refiner is not None:  # the refiner's guidance is scaled the same way
             take_over = refiner.take_over
             refiner = dataclasses.replace(refiner, take_over=lambda: _cfgpp(*take_over()))
+    launched = steps if start.init is None else run_steps
+    denoiser = _launched(denoiser, launched, sampler)
     eps_model = EpsDenoiser(denoiser, alphas_cumprod, model.prediction_type, model.dtype, start, refiner)
     total = len(timesteps) if name == "unipc" else len(timesteps) - 1  # DDIM and PLMS skip the first timestep
-    control_steps = _begin_control(denoiser, steps if start.init is None else run_steps)
+    control_steps = _begin_control(denoiser, launched)
 
     def on_step(i: int, x: torch.Tensor) -> None:
         control_steps(i)

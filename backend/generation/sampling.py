@@ -133,7 +133,8 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
     return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels,
                          req.s_min_uncond, req.s_min_uncond_all, req.pad_conds, empty, req.batch_cond_uncond,
                          context_for(resources, model).upcast_sampling,
-                         REFINER_AESTHETIC_SCORES if model.is_sdxl_refiner else None, control)
+                         REFINER_AESTHETIC_SCORES if model.is_sdxl_refiner else None, control,
+                         skip_early_cond=req.skip_early_cond)
 
 
 def refiner_for(req: GenerationRequest, hooks: Hooks, work: BatchWork, resources: Resources | None,

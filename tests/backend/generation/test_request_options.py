@@ -37,6 +37,20 @@ def test_ngms_equals_a1111(service, tiny, sampler, every_step):
     assert "NGMS: 10.0" in ours.infotexts[0] and ("NGMS all steps: True" in ours.infotexts[0]) is every_step
 
 
+@pytest.mark.parametrize("sampler", ["Euler", "Heun"])
+def test_skip_early_cond_equals_a1111(service, tiny, sampler):
+    """A1111's skip_early_cond 0.3: model calls whose index / launched calls is at most 0.3 skip the uncond
+    (Heun counts two calls a step)."""
+    ours = _ours(service, sampler, skip_early_cond=0.3)
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    theirs = a1111_txt2img(model.unet, model.vae, cond, uncond, sampler, None, 8, CFG, [21], 64, 64,
+                           skip_early_cond=0.3)[0]
+    assert max_pixel_diff(ours.images[0], theirs) <= 1
+    assert max_pixel_diff(ours.images[0], _ours(service, sampler).images[0]) > 3  # negative control
+    assert "Skip Early CFG: 0.3" in ours.infotexts[0]
+
+
 def test_ngms_on_every_step_above_the_largest_sigma_is_guidance_off(service):
     """An independent check: skipping every uncond pass leaves the conditional prediction alone, as cfg 1."""
     skipped = _ours(service, s_min_uncond=1000.0, s_min_uncond_all=True)
