@@ -75,6 +75,8 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
         params["NGMS"] = req.s_min_uncond
         params["NGMS all steps"] = "True" if req.s_min_uncond_all else None
     params.update(result.control_params)
+    if req.discard_penultimate_sigma and not all(s.discard_penultimate for s in _pass_samplers(req, result)):
+        params["Discard penultimate sigma"] = "True"  # A1111 names it where the option changed a schedule
     if req.img2img_extra_noise > 0 and (req.kind == "img2img" or hires_fix):  # set as A1111 samples from a picture
         params["Extra noise"] = req.img2img_extra_noise
     if req.skip_early_cond > 0:  # A1111 names it once a call skipped the uncond: the first call always does
@@ -135,3 +137,11 @@ def _hires_params(req: GenerationRequest, hr_checkpoint: ModelFile | None) -> di
     if req.hr_upscaler is not None:
         params["Hires upscaler"] = req.hr_upscaler
     return params
+
+
+def _pass_samplers(req: GenerationRequest, result: GenerationResult) -> list:
+    """The samplers of the job's passes: the first, and hires fix's own when it names one."""
+    samplers = [result.sampler.sampler]
+    if req.enable_hr and req.kind == "txt2img" and req.hr_sampler_name:
+        samplers.append(resolve(req.hr_sampler_name, req.hr_scheduler or req.scheduler).sampler)
+    return samplers

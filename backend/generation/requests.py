@@ -104,6 +104,8 @@ class GenerationRequest:
     img2img_fix_steps: bool = False  # A1111's option: img2img runs exactly `steps` (of a longer schedule)
     img2img_extra_noise: float = 0.0  # A1111's option: extra starting noise for img2img and hires fix
     skip_early_cond: float = 0.0  # A1111's option: the first part of sampling runs without the negative prompt
+    discard_penultimate_sigma: bool = False  # A1111's always_discard_next_to_last_sigma, for every sampler
+    refiner_aesthetic_scores: tuple[float, float] = (2.5, 6.0)  # SDXL refiner's (negative, positive) scores
     clip_skip: int = 1
     emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None
     save_images: bool = True
@@ -225,6 +227,9 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     check_number(req.inpainting_mask_weight, "inpainting_mask_weight", 0.0, 1.0)
     check_number(req.img2img_extra_noise, "img2img_extra_noise", 0.0, 1.0)
     check_number(req.skip_early_cond, "skip_early_cond", 0.0, 1.0)
+    for name, score in zip(("sdxl_refiner_low_aesthetic_score", "sdxl_refiner_high_aesthetic_score"),
+                           req.refiner_aesthetic_scores, strict=True):
+        check_number(score, name, 0.0, 10.0)
     if req.mask is not None:
         check_int(req.mask_blur, "mask_blur", 0, 64)
         for name in ("mask_blur_x", "mask_blur_y"):

@@ -161,7 +161,7 @@ def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler
     device = model.execution_device
     schedule = (LcmSchedule if sampler.sampler.k_function == "lcm" else DiscreteSchedule)(model.alphas_cumprod)
     steps, run_steps = (req.steps, req.steps) if start.init is None else start.steps(req.steps)
-    sigmas = sigmas_for(schedule, sampler.schedule, steps, sampler.sampler.discard_penultimate).to(device)
+    sigmas = sigmas_for(schedule, sampler.schedule, steps, _discards_penultimate(req, sampler)).to(device)
     noise = noise.to(device, torch.float32)
     if start.init is None:
         run, x = sigmas, noise * sigmas[0]
@@ -228,6 +228,11 @@ class EpsDenoiser:
         return guided, uncond
 
 
+def _discards_penultimate(req: GenerationRequest, sampler: ResolvedSampler) -> bool:
+    """The sampler's own choice, or A1111's always_discard_next_to_last_sigma for all."""
+    return sampler.sampler.discard_penultimate or req.discard_penultimate_sigma
+
+
 def _launched(denoiser: loop.Denoiser, steps: int, sampler: ResolvedSampler) -> loop.Denoiser:
     """The denoiser knowing the pass's model calls as A1111 counts them (CFGDenoiser.total_steps): the steps
     launched, twice for samplers that call the model twice a step."""
@@ -257,7 +262,7 @@ def _sample_a1111_timesteps(model: LoadedModel, req: GenerationRequest, sampler:
     alphas_cumprod = model.alphas_cumprod if model.alphas_cumprod is not None else default_alphas_cumprod()
     noise = noise.to(device, torch.float32)
     steps, run_steps = (req.steps, None) if start.init is None else start.steps(req.steps)
-    timesteps = timestep_samplers.a1111_timesteps(steps, sampler.sampler.discard_penultimate)
+    timesteps = timestep_samplers.a1111_timesteps(steps, _discards_penultimate(req, sampler))
     if start.init is None:
         x = noise
     else:

@@ -26,7 +26,6 @@ from backend.samplers import ResolvedSampler
 log = logging.getLogger(__name__)
 
 # A1111's sdxl_refiner_low_aesthetic_score / sdxl_refiner_high_aesthetic_score (defaults; other values refused)
-REFINER_AESTHETIC_SCORES = (2.5, 6.0)
 
 # on_step(step, total_steps, latents) -> None; it may raise to stop sampling.
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -133,7 +132,7 @@ def make_denoiser(model: LoadedModel, req: GenerationRequest, hooks: Hooks,
     return loop.Denoiser(model.unet, cond, uncond, req.cfg_scale, model.dtype, sdxl_size, inpaint_channels,
                          req.s_min_uncond, req.s_min_uncond_all, req.pad_conds, empty, req.batch_cond_uncond,
                          context_for(resources, model).upcast_sampling,
-                         REFINER_AESTHETIC_SCORES if model.is_sdxl_refiner else None, control,
+                         req.refiner_aesthetic_scores if model.is_sdxl_refiner else None, control,
                          skip_early_cond=req.skip_early_cond)
 
 

@@ -101,9 +101,13 @@ def test_sdxl_refiner_layout_with_its_aesthetic_scores(service, tiny):
     try:
         service.generate(_req(checkpoint="sdxl.safetensors", refiner_checkpoint="sdxl-refiner",
                               refiner_switch_at=0.5))
+        assert seen and all(rows == [[64, 64, 0, 0, 2.5], [64, 64, 0, 0, 6.0]] for rows in seen)  # uncond, cond
+        seen.clear()  # A1111's sdxl_refiner_low/high_aesthetic_score options
+        service.generate(_req(checkpoint="sdxl.safetensors", refiner_checkpoint="sdxl-refiner",
+                              refiner_switch_at=0.5, refiner_aesthetic_scores=(1.5, 8.0)))
+        assert seen and all(rows == [[64, 64, 0, 0, 1.5], [64, 64, 0, 0, 8.0]] for rows in seen)
     finally:
         handle.remove()
-    assert seen and all(rows == [[64, 64, 0, 0, 2.5], [64, 64, 0, 0, 6.0]] for rows in seen)  # uncond, then cond
 
 
 def test_a_diffusers_folder_refiner_equals_its_single_file(tiny, tmp_path):

@@ -51,6 +51,20 @@ def test_skip_early_cond_equals_a1111(service, tiny, sampler):
     assert "Skip Early CFG: 0.3" in ours.infotexts[0]
 
 
+def test_always_discard_next_to_last_sigma_equals_a1111(service, tiny):
+    """The option gives Euler DPM2's schedule shape (one more step, the next-to-last sigma dropped), and the
+    infotext says so; DPM2 discards anyway, so A1111 does not name it there."""
+    ours = _ours(service, "Euler", discard_penultimate_sigma=True, steps=3)
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    theirs = a1111_txt2img(model.unet, model.vae, cond, uncond, "Euler", None, 3, CFG, [21], 64, 64,
+                           always_discard=True)[0]
+    assert max_pixel_diff(ours.images[0], theirs) <= 1
+    assert max_pixel_diff(ours.images[0], _ours(service, "Euler", steps=3).images[0]) > 3  # negative control
+    assert "Discard penultimate sigma: True" in ours.infotexts[0]
+    assert "Discard penultimate sigma" not in _ours(service, "DPM2", discard_penultimate_sigma=True).infotexts[0]
+
+
 def test_ngms_on_every_step_above_the_largest_sigma_is_guidance_off(service):
     """An independent check: skipping every uncond pass leaves the conditional prediction alone, as cfg 1."""
     skipped = _ours(service, s_min_uncond=1000.0, s_min_uncond_all=True)
@@ -192,3 +206,27 @@ def test_latent_noise_fill_uses_the_rng_source_as_a1111(service, tiny):
                             denoising_strength=0.6, img2img=True, keep=1 - repaint)
     control = work.paste_back(decode_truncated(model.vae, latents)[0])
     assert max_pixel_diff(ours.images[1], control) > 3  # control: the fill is seed 21's noise, not the batch's
+
+
+NEW_OPTIONS = {  # A1111 option -> (request field, a non-default value, that value in the request)
+    "upscaler_for_img2img": ("img2img_upscaler", "4x_tiny", "4x_tiny"),
+    "img2img_background_color": ("img2img_background", "#102030", "#102030"),
+    "inpainting_mask_weight": ("inpainting_mask_weight", 0.4, 0.4),
+    "img2img_fix_steps": ("img2img_fix_steps", True, True),
+    "img2img_extra_noise": ("img2img_extra_noise", 0.2, 0.2),
+    "skip_early_cond": ("skip_early_cond", 0.1, 0.1),
+    "always_discard_next_to_last_sigma": ("discard_penultimate_sigma", True, True),
+    "sdxl_refiner_low_aesthetic_score": ("refiner_aesthetic_scores", 1.0, (1.0, 6.0)),
+    "sdxl_refiner_high_aesthetic_score": ("refiner_aesthetic_scores", 9.0, (2.5, 9.0)),
+}
+
+
+@pytest.mark.parametrize("option", NEW_OPTIONS)
+def test_img2img_and_sampling_options_reach_the_request(option):
+    """Each option is applied (not merely stored): it maps to its request field, whose default is A1111's."""
+    from backend.options import IMPLEMENTED, UNIMPLEMENTED_GENERATION, load_defaults, request_fields
+
+    field, value, expected = NEW_OPTIONS[option]
+    assert option in IMPLEMENTED and option not in UNIMPLEMENTED_GENERATION
+    assert request_fields({option: value})[field] == expected
+    assert request_fields(load_defaults())[field] == getattr(GenerationRequest(), field)
