@@ -46,14 +46,14 @@ IMPLEMENTED = frozenset({
     "control_net_unit_count", "control_net_no_detectmap", "upscaler_for_img2img",
     "img2img_background_color", "inpainting_mask_weight", "img2img_fix_steps",
     "img2img_extra_noise", "skip_early_cond", "always_discard_next_to_last_sigma",
-    "sdxl_refiner_low_aesthetic_score", "sdxl_refiner_high_aesthetic_score",
+    "sdxl_refiner_low_aesthetic_score", "sdxl_refiner_high_aesthetic_score", "sgm_noise_multiplier",
 })
 
 # A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's
 # default is refused (POST /options, override_settings, config.json), never stored and pretended.
 UNIMPLEMENTED_GENERATION = frozenset({
 
-    "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho",
+    "sigma_min", "sigma_max", "rho",
     "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
     "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
     "use_old_scheduling", "upcast_attn", "img2img_color_correction",
@@ -234,6 +234,7 @@ def request_fields(values: dict) -> dict:
         img2img_extra_noise=float(number("img2img_extra_noise", 0.0)),
         skip_early_cond=float(number("skip_early_cond", 0.0)),
         discard_penultimate_sigma=bool(values.get("always_discard_next_to_last_sigma")),
+        sgm_noise_multiplier=bool(values.get("sgm_noise_multiplier")),
         refiner_aesthetic_scores=(float(number("sdxl_refiner_low_aesthetic_score", 2.5)),
                                   float(number("sdxl_refiner_high_aesthetic_score", 6.0))),
         token_merging_ratio=float(number("token_merging_ratio", 0.0)),

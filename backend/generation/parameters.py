@@ -77,6 +77,8 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
     params.update(result.control_params)
     if req.discard_penultimate_sigma and not all(s.discard_penultimate for s in _pass_samplers(req, result)):
         params["Discard penultimate sigma"] = "True"  # A1111 names it where the option changed a schedule
+    if req.sgm_noise_multiplier and result.sampler.sampler.k_function:  # k-diffusion's txt2img start only
+        params["SGM noise multiplier"] = "True"
     if req.img2img_extra_noise > 0 and (req.kind == "img2img" or hires_fix):  # set as A1111 samples from a picture
         params["Extra noise"] = req.img2img_extra_noise
     if req.skip_early_cond > 0:  # A1111 names it once a call skipped the uncond: the first call always does

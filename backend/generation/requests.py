@@ -105,6 +105,7 @@ class GenerationRequest:
     img2img_extra_noise: float = 0.0  # A1111's option: extra starting noise for img2img and hires fix
     skip_early_cond: float = 0.0  # A1111's option: the first part of sampling runs without the negative prompt
     discard_penultimate_sigma: bool = False  # A1111's always_discard_next_to_last_sigma, for every sampler
+    sgm_noise_multiplier: bool = False  # A1111's option: txt2img's k-diffusion noise scaled as SGM's code does
     refiner_aesthetic_scores: tuple[float, float] = (2.5, 6.0)  # SDXL refiner's (negative, positive) scores
     clip_skip: int = 1
     emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None

@@ -163,8 +163,8 @@ def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler
     steps, run_steps = (req.steps, req.steps) if start.init is None else start.steps(req.steps)
     sigmas = sigmas_for(schedule, sampler.schedule, steps, _discards_penultimate(req, sampler)).to(device)
     noise = noise.to(device, torch.float32)
-    if start.init is None:
-        run, x = sigmas, noise * sigmas[0]
+    if start.init is None:  # A1111's sgm_noise_multiplier scales txt2img's noise to SGM's (1 + sigma^2) ** 0.5
+        run, x = sigmas, noise * ((1 + sigmas[0] ** 2) ** 0.5 if req.sgm_noise_multiplier else sigmas[0])
     else:
         start = start.on(device)
         run = sigmas[steps - run_steps :]  # A1111: sigmas[steps - t_enc - 1:]

@@ -65,6 +65,25 @@ def test_always_discard_next_to_last_sigma_equals_a1111(service, tiny):
     assert "Discard penultimate sigma" not in _ours(service, "DPM2", discard_penultimate_sigma=True).infotexts[0]
 
 
+def test_sgm_noise_multiplier_equals_a1111(service, tiny):
+    """txt2img's starting noise scaled by (1 + sigma_max^2) ** 0.5 instead of sigma_max (k-diffusion only).
+    At sigma_max ~14.6 that is 0.2% more noise: a level on a few hundred values of the tiny model's picture,
+    so what is compared is how many values differ."""
+    ours = _ours(service, "Euler", sgm_noise_multiplier=True, steps=3)
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    theirs = a1111_txt2img(model.unet, model.vae, cond, uncond, "Euler", None, 3, CFG, [21], 64, 64,
+                           sgm_noise_multiplier=True)[0]
+    def differing(image):
+        return int((np.asarray(image, dtype=int) != np.asarray(theirs, dtype=int)).sum())
+
+    plain = _ours(service, "Euler", steps=3).images[0]
+    assert max_pixel_diff(ours.images[0], theirs) <= 1 and differing(ours.images[0]) <= 20  # float sums
+    assert differing(plain) >= 200  # negative control: the plain start is a level off on hundreds of values
+    assert "SGM noise multiplier: True" in ours.infotexts[0]
+    assert "SGM noise multiplier" not in _ours(service, "DDIM", sgm_noise_multiplier=True).infotexts[0]
+
+
 def test_ngms_on_every_step_above_the_largest_sigma_is_guidance_off(service):
     """An independent check: skipping every uncond pass leaves the conditional prediction alone, as cfg 1."""
     skipped = _ours(service, s_min_uncond=1000.0, s_min_uncond_all=True)
@@ -218,6 +237,7 @@ NEW_OPTIONS = {  # A1111 option -> (request field, a non-default value, that val
     "always_discard_next_to_last_sigma": ("discard_penultimate_sigma", True, True),
     "sdxl_refiner_low_aesthetic_score": ("refiner_aesthetic_scores", 1.0, (1.0, 6.0)),
     "sdxl_refiner_high_aesthetic_score": ("refiner_aesthetic_scores", 9.0, (2.5, 9.0)),
+    "sgm_noise_multiplier": ("sgm_noise_multiplier", True, True),
 }
 
 
