@@ -47,13 +47,13 @@ IMPLEMENTED = frozenset({
     "img2img_background_color", "inpainting_mask_weight", "img2img_fix_steps",
     "img2img_extra_noise", "skip_early_cond", "always_discard_next_to_last_sigma",
     "sdxl_refiner_low_aesthetic_score", "sdxl_refiner_high_aesthetic_score", "sgm_noise_multiplier",
+    "sigma_min", "sigma_max", "rho",
 })
 
 # A1111 options that change the pixels A1111 makes and are not implemented here yet: any value but A1111's
 # default is refused (POST /options, override_settings, config.json), never stored and pretended.
 UNIMPLEMENTED_GENERATION = frozenset({
 
-    "sigma_min", "sigma_max", "rho",
     "use_old_emphasis_implementation", "use_old_karras_scheduler_sigmas",
     "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "hires_fix_use_firstpass_conds",
     "use_old_scheduling", "upcast_attn", "img2img_color_correction",
@@ -235,6 +235,8 @@ def request_fields(values: dict) -> dict:
         skip_early_cond=float(number("skip_early_cond", 0.0)),
         discard_penultimate_sigma=bool(values.get("always_discard_next_to_last_sigma")),
         sgm_noise_multiplier=bool(values.get("sgm_noise_multiplier")),
+        schedule_sigma_min=float(number("sigma_min", 0.0)), schedule_sigma_max=float(number("sigma_max", 0.0)),
+        schedule_rho=float(number("rho", 0.0)),
         refiner_aesthetic_scores=(float(number("sdxl_refiner_low_aesthetic_score", 2.5)),
                                   float(number("sdxl_refiner_high_aesthetic_score", 6.0))),
         token_merging_ratio=float(number("token_merging_ratio", 0.0)),

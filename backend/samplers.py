@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from backend.errors import InvalidRequest
 
 
+# the schedules that take A1111's rho option (its schedulers with a default_rho)
+RHO_SCHEDULES = ("Karras",)
+
 @dataclass(frozen=True)
 class Sampler:
     """An A1111 sampler. k-diffusion samplers (`k_function`, in backend/generation/kdiffusion.py) step

@@ -179,6 +179,8 @@ OPTION_OVERRIDE_KEYS = {"UniPC variant": ("uni_pc_variant", str), "UniPC skip ty
                         "Extra noise": ("img2img_extra_noise", float),
                         "Skip Early CFG": ("skip_early_cond", float),
                         "SGM noise multiplier": ("sgm_noise_multiplier", lambda v: v.lower() == "true"),
+                        "Schedule min sigma": ("sigma_min", float), "Schedule max sigma": ("sigma_max", float),
+                        "Schedule rho": ("rho", float),
                         "Discard penultimate sigma": ("always_discard_next_to_last_sigma",
                                                       lambda v: v.lower() == "true"),
                         "Token merging ratio": ("token_merging_ratio", float),

@@ -8,7 +8,7 @@ from backend.generation.requests import MASKED_CONTENT_LABELS, GenerationRequest
 from backend.generation.results import GenerationResult
 from backend.memory.policy import Measures
 from backend.registry import ModelFile
-from backend.samplers import hires_infotext_schedule, infotext_schedule, resolve
+from backend.samplers import RHO_SCHEDULES, hires_infotext_schedule, infotext_schedule, resolve
 
 VERSION = "v0.1.0"
 
@@ -79,6 +79,7 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
         params["Discard penultimate sigma"] = "True"  # A1111 names it where the option changed a schedule
     if req.sgm_noise_multiplier and result.sampler.sampler.k_function:  # k-diffusion's txt2img start only
         params["SGM noise multiplier"] = "True"
+    params.update(_schedule_limits(req, result))
     if req.img2img_extra_noise > 0 and (req.kind == "img2img" or hires_fix):  # set as A1111 samples from a picture
         params["Extra noise"] = req.img2img_extra_noise
     if req.skip_early_cond > 0:  # A1111 names it once a call skipped the uncond: the first call always does
@@ -147,3 +148,18 @@ def _pass_samplers(req: GenerationRequest, result: GenerationResult) -> list:
     if req.enable_hr and req.kind == "txt2img" and req.hr_sampler_name:
         samplers.append(resolve(req.hr_sampler_name, req.hr_scheduler or req.scheduler).sampler)
     return samplers
+
+
+def _schedule_limits(req: GenerationRequest, result: GenerationResult) -> dict[str, object]:
+    """A1111 names its sigma_min, sigma_max and rho options where a pass's schedule is a scheduler function (a
+    schedule chosen, or the sampler's own; not "Automatic" on Euler and its like), rho where it has one."""
+    hires_fix = req.enable_hr and req.kind == "txt2img"
+    passes = [(result.sampler.sampler, req.scheduler)]
+    if hires_fix:
+        passes.append((resolve(req.hr_sampler_name or req.sampler_name, req.hr_scheduler or req.scheduler).sampler,
+                       req.hr_scheduler or req.scheduler))
+    labels = [infotext_schedule(s, chosen) for s, chosen in passes if s.k_function]
+    functions = [label for label in labels if label != "Automatic"]
+    return {"Schedule min sigma": req.schedule_sigma_min or None if functions else None,
+            "Schedule max sigma": req.schedule_sigma_max or None if functions else None,
+            "Schedule rho": req.schedule_rho or None if any(x in RHO_SCHEDULES for x in functions) else None}

@@ -106,6 +106,10 @@ class GenerationRequest:
     skip_early_cond: float = 0.0  # A1111's option: the first part of sampling runs without the negative prompt
     discard_penultimate_sigma: bool = False  # A1111's always_discard_next_to_last_sigma, for every sampler
     sgm_noise_multiplier: bool = False  # A1111's option: txt2img's k-diffusion noise scaled as SGM's code does
+    # A1111's sigma_min, sigma_max and rho options for the Karras, Exponential and SGM Uniform schedules (0: own)
+    schedule_sigma_min: float = 0.0
+    schedule_sigma_max: float = 0.0
+    schedule_rho: float = 0.0
     refiner_aesthetic_scores: tuple[float, float] = (2.5, 6.0)  # SDXL refiner's (negative, positive) scores
     clip_skip: int = 1
     emphasis: str = "Original"  # A1111's emphasis option: Original | No norm | None
@@ -228,6 +232,11 @@ def validate(req: GenerationRequest, limits: Limits) -> None:
     check_number(req.inpainting_mask_weight, "inpainting_mask_weight", 0.0, 1.0)
     check_number(req.img2img_extra_noise, "img2img_extra_noise", 0.0, 1.0)
     check_number(req.skip_early_cond, "skip_early_cond", 0.0, 1.0)
+    for name, value in (("sigma_min", req.schedule_sigma_min), ("sigma_max", req.schedule_sigma_max)):
+        check_number(value, name, 0.0, 1000.0)
+    check_number(req.schedule_rho, "rho", 0.0, 100.0)
+    if 0 < req.schedule_sigma_max <= req.schedule_sigma_min:
+        raise InvalidRequest("sigma_max", f"must be above sigma_min ({req.schedule_sigma_min})")
     for name, score in zip(("sdxl_refiner_low_aesthetic_score", "sdxl_refiner_high_aesthetic_score"),
                            req.refiner_aesthetic_scores, strict=True):
         check_number(score, name, 0.0, 10.0)

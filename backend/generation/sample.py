@@ -17,7 +17,7 @@ from backend.generation import kdiffusion, loop, timestep_samplers
 from backend.generation.noise import ImageNoise
 from backend.generation.requests import GenerationRequest, exact_steps_schedule
 from backend.generation.token_merging import token_merging
-from backend.generation.sigmas import DiscreteSchedule, LcmSchedule, default_alphas_cumprod, sigmas_for
+from backend.generation.sigmas import DiscreteSchedule, LcmSchedule, SigmaRange, default_alphas_cumprod, sigmas_for
 from backend.loading.loader import LoadedModel
 from backend.samplers import ResolvedSampler
 
@@ -161,7 +161,8 @@ def _sample(model: LoadedModel, req: GenerationRequest, sampler: ResolvedSampler
     device = model.execution_device
     schedule = (LcmSchedule if sampler.sampler.k_function == "lcm" else DiscreteSchedule)(model.alphas_cumprod)
     steps, run_steps = (req.steps, req.steps) if start.init is None else start.steps(req.steps)
-    sigmas = sigmas_for(schedule, sampler.schedule, steps, _discards_penultimate(req, sampler)).to(device)
+    limits = SigmaRange(req.schedule_sigma_min, req.schedule_sigma_max, req.schedule_rho)
+    sigmas = sigmas_for(schedule, sampler.schedule, steps, _discards_penultimate(req, sampler), limits).to(device)
     noise = noise.to(device, torch.float32)
     if start.init is None:  # A1111's sgm_noise_multiplier scales txt2img's noise to SGM's (1 + sigma^2) ** 0.5
         run, x = sigmas, noise * ((1 + sigmas[0] ** 2) ** 0.5 if req.sgm_noise_multiplier else sigmas[0])

@@ -7,6 +7,7 @@ k-diffusion's DiscreteSchedule does; the UNet is then called with that fractiona
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -99,13 +100,28 @@ def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
 
 
-def uniform(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
-    """Timesteps evenly from the last to 0, as sigmas (k-diffusion's `get_sigmas`)."""
+@dataclass(frozen=True)
+class SigmaRange:
+    """A1111's sigma_min, sigma_max and rho options: 0 keeps the model's sigma range and the schedule's rho."""
+
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+
+    def low(self, schedule: DiscreteSchedule) -> float:
+        return self.sigma_min or schedule.sigma_min
+
+    def high(self, schedule: DiscreteSchedule) -> float:
+        return self.sigma_max or schedule.sigma_max
+
+
+def uniform(schedule: DiscreteSchedule, n: int, limits: SigmaRange) -> torch.Tensor:
+    """Timesteps evenly from the last to 0, as sigmas (k-diffusion's `get_sigmas`; no range of its own)."""
     return _append_zero(schedule.t_to_sigma(torch.linspace(schedule.first_t, schedule.last_t, n)))
 
 
-def karras(schedule: DiscreteSchedule, n: int, rho: float = 7.0) -> torch.Tensor:
-    return karras_between(n, schedule.sigma_min, schedule.sigma_max, rho)
+def karras(schedule: DiscreteSchedule, n: int, limits: SigmaRange) -> torch.Tensor:
+    return karras_between(n, limits.low(schedule), limits.high(schedule), limits.rho or 7.0)
 
 
 def karras_between(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -114,14 +130,14 @@ def karras_between(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0)
     return _append_zero((high + ramp * (low - high)) ** rho)
 
 
-def exponential(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
-    return _append_zero(torch.linspace(math.log(schedule.sigma_max), math.log(schedule.sigma_min), n).exp())
+def exponential(schedule: DiscreteSchedule, n: int, limits: SigmaRange) -> torch.Tensor:
+    return _append_zero(torch.linspace(math.log(limits.high(schedule)), math.log(limits.low(schedule)), n).exp())
 
 
-def sgm_uniform(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
+def sgm_uniform(schedule: DiscreteSchedule, n: int, limits: SigmaRange) -> torch.Tensor:
     """Evenly spaced timesteps from sigma_max's down to sigma_min's, without the last (A1111's SGM Uniform)."""
-    start = schedule.sigma_to_t(torch.tensor(schedule.sigma_max))
-    end = schedule.sigma_to_t(torch.tensor(schedule.sigma_min))
+    start = schedule.sigma_to_t(torch.tensor(limits.high(schedule)))
+    end = schedule.sigma_to_t(torch.tensor(limits.low(schedule)))
     sigmas = [schedule.t_to_sigma(t) for t in torch.linspace(start, end, n + 1)[:-1]]
     return torch.FloatTensor([*[s.item() for s in sigmas], 0.0])
 
@@ -129,10 +145,11 @@ def sgm_uniform(schedule: DiscreteSchedule, n: int) -> torch.Tensor:
 SCHEDULE_FUNCTIONS = {"Uniform": uniform, "Karras": karras, "Exponential": exponential, "SGM Uniform": sgm_uniform}
 
 
-def sigmas_for(schedule: DiscreteSchedule, label: str, steps: int, discard_penultimate: bool = False) -> torch.Tensor:
+def sigmas_for(schedule: DiscreteSchedule, label: str, steps: int, discard_penultimate: bool = False,
+               limits: SigmaRange = SigmaRange()) -> torch.Tensor:
     """steps + 1 sigmas ending in 0. Samplers that discard the next-to-last sigma are given one step more
     first, so they still take `steps` steps (as A1111 does)."""
     if discard_penultimate:
-        sigmas = SCHEDULE_FUNCTIONS[label](schedule, steps + 1)
+        sigmas = SCHEDULE_FUNCTIONS[label](schedule, steps + 1, limits)
         return torch.cat([sigmas[:-2], sigmas[-1:]])
-    return SCHEDULE_FUNCTIONS[label](schedule, steps)
+    return SCHEDULE_FUNCTIONS[label](schedule, steps, limits)

@@ -84,6 +84,31 @@ def test_sgm_noise_multiplier_equals_a1111(service, tiny):
     assert "SGM noise multiplier" not in _ours(service, "DDIM", sgm_noise_multiplier=True).infotexts[0]
 
 
+@pytest.mark.parametrize("schedule", ["Karras", "Exponential", "SGM Uniform"])
+def test_schedule_sigma_range_and_rho_equal_a1111(service, tiny, schedule):
+    """A1111's sigma_min / sigma_max / rho options reshape the chosen schedule (rho: Karras only), and the
+    infotext names them."""
+    limits = {"sigma_min": 0.3, "sigma_max": 6.0, "rho": 3.0}
+    ours = _ours(service, "Euler", scheduler=schedule, schedule_sigma_min=0.3, schedule_sigma_max=6.0,
+                 schedule_rho=3.0)
+    model = tiny["sd1"]
+    cond, uncond = reference_conds(model, PROMPT, NEGATIVE)
+    theirs = a1111_txt2img(model.unet, model.vae, cond, uncond, "Euler", schedule, 8, CFG, [21], 64, 64,
+                           schedule_limits=limits)[0]
+    assert max_pixel_diff(ours.images[0], theirs) <= 1
+    assert max_pixel_diff(ours.images[0], _ours(service, "Euler", scheduler=schedule).images[0]) > 3  # control
+    assert "Schedule min sigma: 0.3, Schedule max sigma: 6.0" in ours.infotexts[0]
+    assert ("Schedule rho: 3.0" in ours.infotexts[0]) is (schedule == "Karras")
+
+
+def test_schedule_limits_are_not_named_where_no_schedule_function_runs(service):
+    """Euler on "Automatic" uses the model's own sigmas in A1111, untouched by the options, and names none."""
+    plain = _ours(service, "Euler")
+    ours = _ours(service, "Euler", schedule_sigma_min=0.3, schedule_sigma_max=6.0, schedule_rho=3.0)
+    assert max_pixel_diff(ours.images[0], plain.images[0]) == 0
+    assert "Schedule min sigma" not in ours.infotexts[0] and "Schedule rho" not in ours.infotexts[0]
+
+
 def test_ngms_on_every_step_above_the_largest_sigma_is_guidance_off(service):
     """An independent check: skipping every uncond pass leaves the conditional prediction alone, as cfg 1."""
     skipped = _ours(service, s_min_uncond=1000.0, s_min_uncond_all=True)
@@ -238,6 +263,9 @@ NEW_OPTIONS = {  # A1111 option -> (request field, a non-default value, that val
     "sdxl_refiner_low_aesthetic_score": ("refiner_aesthetic_scores", 1.0, (1.0, 6.0)),
     "sdxl_refiner_high_aesthetic_score": ("refiner_aesthetic_scores", 9.0, (2.5, 9.0)),
     "sgm_noise_multiplier": ("sgm_noise_multiplier", True, True),
+    "sigma_min": ("schedule_sigma_min", 0.1, 0.1),
+    "sigma_max": ("schedule_sigma_max", 8.0, 8.0),
+    "rho": ("schedule_rho", 3.0, 3.0),
 }
 
 
