@@ -145,9 +145,10 @@ def test_options_cannot_grow_without_bound(server):
     api = server["api"]
     r = requests.post(api + "/options", json={"quicksettings_list": ["x" * 100_000]}, timeout=30)
     assert r.status_code == 422 and r.json()["field"] == "quicksettings_list"
-    r = requests.post(api + "/options", json={"sigma_min": 0.5}, timeout=30)  # changes pixels, not done: refused
+    # changes pixels, not done: refused
+    r = requests.post(api + "/options", json={"img2img_color_correction": True}, timeout=30)
     assert r.status_code == 422 and "not implemented" in r.json()["detail"]
-    assert requests.get(api + "/options", timeout=30).json()["sigma_min"] == 0.0
+    assert requests.get(api + "/options", timeout=30).json()["img2img_color_correction"] is False
 
 
 def test_sigma_options_come_from_the_request_unless_the_options_differ(server):
