@@ -8,7 +8,7 @@ from backend.generation.requests import MASKED_CONTENT_LABELS, GenerationRequest
 from backend.generation.results import GenerationResult
 from backend.memory.policy import Measures
 from backend.registry import ModelFile
-from backend.samplers import RHO_SCHEDULES, hires_infotext_schedule, infotext_schedule, resolve
+from backend.samplers import RHO_SCHEDULES, Sampler, hires_infotext_schedule, infotext_schedule, resolve
 
 VERSION = "v0.1.0"
 
@@ -75,7 +75,7 @@ def image_parameters(req: GenerationRequest, result: GenerationResult, seed: int
         params["NGMS"] = req.s_min_uncond
         params["NGMS all steps"] = "True" if req.s_min_uncond_all else None
     params.update(result.control_params)
-    if req.discard_penultimate_sigma and not all(s.discard_penultimate for s in _pass_samplers(req, result)):
+    if req.discard_penultimate_sigma and not all(s.discard_penultimate for s, _ in _passes(req, result)):
         params["Discard penultimate sigma"] = "True"  # A1111 names it where the option changed a schedule
     if req.sgm_noise_multiplier and result.sampler.sampler.k_function:  # k-diffusion's txt2img start only
         params["SGM noise multiplier"] = "True"
@@ -142,23 +142,19 @@ def _hires_params(req: GenerationRequest, hr_checkpoint: ModelFile | None) -> di
     return params
 
 
-def _pass_samplers(req: GenerationRequest, result: GenerationResult) -> list:
-    """The samplers of the job's passes: the first, and hires fix's own when it names one."""
-    samplers = [result.sampler.sampler]
-    if req.enable_hr and req.kind == "txt2img" and req.hr_sampler_name:
-        samplers.append(resolve(req.hr_sampler_name, req.hr_scheduler or req.scheduler).sampler)
-    return samplers
+def _passes(req: GenerationRequest, result: GenerationResult) -> list[tuple[Sampler, str | None]]:
+    """(sampler, schedule as chosen) of each of the job's passes: the first, and hires fix's second."""
+    passes = [(result.sampler.sampler, req.scheduler)]
+    if req.enable_hr and req.kind == "txt2img":
+        chosen = req.hr_scheduler or req.scheduler
+        passes.append((resolve(req.hr_sampler_name or req.sampler_name, chosen).sampler, chosen))
+    return passes
 
 
 def _schedule_limits(req: GenerationRequest, result: GenerationResult) -> dict[str, object]:
     """A1111 names its sigma_min, sigma_max and rho options where a pass's schedule is a scheduler function (a
     schedule chosen, or the sampler's own; not "Automatic" on Euler and its like), rho where it has one."""
-    hires_fix = req.enable_hr and req.kind == "txt2img"
-    passes = [(result.sampler.sampler, req.scheduler)]
-    if hires_fix:
-        passes.append((resolve(req.hr_sampler_name or req.sampler_name, req.hr_scheduler or req.scheduler).sampler,
-                       req.hr_scheduler or req.scheduler))
-    labels = [infotext_schedule(s, chosen) for s, chosen in passes if s.k_function]
+    labels = [infotext_schedule(s, chosen) for s, chosen in _passes(req, result) if s.k_function]
     functions = [label for label in labels if label != "Automatic"]
     return {"Schedule min sigma": req.schedule_sigma_min or None if functions else None,
             "Schedule max sigma": req.schedule_sigma_max or None if functions else None,

@@ -38,10 +38,9 @@ class Start:
     def img2img(cls, init: torch.Tensor, req: GenerationRequest, strength: float,
                 keep: torch.Tensor | None = None) -> Start:
         """img2img's start: with A1111's img2img_fix_steps the requested steps run, of a longer schedule."""
-        if req.img2img_fix_steps and strength > 0:
-            total, run = exact_steps_schedule(req.steps, strength)
-            return cls(init, strength, keep, total_steps=total, run_steps=run, extra_noise=req.img2img_extra_noise)
-        return cls(init, strength, keep, extra_noise=req.img2img_extra_noise)
+        fixed = req.img2img_fix_steps and strength > 0
+        total, run = exact_steps_schedule(req.steps, strength) if fixed else (None, None)
+        return cls(init, strength, keep, total_steps=total, run_steps=run, extra_noise=req.img2img_extra_noise)
 
     def steps(self, requested: int) -> tuple[int, int]:
         """(steps in the schedule, steps that run) for an img2img start."""

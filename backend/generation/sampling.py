@@ -25,7 +25,6 @@ from backend.samplers import ResolvedSampler
 
 log = logging.getLogger(__name__)
 
-# A1111's sdxl_refiner_low_aesthetic_score / sdxl_refiner_high_aesthetic_score (defaults; other values refused)
 
 # on_step(step, total_steps, latents) -> None; it may raise to stop sampling.
 StepCallback = Callable[[int, int, torch.Tensor], None]

@@ -97,10 +97,12 @@ def _hires_pass(model: LoadedModel, req: GenerationRequest, seeds: list[int], ho
     rng = sampling.image_noise(hr_req, seeds)
     noise = rng.first(sampling.latent_shape(model, height, width))
     # An inpainting model's second pass sees a blank, fully masked picture at the final size (what A1111's
-    # image-upscaler path gives; its latent path builds that at the first pass's size, which cannot run)
-    channels = _blank_channels(model, width, height, len(seeds), resources)
-    if channels is not None and images is not None and req.inpainting_mask_weight != 1.0:
+    # image-upscaler path gives; its latent path builds that at the first pass's size, which cannot run);
+    # with inpainting_mask_weight below 1, A1111's image-upscaler path lets the upscaled pictures show through
+    if model.is_inpainting and images is not None and req.inpainting_mask_weight != 1.0:
         channels = whole_picture_inpaint_channels(context, model, images, req.inpainting_mask_weight)
+    else:
+        channels = _blank_channels(model, width, height, len(seeds), resources)
     denoiser = sampling.make_denoiser(model, req, hooks, channels, resources=resources, sampler=hr_sampler,
                                       hires=second)
     start = Start(samples, req.denoising_strength, total_steps=total, run_steps=run,

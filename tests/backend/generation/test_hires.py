@@ -220,3 +220,26 @@ def test_hires_with_an_inpainting_checkpoint_conditions_on_a_blank_at_the_final_
         handle.remove()
     assert result.images[0].size == (128, 128) and np.asarray(result.images[0]).std() > 5
     assert seen[0][1:] == (9, 8, 8) and seen[-1][1:] == (9, 16, 16)
+
+
+def test_hires_on_an_inpainting_checkpoint_shows_the_upscaled_picture_below_full_mask_weight(service):
+    """A1111's image-upscaler path conditions the second pass on the upscaled picture lerped towards blank by
+    inpainting_mask_weight: at 1 the blank (zero) picture, at 0.5 half the picture; the mask channel is all
+    ones either way. The latent path has no picture and stays blank."""
+    model = service.models.get(service.registry.find_checkpoint("sd1-inpainting.safetensors"))
+
+    def second_pass_channels(**kw):
+        seen = []
+        handle = model.unet.conv_in.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 4:]))
+        try:
+            service.generate(_req(checkpoint="sd1-inpainting.safetensors", **kw))
+        finally:
+            handle.remove()
+        return seen[-1]
+
+    blank = second_pass_channels(hr_upscaler="Lanczos")
+    half = second_pass_channels(hr_upscaler="Lanczos", inpainting_mask_weight=0.5)
+    assert torch.equal(blank[:, 0], torch.ones_like(blank[:, 0])) and torch.equal(half[:, 0], blank[:, 0])
+    assert (half[:, 1:] - blank[:, 1:]).abs().max() > 0.05  # the picture shows through
+    latent = second_pass_channels(hr_upscaler="Latent", inpainting_mask_weight=0.5)
+    assert torch.equal(latent, blank)
