@@ -61,15 +61,20 @@ def wait_for_info(page, tab: str, needle: str, timeout: int = 120_000) -> None:
 
 
 def upload_to_editor(page, elem_id: str, path) -> None:
-    """Put a picture into an ImageEditor and wait until it shows it (its placeholder goes away)."""
+    """Put a picture into an ImageEditor as a person does (a click on its upload area opens the file chooser)
+    and wait until it shows it (its placeholder goes away). Clicking waits until the editor is mounted and
+    listening, which setting its file input directly did not: a just-opened editor could drop the file."""
     shown = f"!document.querySelector('#{elem_id}').innerText.includes('Upload an image')"
-    page.wait_for_selector(f"#{elem_id} input[type=file]", state="attached", timeout=30_000)
-    page.set_input_files(f"#{elem_id} input[type=file]", str(path))
-    try:
-        page.wait_for_function(shown, timeout=15_000)
-    except PlaywrightTimeout:  # an editor that had only just been shown can drop its first file
-        page.set_input_files(f"#{elem_id} input[type=file]", str(path))
-        page.wait_for_function(shown, timeout=30_000)
+    for attempt in range(3):
+        with page.expect_file_chooser(timeout=30_000) as chooser:
+            page.click(f"#{elem_id} >> text=Upload an image", timeout=30_000)
+        chooser.value.set_files(str(path))
+        try:
+            page.wait_for_function(shown, timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
 
 
 def set_number(page, elem_id: str, value: int) -> None:
